@@ -1,0 +1,155 @@
+//! Command-line flags of the imap-idle daemon.
+
+use std::path::PathBuf;
+
+pub const USAGE: &str = "\
+Usage: imap-idle [OPTIONS]
+
+Parks idle IMAP connections handed over by mail processes, and returns
+them to the tracker when the client types or the mailbox changes.
+
+Options:
+  --runtime-dir DIR      directory for the default sockets
+                         [default: $RUNTIME_DIRECTORY, else /run/imap-idle as
+                         root, else $XDG_RUNTIME_DIR/imap-idle, else
+                         /tmp/imap-idle-UID]; created mode 0750 if missing
+  --park-socket PATH     where mail processes park connections
+                         [default: RUNTIME_DIR/park], created mode 0660
+  --tracker-socket PATH  where woken connections are returned
+                         [default: RUNTIME_DIR/tracker]
+  --max-parked N         most connections parked at once [default: the
+                         open-file limit (soft raised to hard) minus 64]
+  --log-level LEVEL      error, warn, info, debug or trace [default: info;
+                         RUST_LOG overrides it when set]
+  -h, --help             print this help
+  -V, --version          print the version
+
+Signals: SIGTERM/SIGINT return every parked connection to the tracker and
+exit (a second one gives up at once); SIGUSR1 logs a one-line summary.
+See imap-idle(8).
+";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub runtime_dir: PathBuf,
+    pub park_socket: PathBuf,
+    pub tracker_socket: PathBuf,
+    pub max_parked: Option<usize>,
+    pub log_level: String,
+}
+
+#[derive(Debug)]
+pub enum Parsed {
+    Run(Config),
+    Help,
+    Version,
+}
+
+pub fn default_runtime_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY") {
+        // systemd's RuntimeDirectory= may list several, colon-separated.
+        let first = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_owned();
+        if !first.is_empty() {
+            return PathBuf::from(first);
+        }
+    }
+    let uid = nix::unistd::getuid();
+    if uid.is_root() {
+        return PathBuf::from("/run/imap-idle");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("imap-idle"),
+        _ => PathBuf::from(format!("/tmp/imap-idle-{uid}")),
+    }
+}
+
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
+    let mut runtime_dir = None;
+    let mut park_socket = None;
+    let mut tracker_socket = None;
+    let mut max_parked = None;
+    let mut log_level = "info".to_owned();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Parsed::Help),
+            "-V" | "--version" => return Ok(Parsed::Version),
+            "--runtime-dir" => runtime_dir = Some(PathBuf::from(value()?)),
+            "--park-socket" => park_socket = Some(PathBuf::from(value()?)),
+            "--tracker-socket" => tracker_socket = Some(PathBuf::from(value()?)),
+            "--max-parked" => {
+                let v = value()?;
+                let n: usize = v
+                    .parse()
+                    .map_err(|_| format!("--max-parked: {v:?} is not a number"))?;
+                if n == 0 {
+                    return Err("--max-parked must be at least 1".into());
+                }
+                max_parked = Some(n);
+            }
+            "--log-level" => {
+                let v = value()?;
+                if !["error", "warn", "info", "debug", "trace"].contains(&v.as_str()) {
+                    return Err(format!("--log-level: unknown level {v:?}"));
+                }
+                log_level = v;
+            }
+            _ => return Err(format!("unknown argument {arg:?} (see --help)")),
+        }
+    }
+    let runtime_dir = runtime_dir.unwrap_or_else(default_runtime_dir);
+    Ok(Parsed::Run(Config {
+        park_socket: park_socket.unwrap_or_else(|| runtime_dir.join("park")),
+        tracker_socket: tracker_socket.unwrap_or_else(|| runtime_dir.join("tracker")),
+        runtime_dir,
+        max_parked,
+        log_level,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Config, String> {
+        match parse(args.iter().map(|s| s.to_string()))? {
+            Parsed::Run(c) => Ok(c),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_runtime_dir() {
+        let c = run(&["--runtime-dir", "/x"]).unwrap();
+        assert_eq!(c.park_socket, PathBuf::from("/x/park"));
+        assert_eq!(c.tracker_socket, PathBuf::from("/x/tracker"));
+        assert_eq!(c.max_parked, None);
+    }
+
+    #[test]
+    fn both_value_forms_and_errors() {
+        let c = run(&["--max-parked=5", "--park-socket", "/p"]).unwrap();
+        assert_eq!(c.max_parked, Some(5));
+        assert_eq!(c.park_socket, PathBuf::from("/p"));
+        assert!(run(&["--max-parked", "x"]).is_err());
+        assert!(run(&["--max-parked"]).is_err());
+        assert!(run(&["--bogus"]).is_err());
+        assert!(run(&["--log-level", "loud"]).is_err());
+        assert!(matches!(parse(["--help".to_string()]), Ok(Parsed::Help)));
+    }
+}

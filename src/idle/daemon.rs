@@ -1,0 +1,352 @@
+//! The event loop: one thread, one `mio::Poll`, dispatch on the token and
+//! nothing else. Set-up errors leave `run`; errors inside the loop are
+//! logged where the connection they concern is closed, and the loop goes on.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::sys::signal::Signal;
+use slab::Slab;
+
+use super::config::Config;
+use super::control::Control;
+use super::parked::{Conn, Phase};
+use super::timers::{Millis, Timers};
+use super::tracker::Tracker;
+use super::users::Users;
+use super::watches::{Watcher, Watches};
+use crate::proto::native::{Stats, WakeReason, MAX_PACKET};
+use crate::sys::signals::Signals;
+use crate::sys::{limits, SeqPacket};
+
+pub(super) const LISTENER: Token = Token(0);
+pub(super) const SIGNALS: Token = Token(1);
+pub(super) const INOTIFY: Token = Token(2);
+pub(super) const TRACKER: Token = Token(3);
+pub(super) const FIRST_CONTROL: usize = 16;
+pub(super) const FIRST_CONN: usize = 1 << 32;
+
+/// Control connections (mail processes, admin tools) at most; accepting
+/// pauses at this count and resumes below 90% of it.
+pub(super) const MAX_CONTROLS: usize = 512;
+/// Descriptors kept free for control connections, the listener, inotify,
+/// the tracker link, logging.
+const FD_RESERVE: usize = MAX_CONTROLS + 64;
+/// How long accepting pauses after EMFILE/ENFILE.
+pub(super) const ACCEPT_PAUSE_MS: Millis = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Shutdown {
+    Running,
+    /// Returning every connection to the tracker.
+    Draining,
+}
+
+pub struct Daemon {
+    pub(super) poll: Poll,
+    pub(super) conns: Slab<Conn>,
+    pub(super) controls: Slab<Control>,
+    pub(super) listener: SeqPacket,
+    pub(super) accept_paused_until: Option<Millis>,
+    pub(super) watches: Watches,
+    pub(super) timers: Timers,
+    pub(super) tracker: Tracker,
+    pub(super) users: Users,
+    pub(super) stats: Stats,
+    /// Shared by every read: packets from control connections, client input.
+    pub(super) scratch: Box<[u8]>,
+    pub(super) woken: Vec<Watcher>,
+    epoch: Instant,
+    pub(super) max_parked: usize,
+    pub(super) next_serial: u32,
+    pub(super) shutdown: Shutdown,
+    signals: Signals,
+    pub(super) cfg: Config,
+}
+
+#[derive(Debug)]
+pub struct SetupError(String);
+
+impl fmt::Display for SetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SetupError {}
+
+fn setup<T>(what: impl fmt::Display, r: io::Result<T>) -> Result<T, SetupError> {
+    r.map_err(|e| SetupError(format!("{what}: {e}")))
+}
+
+/// Create the socket's directory if missing (only the last component:
+/// a missing parent above it is the operator's to create).
+fn ensure_dir(dir: &Path) -> Result<(), SetupError> {
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    setup(
+        format_args!("creating {}", dir.display()),
+        fs::DirBuilder::new().mode(0o750).create(dir),
+    )?;
+    setup(
+        format_args!("setting permissions on {}", dir.display()),
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o750)),
+    )
+}
+
+impl Daemon {
+    pub fn new(cfg: Config) -> Result<Daemon, SetupError> {
+        let signals = setup(
+            "setting up signals",
+            Signals::new(&[Signal::SIGTERM, Signal::SIGINT, Signal::SIGUSR1]),
+        )?;
+        let fd_limit = setup("raising the open-file limit", limits::raise_nofile())?;
+        let allowed = (fd_limit as usize).saturating_sub(FD_RESERVE).max(1);
+        let max_parked = match cfg.max_parked {
+            Some(n) if n > allowed => {
+                warn!(
+                    "--max-parked {n} is more than the open-file limit allows \
+                     ({fd_limit} fds); using {allowed}"
+                );
+                allowed
+            }
+            Some(n) => n,
+            None => allowed,
+        };
+        if let Some(dir) = cfg.park_socket.parent() {
+            ensure_dir(dir)?;
+        }
+        let listener = setup(
+            format_args!("listening on {}", cfg.park_socket.display()),
+            SeqPacket::listen(&cfg.park_socket, 0o660),
+        )?;
+        let watches = setup("creating the inotify instance", Watches::new())?;
+        let poll = setup("creating the poll", Poll::new())?;
+        let reg = poll.registry();
+        for (fd, token) in [
+            (listener.as_raw_fd(), LISTENER),
+            (signals.as_fd().as_raw_fd(), SIGNALS),
+            (watches.as_fd().as_raw_fd(), INOTIFY),
+        ] {
+            setup(
+                "registering with the poll",
+                reg.register(&mut SourceFd(&fd), token, Interest::READABLE),
+            )?;
+        }
+        info!(
+            "imap-idle {} listening on {}, returning to {}, up to {max_parked} parked",
+            env!("CARGO_PKG_VERSION"),
+            cfg.park_socket.display(),
+            cfg.tracker_socket.display()
+        );
+        Ok(Daemon {
+            poll,
+            conns: Slab::new(),
+            controls: Slab::new(),
+            listener,
+            accept_paused_until: None,
+            watches,
+            timers: Timers::default(),
+            tracker: Tracker::new(),
+            users: Users::default(),
+            stats: Stats::default(),
+            scratch: vec![0; MAX_PACKET + 1].into_boxed_slice(),
+            woken: Vec::new(),
+            epoch: Instant::now(),
+            max_parked,
+            next_serial: 0,
+            shutdown: Shutdown::Running,
+            signals,
+            cfg,
+        })
+    }
+
+    pub(super) fn now(&self) -> Millis {
+        self.epoch.elapsed().as_millis() as Millis
+    }
+
+    pub fn run(mut self) -> Result<(), SetupError> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let now = self.now();
+            let timeout = [
+                self.timers.next_deadline(),
+                self.tracker.retry_at,
+                self.accept_paused_until,
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|at| Duration::from_millis(at.saturating_sub(now)));
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(SetupError(format!("poll failed: {e}"))),
+            }
+            for event in events.iter() {
+                self.dispatch(event.token());
+            }
+            self.fire_timers();
+            self.pump_tracker();
+            if self.shutdown == Shutdown::Draining && self.conns.is_empty() {
+                self.tracker.flush_before_exit();
+                break;
+            }
+        }
+        info!("all connections handed back; exiting");
+        let _ = fs::remove_file(&self.cfg.park_socket);
+        Ok(())
+    }
+
+    fn dispatch(&mut self, token: Token) {
+        match token {
+            LISTENER => self.accept_controls(),
+            SIGNALS => self.handle_signals(),
+            INOTIFY => self.watch_events(),
+            TRACKER => self.tracker_event(),
+            Token(t) if t >= FIRST_CONN => self.client_event((t - FIRST_CONN) as u32),
+            Token(t) if t >= FIRST_CONTROL => self.control_event(t - FIRST_CONTROL),
+            // Spurious events happen; ignore tokens we do not know.
+            _ => {}
+        }
+    }
+
+    fn handle_signals(&mut self) {
+        loop {
+            match self.signals.pending() {
+                Ok(Some(Signal::SIGUSR1)) => info!("{}", self.summary()),
+                Ok(Some(sig)) => self.stop(sig),
+                Ok(None) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    error!("reading signals: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// First signal: hand everyone back. Second: stop waiting for the tracker.
+    fn stop(&mut self, sig: Signal) {
+        if self.shutdown == Shutdown::Running {
+            self.shutdown = Shutdown::Draining;
+            let keys: Vec<u32> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.phase == Phase::Parked)
+                .map(|(k, _)| k as u32)
+                .collect();
+            info!(
+                "{sig}: returning {} parked connections to the tracker, then exiting",
+                keys.len()
+            );
+            for key in keys {
+                self.wake(key, WakeReason::Shutdown);
+            }
+        } else {
+            let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
+            warn!(
+                "{sig} again: giving up on {} connections not yet taken back",
+                keys.len()
+            );
+            for key in keys {
+                self.give_up(key, "the server is shutting down");
+            }
+        }
+    }
+
+    fn watch_events(&mut self) {
+        let mut woken = std::mem::take(&mut self.woken);
+        if let Err(e) = self.watches.read(&mut woken) {
+            error!("reading inotify events: {e}");
+        }
+        for &(key, serial) in &woken {
+            if self.is_parked(key, serial) {
+                self.wake(key, WakeReason::Changed);
+            }
+        }
+        woken.clear();
+        self.woken = woken;
+    }
+
+    pub(super) fn is_parked(&self, key: u32, serial: u32) -> bool {
+        self.conns
+            .get(key as usize)
+            .is_some_and(|c| c.serial == serial && c.phase == Phase::Parked)
+    }
+
+    fn fire_timers(&mut self) {
+        let now = self.now();
+        if self.accept_paused_until.is_some_and(|at| at <= now) {
+            self.accept_paused_until = None;
+            self.accept_controls();
+        }
+        while let Some((key, gen)) = self.timers.pop_due(now) {
+            let Some(conn) = self.conns.get(key as usize) else {
+                continue;
+            };
+            if conn.timer_gen != gen {
+                continue;
+            }
+            match conn.phase {
+                Phase::Parked => self.keepalive(key, now),
+                Phase::Waiting => self.retry_return(key, now),
+                Phase::Queued | Phase::InFlight => {
+                    self.give_up(key, "the session could not be resumed in time")
+                }
+            }
+        }
+        let conns = &self.conns;
+        self.timers.compact(conns.len(), |key, gen| {
+            conns.get(key as usize).is_some_and(|c| c.timer_gen == gen)
+        });
+    }
+
+    pub(super) fn summary(&self) -> String {
+        let s = self.current_stats();
+        format!(
+            "parked={} returning={} watches={} users={} parks={} refused={} \
+             wakes: done={} bad-done={} input={} changed={} shutdown={}; \
+             idle-restarted={} returned={} hung-up={} gave-up={} keepalives={}",
+            s.parked,
+            s.returning,
+            s.watches,
+            self.users.len(),
+            s.parks,
+            s.refused,
+            s.wake_done,
+            s.wake_bad_done,
+            s.wake_input,
+            s.wake_changed,
+            s.wake_shutdown,
+            s.idle_restarted,
+            s.returned,
+            s.hung_up,
+            s.gave_up,
+            s.keepalives
+        )
+    }
+
+    pub(super) fn current_stats(&self) -> Stats {
+        let returning = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.phase != Phase::Parked)
+            .count() as u64;
+        Stats {
+            parked: self.conns.len() as u64 - returning,
+            returning,
+            watches: self.watches.count() as u64,
+            ..self.stats.clone()
+        }
+    }
+}

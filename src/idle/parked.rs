@@ -1,0 +1,398 @@
+//! A parked connection: what it costs, what its client may say, its
+//! keepalives, and the ways it leaves (woken, hung up, given up).
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+
+use log::{debug, info, warn};
+use mio::unix::SourceFd;
+use nix::errno::Errno;
+use nix::sys::socket::{self, MsgFlags, Shutdown};
+
+use super::daemon::Daemon;
+use super::idle_input::{self, IdleInput, MAX_IDLE_INPUT};
+use super::timers::{next_keepalive, Millis};
+use crate::proto::native::{Cookie, Gone, GoneReason, WakeReason, MAX_INPUT};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Watching the client and the mailbox.
+    Parked,
+    /// Woken; the tracker refused it and a retry is scheduled.
+    Waiting,
+    /// Woken; waiting for its turn on the tracker link.
+    Queued,
+    /// Sent to the tracker; waiting for its answer.
+    InFlight,
+}
+
+/// One parked connection. Kept small on purpose: this is the per-client
+/// cost of the daemon (plus the state blob and tag it carries).
+pub(super) struct Conn {
+    pub fd: OwnedFd,
+    /// Tells this connection apart from a later one reusing its slab key.
+    pub serial: u32,
+    pub user: u32,
+    pub timer_gen: u32,
+    pub keepalive_secs: u32,
+    /// Seconds since the daemon started.
+    pub parked_at: u32,
+    pub phase: Phase,
+    pub in_idle: bool,
+    pub cookie: Cookie,
+    pub tag: Box<str>,
+    pub state: Box<[u8]>,
+    /// Indices into the shared watch table.
+    pub watches: Box<[u32]>,
+    pub extra: Option<Box<Extra>>,
+}
+
+/// What only some connections need, boxed so the rest do not pay for it.
+pub(super) enum Extra {
+    /// Bytes of a `DONE` that has not fully arrived.
+    Partial(Box<[u8]>),
+    Waking(Waking),
+}
+
+pub(super) struct Waking {
+    pub reason: WakeReason,
+    pub input: Vec<u8>,
+    pub idle_running: bool,
+    pub give_up_at: Millis,
+    pub attempts: u32,
+    /// The watch paths, kept from the shared table before leaving it.
+    pub watch: Vec<PathBuf>,
+}
+
+impl Conn {
+    pub fn id(&self, key: u32) -> u64 {
+        (self.serial as u64) << 32 | key as u64
+    }
+
+    pub fn waking(&self) -> Option<&Waking> {
+        match self.extra.as_deref() {
+            Some(Extra::Waking(w)) => Some(w),
+            _ => None,
+        }
+    }
+
+    pub fn waking_mut(&mut self) -> Option<&mut Waking> {
+        match self.extra.as_deref_mut() {
+            Some(Extra::Waking(w)) => Some(w),
+            _ => None,
+        }
+    }
+
+    fn take_partial(&mut self) -> Vec<u8> {
+        match self.extra.take().map(|b| *b) {
+            Some(Extra::Partial(p)) => p.into_vec(),
+            other => {
+                self.extra = other.map(Box::new);
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// Give-up deadlines, as Dovecot's imap-hibernate: a client that typed is
+/// waiting for an answer; one with only a mailbox change can wait longer.
+const GIVE_UP_WITH_INPUT_MS: Millis = 10_000;
+const GIVE_UP_WITHOUT_INPUT_MS: Millis = 5 * 60_000;
+/// At shutdown, how long the tracker gets to take everyone back.
+const GIVE_UP_AT_SHUTDOWN_MS: Millis = 30_000;
+
+const STILL_HERE: &[u8] = b"* OK Still here\r\n";
+const BYE: &[u8] = b"* BYE [UNAVAILABLE] Server is busy, please reconnect.\r\n";
+
+enum WriteError {
+    Full,
+    Failed(Errno),
+}
+
+/// Write without blocking; a parked client never gets a buffer, so a
+/// write that does not fit whole is a disconnect.
+fn write_now(fd: &OwnedFd, bytes: &[u8]) -> Result<(), WriteError> {
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+    loop {
+        return match socket::send(fd.as_raw_fd(), bytes, flags) {
+            Ok(n) if n == bytes.len() => Ok(()),
+            Ok(_) | Err(Errno::EAGAIN) => Err(WriteError::Full),
+            Err(Errno::EINTR) => continue,
+            Err(e) => Err(WriteError::Failed(e)),
+        };
+    }
+}
+
+impl Daemon {
+    pub(super) fn who(&self, key: u32) -> String {
+        match self.conns.get(key as usize) {
+            Some(c) => format!("user={} conn={}", self.users.name(c.user), c.serial),
+            None => format!("conn key {key}"),
+        }
+    }
+
+    pub(super) fn schedule_keepalive(&mut self, key: u32, now: Millis) {
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        conn.timer_gen = self.timers.new_gen();
+        if conn.keepalive_secs > 0 {
+            let hash = self.users.hash(conn.user);
+            let at = next_keepalive(now, conn.keepalive_secs as u64 * 1000, hash);
+            self.timers.schedule(at, key, conn.timer_gen);
+        }
+    }
+
+    pub(super) fn keepalive(&mut self, key: u32, now: Millis) {
+        let Some(conn) = self.conns.get(key as usize) else {
+            return;
+        };
+        match write_now(&conn.fd, STILL_HERE) {
+            Ok(()) => {
+                self.stats.keepalives += 1;
+                self.schedule_keepalive(key, now);
+            }
+            Err(WriteError::Full) => self.drop_conn(
+                key,
+                GoneReason::OutputFull,
+                "client output buffer is full (keepalive)",
+            ),
+            Err(WriteError::Failed(e)) => {
+                self.drop_conn(key, GoneReason::HungUp, &format!("keepalive failed: {e}"))
+            }
+        }
+    }
+
+    /// The client's socket is readable.
+    pub(super) fn client_event(&mut self, key: u32) {
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        if conn.phase != Phase::Parked {
+            return;
+        }
+        if !conn.in_idle {
+            // Anything at all wakes it; forward what we read.
+            let fd = conn.fd.as_raw_fd();
+            return match read_some(fd, &mut self.scratch[..MAX_INPUT]) {
+                Ok(0) => self.drop_conn(key, GoneReason::HungUp, "connection closed by client"),
+                Ok(n) => {
+                    let input = self.scratch[..n].to_vec();
+                    self.wake_with(key, WakeReason::Input, input, false);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => self.drop_conn(key, GoneReason::HungUp, &format!("read failed: {e}")),
+            };
+        }
+        loop {
+            let Some(conn) = self.conns.get_mut(key as usize) else {
+                return;
+            };
+            let partial = conn.take_partial();
+            let have = partial.len();
+            self.scratch[..have].copy_from_slice(&partial);
+            let fd = conn.fd.as_raw_fd();
+            let n = match read_some(fd, &mut self.scratch[have..MAX_IDLE_INPUT]) {
+                Ok(0) => {
+                    return self.drop_conn(key, GoneReason::HungUp, "connection closed by client")
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if have > 0 {
+                        conn.extra = Some(Box::new(Extra::Partial(partial.into())));
+                    }
+                    return;
+                }
+                Err(e) => {
+                    return self.drop_conn(key, GoneReason::HungUp, &format!("read failed: {e}"))
+                }
+            };
+            let data = &self.scratch[..have + n];
+            match idle_input::parse(data) {
+                IdleInput::Partial => {
+                    conn.extra = Some(Box::new(Extra::Partial(data.into())));
+                }
+                IdleInput::Bad => {
+                    let input = data.to_vec();
+                    return self.wake_with(key, WakeReason::BadDone, input, false);
+                }
+                IdleInput::Done { rest } => {
+                    let input = rest.to_vec();
+                    return self.wake_with(key, WakeReason::Done, input, false);
+                }
+                IdleInput::Restart { tag } => {
+                    // Tags are printable ASCII (checked by the parser).
+                    let new_tag: Box<str> = String::from_utf8_lossy(tag).into();
+                    let mut answer = Vec::with_capacity(conn.tag.len() + 32);
+                    answer.extend_from_slice(conn.tag.as_bytes());
+                    answer.extend_from_slice(b" OK Idle completed.\r\n+ idling\r\n");
+                    match write_now(&conn.fd, &answer) {
+                        Ok(()) => {
+                            conn.tag = new_tag;
+                            self.stats.idle_restarted += 1;
+                            debug!("{}: IDLE restarted in place", self.who(key));
+                        }
+                        Err(WriteError::Full) => {
+                            return self.drop_conn(
+                                key,
+                                GoneReason::OutputFull,
+                                "client output buffer is full (IDLE restart)",
+                            )
+                        }
+                        Err(WriteError::Failed(e)) => {
+                            return self.drop_conn(
+                                key,
+                                GoneReason::HungUp,
+                                &format!("write failed: {e}"),
+                            )
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Wake a parked connection for `reason` (a mailbox change, shutdown):
+    /// any partial input already read travels with it.
+    pub(super) fn wake(&mut self, key: u32, reason: WakeReason) {
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        let input = conn.take_partial();
+        let idle_running = conn.in_idle;
+        self.wake_with(key, reason, input, idle_running);
+    }
+
+    /// Stop watching, and queue the connection for the tracker.
+    pub(super) fn wake_with(
+        &mut self,
+        key: u32,
+        reason: WakeReason,
+        input: Vec<u8>,
+        idle_running: bool,
+    ) {
+        let now = self.now();
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        if conn.phase != Phase::Parked {
+            return;
+        }
+        let fd = conn.fd.as_raw_fd();
+        // Deregistering cannot fail for a registered fd; if it somehow did,
+        // readiness events for a non-parked connection are ignored anyway.
+        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        let watch_idx = std::mem::take(&mut conn.watches);
+        let watch = watch_idx
+            .iter()
+            .filter_map(|&i| self.watches.path(i).map(PathBuf::from))
+            .collect();
+        self.leave_watches(&watch_idx);
+        let give_up_after = match reason {
+            WakeReason::Shutdown => GIVE_UP_AT_SHUTDOWN_MS,
+            _ if !input.is_empty() => GIVE_UP_WITH_INPUT_MS,
+            WakeReason::Changed => GIVE_UP_WITHOUT_INPUT_MS,
+            _ => GIVE_UP_WITH_INPUT_MS,
+        };
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        conn.phase = Phase::Queued;
+        conn.extra = Some(Box::new(Extra::Waking(Waking {
+            reason,
+            input,
+            idle_running,
+            give_up_at: now + give_up_after,
+            attempts: 0,
+            watch,
+        })));
+        conn.timer_gen = self.timers.new_gen();
+        self.timers
+            .schedule(now + give_up_after, key, conn.timer_gen);
+        let serial = conn.serial;
+        match reason {
+            WakeReason::Done => self.stats.wake_done += 1,
+            WakeReason::BadDone => self.stats.wake_bad_done += 1,
+            WakeReason::Input => self.stats.wake_input += 1,
+            WakeReason::Changed => self.stats.wake_changed += 1,
+            WakeReason::Shutdown => self.stats.wake_shutdown += 1,
+        }
+        debug!("{}: woken ({reason:?})", self.who(key));
+        self.tracker.queue.push_back((key, serial));
+    }
+
+    pub(super) fn leave_watches(&mut self, idx: &[u32]) {
+        let conns = &self.conns;
+        for &i in idx {
+            self.watches.leave(i, |(k, s)| {
+                conns
+                    .get(k as usize)
+                    .is_some_and(|c| c.serial == s && c.phase == Phase::Parked)
+            });
+        }
+    }
+
+    /// The connection is over: close it, tell the tracker, log why once.
+    pub(super) fn drop_conn(&mut self, key: u32, reason: GoneReason, detail: &str) {
+        if !self.conns.contains(key as usize) {
+            return;
+        }
+        let who = self.who(key);
+        let conn = self.conns.remove(key as usize);
+        if conn.phase == Phase::Parked {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&conn.fd.as_raw_fd()));
+            self.leave_watches(&conn.watches);
+        }
+        if conn.phase == Phase::InFlight {
+            self.tracker.in_flight -= 1;
+        }
+        match reason {
+            GoneReason::HungUp => {
+                self.stats.hung_up += 1;
+                info!("{who}: {detail}");
+            }
+            GoneReason::OutputFull => {
+                self.stats.hung_up += 1;
+                warn!("{who}: disconnected: {detail}");
+            }
+            GoneReason::GaveUp => {
+                self.stats.gave_up += 1;
+                warn!("{who}: disconnected with BYE: {detail}");
+            }
+        }
+        self.tracker.tell_gone(Gone {
+            id: conn.id(key),
+            user: self.users.name(conn.user).to_owned(),
+            cookie: conn.cookie,
+            reason,
+            detail: detail.to_owned(),
+        });
+        self.users.release(conn.user);
+    }
+
+    /// The tracker did not take the connection back in time: say goodbye
+    /// and close it for every holder (it may already sit in the tracker's
+    /// socket queue).
+    pub(super) fn give_up(&mut self, key: u32, why: &str) {
+        let Some(conn) = self.conns.get(key as usize) else {
+            return;
+        };
+        let _ = write_now(&conn.fd, BYE);
+        let _ = socket::shutdown(conn.fd.as_raw_fd(), Shutdown::Both);
+        self.drop_conn(key, GoneReason::GaveUp, why);
+    }
+}
+
+fn read_some(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match socket::recv(fd, buf, MsgFlags::MSG_DONTWAIT) {
+            Ok(n) => return Ok(n),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! imap-idle: park idle IMAP connections for a few hundred bytes each and
+//! hand them back when the client types or the mailbox changes.
+//!
+//! - [`proto`]: wire encodings (native protocol, session state).
+//! - [`sys`]: the OS layer (descriptor passing, sockets, limits, signals).
+//! - [`idle`]: the parking daemon.
+//! - [`mail`]: the library for mail processes.
+//! - [`link`]: a blocking native-protocol client connection.
+
+pub mod idle;
+pub mod link;
+pub mod mail;
+pub mod proto;
+pub mod sys;

@@ -1,0 +1,97 @@
+//! A blocking native-protocol connection for peers that ask one thing at a
+//! time: mail processes parking a client, operators' tools asking for stats.
+
+use std::fmt;
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::proto::native::{self, Message, RecvError, Role, Stats, MAX_PACKET};
+use crate::sys::SeqPacket;
+
+/// How long a request waits for its answer before giving up.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Link {
+    sock: SeqPacket,
+    buf: Vec<u8>,
+    peer_role: Role,
+}
+
+#[derive(Debug)]
+pub enum LinkError {
+    Io(io::Error),
+    Recv(RecvError),
+    /// The peer sent `Error` and closed.
+    Peer(String),
+    Unexpected(&'static str),
+}
+
+impl fmt::Display for LinkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkError::Io(e) => write!(f, "{e}"),
+            LinkError::Recv(e) => write!(f, "{e}"),
+            LinkError::Peer(reason) => write!(f, "peer reported an error: {reason}"),
+            LinkError::Unexpected(what) => write!(f, "unexpected answer: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for LinkError {}
+
+impl From<io::Error> for LinkError {
+    fn from(e: io::Error) -> Self {
+        LinkError::Io(e)
+    }
+}
+
+impl Link {
+    /// Connect to `path` and exchange hellos, announcing `role`.
+    pub fn connect(path: &Path, role: Role) -> Result<Link, LinkError> {
+        let sock = SeqPacket::connect(path, false)?;
+        sock.set_recv_timeout(Some(ANSWER_TIMEOUT))?;
+        let mut link = Link {
+            sock,
+            buf: vec![0; MAX_PACKET + 1],
+            peer_role: role,
+        };
+        let hello = Message::Hello {
+            role,
+            pid: std::process::id(),
+        };
+        match link.request(&hello, None)? {
+            Message::Hello { role, .. } => link.peer_role = role,
+            _ => return Err(LinkError::Unexpected("expected Hello")),
+        }
+        Ok(link)
+    }
+
+    pub fn peer_role(&self) -> Role {
+        self.peer_role
+    }
+
+    /// Send one message and wait for the one answer.
+    pub fn request(
+        &mut self,
+        msg: &Message,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<Message, LinkError> {
+        native::send(&self.sock, msg, fd)?;
+        let incoming = native::recv(&self.sock, &mut self.buf).map_err(LinkError::Recv)?;
+        match incoming.msg {
+            Message::Error { reason } => Err(LinkError::Peer(reason)),
+            other => Ok(other),
+        }
+    }
+}
+
+/// Ask the daemon at `path` for its counters.
+pub fn stats(path: &Path) -> Result<Stats, LinkError> {
+    let mut link = Link::connect(path, Role::Admin)?;
+    match link.request(&Message::StatsRequest, None)? {
+        Message::Stats(s) => Ok(s),
+        _ => Err(LinkError::Unexpected("expected Stats")),
+    }
+}

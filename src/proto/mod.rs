@@ -1,0 +1,7 @@
+//! Wire encodings: the native protocol between our processes, the session
+//! state a mail process exports, and the small codecs they need.
+
+pub mod base64;
+pub mod native;
+mod paths;
+pub mod state;

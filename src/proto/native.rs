@@ -1,0 +1,524 @@
+//! Native protocol v1: what our processes say to each other.
+//!
+//! Every packet on a UNIX `SOCK_SEQPACKET` socket is one message: a version
+//! byte, then a postcard-encoded [`Message`]. A message that hands over a
+//! client connection (`Park`, `Return`) carries exactly one descriptor with
+//! SCM_RIGHTS on the same packet; every other message carries none. The
+//! first message on each connection is `Hello`, naming the sender's role.
+//! `man/imap-idle-protocol.7` is the reference for implementers.
+
+use std::fmt;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::sys::SeqPacket;
+
+pub const VERSION: u8 = 1;
+/// Largest packet either side accepts; larger ones are an error.
+pub const MAX_PACKET: usize = 64 * 1024;
+pub const MAX_USER: usize = 256;
+/// Dovecot's imap-hibernate allows 128 bytes of IDLE tag; so do we.
+pub const MAX_TAG: usize = 128;
+pub const MAX_STATE: usize = 16 * 1024;
+pub const MAX_WATCH: usize = 8;
+pub const MAX_PATH: usize = 4096;
+pub const MAX_INPUT: usize = 4096;
+pub const MAX_TEXT: usize = 1024;
+
+/// A user's 128-bit cookie: only a return carrying it gets the connection back.
+pub type Cookie = [u8; 16];
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// An IMAP server process that parks its idle clients.
+    MailProcess,
+    /// The parking daemon, returning clients to the tracker.
+    Idle,
+    /// The router that takes returned clients.
+    Tracker,
+    /// An operator's tool asking for statistics.
+    Admin,
+}
+
+/// Everything a mail process hands over with the client descriptor. It
+/// comes back unchanged in [`Return`], except `tag`, which the client may
+/// have replaced by ending and restarting IDLE while parked.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Park {
+    pub user: String,
+    pub cookie: Cookie,
+    /// The tag of the running IDLE command.
+    pub tag: String,
+    /// The client is inside IDLE (it may only send `DONE`).
+    pub in_idle: bool,
+    /// Seconds between `* OK Still here` lines; 0 disables them.
+    pub keepalive_secs: u32,
+    /// Paths whose change wakes the connection (index log, Maildir `new/`).
+    #[serde(with = "super::paths")]
+    pub watch: Vec<PathBuf>,
+    /// The mail process's session state, opaque to the daemon.
+    pub state: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefuseKind {
+    /// The daemon holds as many connections as it may.
+    Full,
+    /// The inotify watch limit is reached.
+    WatchLimit,
+    /// A path to watch cannot be watched (missing, no permission).
+    BadWatch,
+    /// The descriptor is not a connected stream socket.
+    BadFd,
+    /// The daemon is shutting down.
+    ShuttingDown,
+    /// A field breaks a protocol limit.
+    Invalid,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WakeReason {
+    /// The client ended IDLE with `DONE`; `input` holds what followed it.
+    Done,
+    /// The client sent something other than `DONE` inside IDLE; `input` holds it.
+    BadDone,
+    /// The client, not in IDLE, sent input; `input` holds it.
+    Input,
+    /// A watched path changed; IDLE is still running if it was.
+    Changed,
+    /// The daemon is shutting down.
+    Shutdown,
+}
+
+/// A woken connection on its way back (daemon -> tracker), with the client
+/// descriptor attached.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Return {
+    /// The id the daemon gave the connection in `Parked`.
+    pub id: u64,
+    pub park: Park,
+    pub reason: WakeReason,
+    /// Bytes read from the client and not consumed (never includes a
+    /// consumed `DONE`).
+    pub input: Vec<u8>,
+    /// IDLE is still running: the mail process sends the changes and stays in IDLE.
+    pub idle_running: bool,
+    /// Seconds the connection spent parked.
+    pub parked_secs: u32,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoneReason {
+    /// The client closed the connection or it failed.
+    HungUp,
+    /// A keepalive or answer could not be written without blocking.
+    OutputFull,
+    /// The tracker did not take the connection back in time; the client got `* BYE`.
+    GaveUp,
+}
+
+/// A parked client is gone (daemon -> tracker), so the tracker can fix its counts.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Gone {
+    pub id: u64,
+    pub user: String,
+    pub cookie: Cookie,
+    pub reason: GoneReason,
+    pub detail: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub parked: u64,
+    /// Woken and waiting for the tracker to take them.
+    pub returning: u64,
+    /// inotify watches held (one per distinct watched file).
+    pub watches: u64,
+    pub parks: u64,
+    pub refused: u64,
+    pub wake_done: u64,
+    pub wake_bad_done: u64,
+    pub wake_input: u64,
+    pub wake_changed: u64,
+    pub wake_shutdown: u64,
+    pub idle_restarted: u64,
+    pub returned: u64,
+    pub hung_up: u64,
+    pub gave_up: u64,
+    pub keepalives: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// First message on every connection, both ways.
+    Hello { role: Role, pid: u32 },
+    /// The sender found a problem and closes the connection.
+    Error { reason: String },
+    /// mail process -> daemon, with the client fd.
+    Park(Park),
+    /// daemon -> mail process: the daemon owns the client now; close yours.
+    Parked { id: u64 },
+    /// daemon -> mail process: keep the client.
+    Refused { kind: RefuseKind, reason: String },
+    /// daemon -> tracker, with the client fd.
+    Return(Return),
+    /// tracker -> daemon: the tracker owns the client now.
+    Accepted { id: u64 },
+    /// tracker -> daemon: not now; the daemon retries until its deadline.
+    Rejected { id: u64, reason: String },
+    /// daemon -> tracker: a parked client is gone.
+    Gone(Gone),
+    /// admin -> daemon.
+    StatsRequest,
+    /// daemon -> admin.
+    Stats(Stats),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProtoError {
+    Empty,
+    Version(u8),
+    TooLarge,
+    Decode(String),
+    TrailingBytes(usize),
+    Limit(&'static str),
+    FdCount { expected: usize, got: usize },
+    FdsTruncated,
+}
+
+impl fmt::Display for ProtoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProtoError::Empty => write!(f, "empty packet"),
+            ProtoError::Version(v) => {
+                write!(
+                    f,
+                    "unsupported protocol version {v} (this side speaks {VERSION})"
+                )
+            }
+            ProtoError::TooLarge => write!(f, "packet larger than {MAX_PACKET} bytes"),
+            ProtoError::Decode(e) => write!(f, "malformed message: {e}"),
+            ProtoError::TrailingBytes(n) => write!(f, "malformed message: {n} trailing bytes"),
+            ProtoError::Limit(what) => write!(f, "limit exceeded: {what}"),
+            ProtoError::FdCount { expected, got } => {
+                write!(f, "message carries {got} fds, expected {expected}")
+            }
+            ProtoError::FdsTruncated => write!(f, "fds were truncated in transit"),
+        }
+    }
+}
+
+impl std::error::Error for ProtoError {}
+
+impl Message {
+    /// How many descriptors must travel with this message.
+    pub fn fds_expected(&self) -> usize {
+        matches!(self, Message::Park(_) | Message::Return(_)) as usize
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![VERSION];
+        // Serializing into a Vec cannot fail for these types.
+        out.extend(postcard::to_stdvec(self).unwrap_or_default());
+        out
+    }
+
+    /// Decode and check limits. Never panics, whatever the bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Message, ProtoError> {
+        let (&version, body) = bytes.split_first().ok_or(ProtoError::Empty)?;
+        if version != VERSION {
+            return Err(ProtoError::Version(version));
+        }
+        if bytes.len() > MAX_PACKET {
+            return Err(ProtoError::TooLarge);
+        }
+        let (msg, rest): (Message, _) =
+            postcard::take_from_bytes(body).map_err(|e| ProtoError::Decode(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(ProtoError::TrailingBytes(rest.len()));
+        }
+        msg.check_limits()?;
+        Ok(msg)
+    }
+
+    fn check_limits(&self) -> Result<(), ProtoError> {
+        fn text(s: &str, what: &'static str) -> Result<(), ProtoError> {
+            if s.len() > MAX_TEXT {
+                return Err(ProtoError::Limit(what));
+            }
+            Ok(())
+        }
+        match self {
+            Message::Park(p) => p.check_limits(),
+            Message::Return(r) => {
+                r.park.check_limits()?;
+                if r.input.len() > MAX_INPUT {
+                    return Err(ProtoError::Limit("client input too long"));
+                }
+                Ok(())
+            }
+            Message::Gone(g) => {
+                check_user(&g.user)?;
+                text(&g.detail, "detail too long")
+            }
+            Message::Error { reason }
+            | Message::Refused { reason, .. }
+            | Message::Rejected { reason, .. } => text(reason, "reason too long"),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn check_user(user: &str) -> Result<(), ProtoError> {
+    if user.is_empty() || user.len() > MAX_USER {
+        return Err(ProtoError::Limit("user name empty or too long"));
+    }
+    if user.bytes().any(|b| b.is_ascii_control()) {
+        return Err(ProtoError::Limit("user name has control characters"));
+    }
+    Ok(())
+}
+
+impl Park {
+    fn check_limits(&self) -> Result<(), ProtoError> {
+        check_user(&self.user)?;
+        if self.tag.is_empty() || self.tag.len() > MAX_TAG {
+            return Err(ProtoError::Limit("tag empty or too long"));
+        }
+        if self.tag.bytes().any(|b| b <= b' ' || b >= 0x7f) {
+            return Err(ProtoError::Limit("tag has spaces or control characters"));
+        }
+        if self.state.len() > MAX_STATE {
+            return Err(ProtoError::Limit("state too long"));
+        }
+        if self.watch.len() > MAX_WATCH {
+            return Err(ProtoError::Limit("too many paths to watch"));
+        }
+        for p in &self.watch {
+            let len = p.as_os_str().len();
+            if len == 0 || len > MAX_PATH || !p.is_absolute() {
+                return Err(ProtoError::Limit("watch path empty, relative or too long"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One received message with the descriptors that came with it.
+#[derive(Debug)]
+pub struct Incoming {
+    pub msg: Message,
+    /// Present exactly when `msg.fds_expected()` is 1.
+    pub fd: Option<OwnedFd>,
+}
+
+#[derive(Debug)]
+pub enum RecvError {
+    /// The peer closed the connection.
+    Closed,
+    Io(std::io::Error),
+    /// The packet was bad; whatever descriptors came with it are closed.
+    Proto(ProtoError),
+}
+
+impl fmt::Display for RecvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecvError::Closed => write!(f, "connection closed"),
+            RecvError::Io(e) => write!(f, "{e}"),
+            RecvError::Proto(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for RecvError {}
+
+/// Receive and check one message. `buf` must be at least `MAX_PACKET + 1`
+/// bytes so an oversize packet is seen as such.
+pub fn recv(sock: &SeqPacket, buf: &mut [u8]) -> Result<Incoming, RecvError> {
+    let got = sock.recv(buf).map_err(RecvError::Io)?;
+    // Any early return below drops `got.fds`, closing what came.
+    if got.len == 0 && got.fds.is_empty() {
+        return Err(RecvError::Closed);
+    }
+    if got.truncated || got.len > MAX_PACKET {
+        return Err(RecvError::Proto(ProtoError::TooLarge));
+    }
+    if got.fds_truncated {
+        return Err(RecvError::Proto(ProtoError::FdsTruncated));
+    }
+    let msg = Message::decode(&buf[..got.len]).map_err(RecvError::Proto)?;
+    let expected = msg.fds_expected();
+    if got.fds.len() != expected {
+        return Err(RecvError::Proto(ProtoError::FdCount {
+            expected,
+            got: got.fds.len(),
+        }));
+    }
+    Ok(Incoming {
+        msg,
+        fd: got.fds.into_iter().next(),
+    })
+}
+
+/// Send one message, with the client descriptor for `Park` and `Return`.
+pub fn send(sock: &SeqPacket, msg: &Message, fd: Option<BorrowedFd<'_>>) -> std::io::Result<()> {
+    let fds: &[BorrowedFd<'_>] = match &fd {
+        Some(fd) => std::slice::from_ref(fd),
+        None => &[],
+    };
+    sock.send(&msg.encode(), fds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample_park() -> Park {
+        Park {
+            user: "alice".into(),
+            cookie: [7; 16],
+            tag: "a1".into(),
+            in_idle: true,
+            keepalive_secs: 120,
+            watch: vec![PathBuf::from("/var/mail/alice/new")],
+            state: vec![1, 2, 3],
+        }
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let msgs = vec![
+            Message::Hello {
+                role: Role::MailProcess,
+                pid: 42,
+            },
+            Message::Error { reason: "x".into() },
+            Message::Park(sample_park()),
+            Message::Parked { id: 1 << 40 },
+            Message::Refused {
+                kind: RefuseKind::Full,
+                reason: "full".into(),
+            },
+            Message::Return(Return {
+                id: 9,
+                park: sample_park(),
+                reason: WakeReason::BadDone,
+                input: b"a NOOP\r\n".to_vec(),
+                idle_running: false,
+                parked_secs: 3,
+            }),
+            Message::Accepted { id: 9 },
+            Message::Rejected {
+                id: 9,
+                reason: "busy".into(),
+            },
+            Message::Gone(Gone {
+                id: 9,
+                user: "alice".into(),
+                cookie: [0; 16],
+                reason: GoneReason::HungUp,
+                detail: "EOF".into(),
+            }),
+            Message::StatsRequest,
+            Message::Stats(Stats {
+                parked: 5,
+                ..Stats::default()
+            }),
+        ];
+        for m in msgs {
+            assert_eq!(Message::decode(&m.encode()).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn non_utf8_paths_survive() {
+        use std::os::unix::ffi::OsStringExt;
+        let mut p = sample_park();
+        p.watch = vec![PathBuf::from(std::ffi::OsString::from_vec(
+            b"/tmp/\xff".to_vec(),
+        ))];
+        let m = Message::Park(p);
+        assert_eq!(Message::decode(&m.encode()).unwrap(), m);
+    }
+
+    #[test]
+    fn rejects_bad_packets_without_panicking() {
+        assert_eq!(Message::decode(&[]), Err(ProtoError::Empty));
+        assert_eq!(Message::decode(&[2, 0]), Err(ProtoError::Version(2)));
+        assert!(matches!(Message::decode(&[1]), Err(ProtoError::Decode(_))));
+        assert!(matches!(
+            Message::decode(&[1, 200]),
+            Err(ProtoError::Decode(_))
+        ));
+        let mut extra = Message::StatsRequest.encode();
+        extra.push(0);
+        assert_eq!(Message::decode(&extra), Err(ProtoError::TrailingBytes(1)));
+        // Every prefix of a real message, and every single-byte corruption.
+        let full = Message::Park(sample_park()).encode();
+        for n in 0..full.len() {
+            let _ = Message::decode(&full[..n]);
+            for v in [0u8, 0x7f, 0x80, 0xff] {
+                let mut bad = full.clone();
+                bad[n] = v;
+                let _ = Message::decode(&bad);
+            }
+        }
+    }
+
+    #[test]
+    fn enforces_limits() {
+        let mut p = sample_park();
+        p.tag = "a b".into();
+        assert!(matches!(
+            Message::decode(&Message::Park(p).encode()),
+            Err(ProtoError::Limit(_))
+        ));
+        let mut p = sample_park();
+        p.watch = vec![PathBuf::from("relative")];
+        assert!(matches!(
+            Message::decode(&Message::Park(p).encode()),
+            Err(ProtoError::Limit(_))
+        ));
+        let mut p = sample_park();
+        p.state = vec![0; MAX_STATE + 1];
+        assert!(matches!(
+            Message::decode(&Message::Park(p).encode()),
+            Err(ProtoError::Limit(_))
+        ));
+    }
+
+    #[test]
+    fn recv_checks_fd_counts() {
+        let (a, b) = SeqPacket::pair().unwrap();
+        let mut buf = vec![0u8; MAX_PACKET + 1];
+        // A Park without its fd.
+        a.send(&Message::Park(sample_park()).encode(), &[]).unwrap();
+        assert!(matches!(
+            recv(&b, &mut buf),
+            Err(RecvError::Proto(ProtoError::FdCount {
+                expected: 1,
+                got: 0
+            }))
+        ));
+        // A StatsRequest with an fd it should not have.
+        use std::os::fd::AsFd;
+        let (x, _y) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.send(&Message::StatsRequest.encode(), &[x.as_fd()])
+            .unwrap();
+        assert!(matches!(
+            recv(&b, &mut buf),
+            Err(RecvError::Proto(ProtoError::FdCount {
+                expected: 0,
+                got: 1
+            }))
+        ));
+        send(&a, &Message::Park(sample_park()), Some(x.as_fd())).unwrap();
+        let inc = recv(&b, &mut buf).unwrap();
+        assert!(inc.fd.is_some());
+        drop(a);
+        assert!(matches!(recv(&b, &mut buf), Err(RecvError::Closed)));
+    }
+}

@@ -1,0 +1,199 @@
+//! The only module with `unsafe`: the two places where the kernel hands us
+//! file descriptors as bare integers (`accept4` and `recvmsg` with
+//! SCM_RIGHTS). Every descriptor becomes an `OwnedFd` before anything else
+//! can happen, so an early return closes it instead of leaking it.
+
+use std::io;
+use std::mem;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr;
+
+use nix::libc;
+
+/// Most descriptors one packet may carry. Packets of our protocols carry one
+/// or none; the room for more lets us see (and close) what a buggy peer sent
+/// instead of reporting a truncation.
+pub const MAX_FDS: usize = 8;
+
+/// What one `recvmsg` produced.
+#[derive(Debug)]
+pub struct Received {
+    pub len: usize,
+    pub fds: Vec<OwnedFd>,
+    /// The packet was longer than the buffer (the rest is gone).
+    pub truncated: bool,
+    /// The kernel dropped descriptors for lack of control-buffer room.
+    pub fds_truncated: bool,
+}
+
+/// Accept one connection, non-blocking and close-on-exec from the start.
+pub fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: accept4 with null address pointers only writes the new
+    // descriptor number into its return value.
+    let fd = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            ptr::null_mut(),
+            ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: accept4 succeeded, so `fd` is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Receive one packet and the descriptors attached to it (close-on-exec).
+pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
+    const SPACE: usize = cmsg_space(MAX_FDS);
+    // u64 elements keep the buffer aligned for `cmsghdr`.
+    let mut control = [0u64; SPACE.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is a plain C struct for which all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = mem::size_of_val(&control) as _;
+
+    // SAFETY: every pointer in `msg` refers to a live local buffer of the
+    // length stated next to it.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled `control` and set msg_controllen to the
+    // bytes used; the CMSG_* macros walk only within that length. The
+    // headers it wrote are complete even when MSG_CTRUNC is set (it only
+    // stores what fits), so the descriptors we read were installed in our
+    // table and are ours to close.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            let hdr = &*cmsg;
+            if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg);
+                let bytes = hdr.cmsg_len as usize - (data as usize - cmsg as usize);
+                for i in 0..bytes / mem::size_of::<RawFd>() {
+                    let raw: RawFd = ptr::read_unaligned(data.cast::<RawFd>().add(i));
+                    fds.push(OwnedFd::from_raw_fd(raw));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok(Received {
+        len: n as usize,
+        fds,
+        truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
+        fds_truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+    })
+}
+
+/// Send one packet with descriptors attached (none is fine).
+pub fn send(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+    const SPACE: usize = cmsg_space(MAX_FDS);
+    if fds.len() > MAX_FDS {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many fds"));
+    }
+    let mut control = [0u64; SPACE.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut _,
+        iov_len: data.len(),
+    };
+    // SAFETY: msghdr is a plain C struct for which all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        let payload = fds.len() * mem::size_of::<RawFd>();
+        msg.msg_control = control.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE only computes a size.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(payload as u32) } as _;
+        // SAFETY: msg_control points at `control`, which is at least
+        // CMSG_SPACE(MAX_FDS) bytes and aligned, so the first header and its
+        // payload of `fds.len()` descriptors fit.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(payload as u32) as _;
+            let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+            for (i, fd) in fds.iter().enumerate() {
+                ptr::write_unaligned(data.add(i), fd.as_raw_fd());
+            }
+        }
+    }
+    // SAFETY: every pointer in `msg` refers to a live local buffer of the
+    // length stated next to it; the kernel only reads them.
+    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+const fn cmsg_space(fds: usize) -> usize {
+    // CMSG_SPACE is not const; this is its definition on Linux.
+    let align = mem::size_of::<usize>();
+    let hdr = (mem::size_of::<libc::cmsghdr>() + align - 1) & !(align - 1);
+    let data = (fds * mem::size_of::<RawFd>() + align - 1) & !(align - 1);
+    hdr + data
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .expect("socketpair")
+    }
+
+    #[test]
+    fn passes_a_usable_fd_with_cloexec() {
+        let (a, b) = pair();
+        let (mut x, y) = UnixStream::pair().unwrap();
+        send(a.as_fd(), b"hi", &[y.as_fd()]).unwrap();
+        drop(y);
+        let mut buf = [0u8; 16];
+        let got = recv(b.as_fd(), &mut buf).unwrap();
+        assert_eq!(&buf[..got.len], b"hi");
+        assert_eq!(got.fds.len(), 1);
+        assert!(!got.truncated && !got.fds_truncated);
+        let flags = nix::fcntl::fcntl(&got.fds[0], nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert!(flags & nix::libc::FD_CLOEXEC != 0);
+        let mut through = UnixStream::from(got.fds.into_iter().next().unwrap());
+        through.write_all(b"ping").unwrap();
+        let mut back = [0u8; 4];
+        x.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"ping");
+    }
+
+    #[test]
+    fn reports_truncated_packet_and_extra_fds() {
+        let (a, b) = pair();
+        let (x, y) = UnixStream::pair().unwrap();
+        send(a.as_fd(), &[7u8; 100], &[x.as_fd(), y.as_fd(), x.as_fd()]).unwrap();
+        let mut buf = [0u8; 10];
+        let got = recv(b.as_fd(), &mut buf).unwrap();
+        assert!(got.truncated);
+        assert_eq!(got.fds.len(), 3);
+    }
+}

@@ -1,0 +1,20 @@
+//! File-descriptor limits: every parked connection costs one descriptor,
+//! so the soft limit is raised to the hard one at start.
+
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+
+/// Raise the soft `RLIMIT_NOFILE` to the hard limit; returns the new soft limit.
+pub fn raise_nofile() -> std::io::Result<u64> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(hard)
+}
+
+/// Descriptors currently open in this process.
+pub fn open_fds() -> std::io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/fd")?
+        .count()
+        .saturating_sub(1))
+}

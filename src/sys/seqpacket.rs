@@ -1,0 +1,152 @@
+//! UNIX `SOCK_SEQPACKET` sockets: one message per packet, descriptors
+//! travelling with the packet they belong to.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+
+use nix::sys::socket::{self, sockopt, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+
+use super::fdpass::{self, Received};
+
+/// A connected or listening SEQPACKET socket.
+#[derive(Debug)]
+pub struct SeqPacket {
+    fd: OwnedFd,
+}
+
+/// The credentials of the process at the other end (`SO_PEERCRED`).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+fn new_socket(nonblocking: bool) -> io::Result<OwnedFd> {
+    let mut flags = SockFlag::SOCK_CLOEXEC;
+    if nonblocking {
+        flags |= SockFlag::SOCK_NONBLOCK;
+    }
+    Ok(socket::socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        flags,
+        None,
+    )?)
+}
+
+impl SeqPacket {
+    /// Bind and listen at `path` with the given permission bits.
+    ///
+    /// A socket file left by a dead process is replaced; one that a live
+    /// process still answers on is an error, so two daemons never share a
+    /// path by accident.
+    pub fn listen(path: &Path, mode: u32) -> io::Result<SeqPacket> {
+        if let Ok(meta) = fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} exists and is not a socket", path.display()),
+                ));
+            }
+            if SeqPacket::connect(path, false).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{} is in use by a running process", path.display()),
+                ));
+            }
+            fs::remove_file(path)?;
+        }
+        let fd = new_socket(true)?;
+        let addr = UnixAddr::new(path)?;
+        socket::bind(fd.as_raw_fd(), &addr)?;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+        socket::listen(&fd, Backlog::MAXCONN)?;
+        Ok(SeqPacket { fd })
+    }
+
+    /// Connect to `path`. A non-blocking connect fails with `WouldBlock`
+    /// when the listener's backlog is full instead of waiting.
+    pub fn connect(path: &Path, nonblocking: bool) -> io::Result<SeqPacket> {
+        let fd = new_socket(nonblocking)?;
+        let addr = UnixAddr::new(path)?;
+        socket::connect(fd.as_raw_fd(), &addr)?;
+        Ok(SeqPacket { fd })
+    }
+
+    /// A connected pair (blocking), for tests and in-process peers.
+    pub fn pair() -> io::Result<(SeqPacket, SeqPacket)> {
+        let (a, b) = socket::socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )?;
+        Ok((SeqPacket { fd: a }, SeqPacket { fd: b }))
+    }
+
+    pub fn accept(&self) -> io::Result<SeqPacket> {
+        Ok(SeqPacket {
+            fd: fdpass::accept(self.fd.as_fd())?,
+        })
+    }
+
+    pub fn send(&self, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        let n = fdpass::send(self.fd.as_fd(), data, fds)?;
+        if n != data.len() {
+            // SEQPACKET sends whole packets or nothing; anything else is a bug.
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "short packet send",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<Received> {
+        fdpass::recv(self.fd.as_fd(), buf)
+    }
+
+    pub fn peer(&self) -> io::Result<Peer> {
+        let cred = socket::getsockopt(&self.fd, sockopt::PeerCredentials)?;
+        Ok(Peer {
+            pid: cred.pid(),
+            uid: cred.uid(),
+            gid: cred.gid(),
+        })
+    }
+
+    pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        super::set_nonblocking(self.fd.as_fd(), on)
+    }
+
+    pub fn set_recv_timeout(&self, timeout: Option<std::time::Duration>) -> io::Result<()> {
+        let tv = match timeout {
+            Some(t) => nix::sys::time::TimeVal::new(t.as_secs() as _, t.subsec_micros() as _),
+            None => nix::sys::time::TimeVal::new(0, 0),
+        };
+        socket::setsockopt(&self.fd, sockopt::ReceiveTimeout, &tv)?;
+        Ok(())
+    }
+}
+
+impl AsFd for SeqPacket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRawFd for SeqPacket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl From<OwnedFd> for SeqPacket {
+    fn from(fd: OwnedFd) -> Self {
+        SeqPacket { fd }
+    }
+}
