@@ -154,7 +154,10 @@ fn connections_on_one_path_share_one_watch() {
     assert_eq!(d.stats().parked, 1);
     // SIGUSR1 says the same in the log.
     d.signal(nix::sys::signal::Signal::SIGUSR1);
-    wait_for(|| d.log().contains("parked=1 returning=0 watches=1"), "summary line");
+    wait_for(
+        || d.log().contains("parked=1 returning=0 watches=1"),
+        "summary line",
+    );
 }
 
 #[test]
@@ -162,12 +165,15 @@ fn client_hang_up_is_reported_and_cleaned_up() {
     let (d, t, mut m) = setup();
     let new = d.dir.path().join("new");
     std::fs::create_dir(&new).unwrap();
-    let baseline = d.fds();
+    let baseline = d.settled_fds();
     let (client, id) = m.park_ok(&idle_park("alice", vec![new]));
     assert_eq!(d.fds(), baseline + 1, "one fd per parked connection");
     drop(client);
     let g = t.gone();
-    assert_eq!((g.id, g.reason, g.user.as_str()), (id, GoneReason::HungUp, "alice"));
+    assert_eq!(
+        (g.id, g.reason, g.user.as_str()),
+        (id, GoneReason::HungUp, "alice")
+    );
     assert_eq!(g.cookie, [0x5a; 16]);
     // The client fd is gone; the one new fd is the tracker link, opened to
     // deliver the notice.
@@ -210,7 +216,11 @@ fn unwatchable_path_is_refused_and_the_client_kept() {
     let park = idle_park("alice", vec!["/nonexistent/Maildir/new".into()]);
     let (mut client, kept) = m.park(&park).expect_err("must be refused");
     assert_eq!(kept.kind, Some(RefuseKind::BadWatch));
-    assert!(kept.reason.contains("/nonexistent/Maildir/new"), "{}", kept.reason);
+    assert!(
+        kept.reason.contains("/nonexistent/Maildir/new"),
+        "{}",
+        kept.reason
+    );
     // The mail process still has a working client.
     let mut server = std::os::unix::net::UnixStream::from(kept.client);
     server.write_all(b"* OK\r\n").unwrap();

@@ -79,8 +79,7 @@ impl Daemon {
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig)
-            .expect("signal");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig).expect("signal");
     }
 
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
@@ -89,8 +88,26 @@ impl Daemon {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(Instant::now() < end, "daemon did not exit; log:\n{}", self.log());
+            assert!(
+                Instant::now() < end,
+                "daemon did not exit; log:\n{}",
+                self.log()
+            );
             thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The fd count once it has stopped moving (a stats connection of the
+    /// harness may still be closing).
+    pub fn settled_fds(&self) -> usize {
+        let mut last = self.fds();
+        loop {
+            thread::sleep(Duration::from_millis(150));
+            let now = self.fds();
+            if now == last {
+                return now;
+            }
+            last = now;
         }
     }
 
@@ -167,7 +184,8 @@ impl Mail {
 
     /// Park an existing server end (the caller plays the client).
     pub fn park_server_end(&mut self, server: UnixStream) -> Result<u64, Kept> {
-        self.link.park(OwnedFd::from(server), &idle_park("alice", vec![]))
+        self.link
+            .park(OwnedFd::from(server), &idle_park("alice", vec![]))
     }
 
     pub fn park_ok(&mut self, park: &Park) -> (UnixStream, u64) {
@@ -222,7 +240,10 @@ impl Tracker {
                     match inc.msg {
                         Message::Hello { role, .. } => {
                             assert_eq!(role, Role::Idle);
-                            let hello = Message::Hello { role: Role::Tracker, pid: 0 };
+                            let hello = Message::Hello {
+                                role: Role::Tracker,
+                                pid: 0,
+                            };
                             native::send(&sock, &hello, None).expect("hello");
                         }
                         Message::Return(r) => {
@@ -236,7 +257,10 @@ impl Tracker {
                             let answer = match policy {
                                 Policy::RejectFirst(n) if rejected < n => {
                                     rejected += 1;
-                                    Message::Rejected { id, reason: "busy".into() }
+                                    Message::Rejected {
+                                        id,
+                                        reason: "busy".into(),
+                                    }
                                 }
                                 _ => {
                                     let fd = inc.fd.expect("Return carries an fd");
@@ -290,7 +314,9 @@ impl Tracker {
 /// through it reaches the test's client end.
 pub fn assert_same_socket(returned: &OwnedFd, client: &mut UnixStream) {
     let mut through = UnixStream::from(returned.as_fd().try_clone_to_owned().expect("dup"));
-    through.write_all(b"* 1 EXISTS\r\n").expect("write through returned fd");
+    through
+        .write_all(b"* 1 EXISTS\r\n")
+        .expect("write through returned fd");
     let mut got = [0u8; 12];
     client.read_exact(&mut got).expect("read at client");
     assert_eq!(&got, b"* 1 EXISTS\r\n");
