@@ -11,7 +11,7 @@ use mio::{Interest, Token};
 use nix::errno::Errno;
 
 use super::daemon::{Daemon, Shutdown, ACCEPT_PAUSE_MS, FIRST_CONN, FIRST_CONTROL, MAX_CONTROLS};
-use super::parked::{Conn, Phase};
+use super::parked::Conn;
 use super::watches::WatchError;
 use crate::proto::native::{self, Message, Park, RecvError, RefuseKind, Role};
 use crate::sys::{self, Peer, SeqPacket};
@@ -286,21 +286,18 @@ impl Daemon {
         }
         let now = self.now();
         let user = self.users.intern(&park.user);
-        let conn = Conn {
+        let conn = Conn::new(
             fd,
             serial,
             user,
-            timer_gen: 0,
-            keepalive_secs: park.keepalive_secs,
-            parked_at: (now / 1000) as u32,
-            phase: Phase::Parked,
-            in_idle: park.in_idle,
-            cookie: park.cookie,
-            tag: park.tag.into_boxed_str(),
-            state: park.state.into_boxed_slice(),
-            watches: watches.into_boxed_slice(),
-            extra: None,
-        };
+            park.keepalive_secs,
+            (now / 1000) as u32,
+            park.in_idle,
+            park.cookie,
+            &watches,
+            &park.tag,
+            &park.state,
+        );
         let id = conn.id(key);
         let inserted = self.conns.insert(conn) as u32;
         debug_assert_eq!(inserted, key);
@@ -310,7 +307,7 @@ impl Daemon {
             "{}: parked from pid {} ({} watches, keepalive {}s)",
             self.who(key),
             peer.pid,
-            self.conns[key as usize].watches.len(),
+            watches.len(),
             park.keepalive_secs
         );
         (Message::Parked { id }, Some(key))
@@ -332,7 +329,7 @@ impl Daemon {
             .poll
             .registry()
             .deregister(&mut SourceFd(&conn.fd.as_raw_fd()));
-        self.leave_watches(&conn.watches);
+        self.leave_watches(&conn.watches());
         self.users.release(conn.user);
     }
 }

@@ -40,11 +40,13 @@ pub(super) struct Conn {
     pub parked_at: u32,
     pub phase: Phase,
     pub in_idle: bool,
+    /// Counts of what `data` holds (see [`Conn::pack`]).
+    n_watch: u8,
+    tag_len: u8,
     pub cookie: Cookie,
-    pub tag: Box<str>,
-    pub state: Box<[u8]>,
-    /// Indices into the shared watch table.
-    pub watches: Box<[u32]>,
+    /// Watch indices, tag and state blob in one allocation: one malloc
+    /// header and one pointer instead of three.
+    data: Box<[u8]>,
     pub extra: Option<Box<Extra>>,
 }
 
@@ -66,6 +68,89 @@ pub(super) struct Waking {
 }
 
 impl Conn {
+    /// A new parked connection; `watches` are indices into the watch
+    /// table, at most `MAX_WATCH`, and `tag` at most `MAX_TAG` bytes (both
+    /// checked when the park message was decoded).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        fd: OwnedFd,
+        serial: u32,
+        user: u32,
+        keepalive_secs: u32,
+        parked_at: u32,
+        in_idle: bool,
+        cookie: Cookie,
+        watches: &[u32],
+        tag: &str,
+        state: &[u8],
+    ) -> Conn {
+        Conn {
+            fd,
+            serial,
+            user,
+            timer_gen: 0,
+            keepalive_secs,
+            parked_at,
+            phase: Phase::Parked,
+            in_idle,
+            n_watch: watches.len() as u8,
+            tag_len: tag.len() as u8,
+            cookie,
+            data: Conn::pack(watches, tag.as_bytes(), state),
+            extra: None,
+        }
+    }
+
+    fn pack(watches: &[u32], tag: &[u8], state: &[u8]) -> Box<[u8]> {
+        let mut data = Vec::with_capacity(watches.len() * 4 + tag.len() + state.len());
+        for w in watches {
+            data.extend_from_slice(&w.to_ne_bytes());
+        }
+        data.extend_from_slice(tag);
+        data.extend_from_slice(state);
+        data.into_boxed_slice()
+    }
+
+    fn tag_start(&self) -> usize {
+        self.n_watch as usize * 4
+    }
+
+    pub fn watches(&self) -> Vec<u32> {
+        self.data[..self.tag_start()]
+            .chunks_exact(4)
+            .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    }
+
+    pub fn tag(&self) -> &str {
+        let start = self.tag_start();
+        std::str::from_utf8(&self.data[start..start + self.tag_len as usize]).unwrap_or("")
+    }
+
+    pub fn state(&self) -> &[u8] {
+        &self.data[self.tag_start() + self.tag_len as usize..]
+    }
+
+    fn repack(&mut self, watches: &[u32], tag: &[u8]) {
+        self.data = Conn::pack(watches, tag, self.state());
+        self.n_watch = watches.len() as u8;
+        self.tag_len = tag.len() as u8;
+    }
+
+    /// The client restarted IDLE with a new tag.
+    pub fn set_tag(&mut self, tag: &[u8]) {
+        let watches = self.watches();
+        self.repack(&watches, tag);
+    }
+
+    /// Forget the watch indices (the connection left the watches).
+    pub fn take_watches(&mut self) -> Vec<u32> {
+        let watches = self.watches();
+        let tag = self.tag().as_bytes().to_vec();
+        self.repack(&[], &tag);
+        watches
+    }
+
     pub fn id(&self, key: u32) -> u64 {
         (self.serial as u64) << 32 | key as u64
     }
@@ -223,13 +308,13 @@ impl Daemon {
                 }
                 IdleInput::Restart { tag } => {
                     // Tags are printable ASCII (checked by the parser).
-                    let new_tag: Box<str> = String::from_utf8_lossy(tag).into();
-                    let mut answer = Vec::with_capacity(conn.tag.len() + 32);
-                    answer.extend_from_slice(conn.tag.as_bytes());
+                    let new_tag = tag.to_vec();
+                    let mut answer = Vec::with_capacity(conn.tag().len() + 32);
+                    answer.extend_from_slice(conn.tag().as_bytes());
                     answer.extend_from_slice(b" OK Idle completed.\r\n+ idling\r\n");
                     match write_now(&conn.fd, &answer) {
                         Ok(()) => {
-                            conn.tag = new_tag;
+                            conn.set_tag(&new_tag);
                             self.stats.idle_restarted += 1;
                             debug!("{}: IDLE restarted in place", self.who(key));
                         }
@@ -283,7 +368,7 @@ impl Daemon {
         // Deregistering cannot fail for a registered fd; if it somehow did,
         // readiness events for a non-parked connection are ignored anyway.
         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
-        let watch_idx = std::mem::take(&mut conn.watches);
+        let watch_idx = conn.take_watches();
         let watch = watch_idx
             .iter()
             .filter_map(|&i| self.watches.path(i).map(PathBuf::from))
@@ -345,7 +430,7 @@ impl Daemon {
                 .poll
                 .registry()
                 .deregister(&mut SourceFd(&conn.fd.as_raw_fd()));
-            self.leave_watches(&conn.watches);
+            self.leave_watches(&conn.watches());
         }
         if conn.phase == Phase::InFlight {
             self.tracker.in_flight -= 1;

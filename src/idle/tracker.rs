@@ -144,11 +144,11 @@ impl Daemon {
                 park: Park {
                     user: self.users.name(conn.user).to_owned(),
                     cookie: conn.cookie,
-                    tag: conn.tag.to_string(),
+                    tag: conn.tag().to_owned(),
                     in_idle: conn.in_idle,
                     keepalive_secs: conn.keepalive_secs,
                     watch: w.watch.clone(),
-                    state: conn.state.to_vec(),
+                    state: conn.state().to_vec(),
                 },
                 reason: w.reason,
                 input: w.input.clone(),

@@ -96,7 +96,9 @@ impl Watches {
                     wd,
                     path: path.into(),
                     live: 0,
-                    watchers: Vec::new(),
+                    // Most files have one watcher: don't let the first push
+                    // reserve room for four.
+                    watchers: Vec::with_capacity(1),
                     dead: false,
                 }) as u32;
                 self.by_wd.insert(id, idx);
