@@ -6,8 +6,10 @@
 //! - [`idle`]: the parking daemon.
 //! - [`mail`]: the library for mail processes.
 //! - [`link`]: a blocking native-protocol client connection.
+//! - [`lab`]: tools to try it out (`imap-idle-lab`).
 
 pub mod idle;
+pub mod lab;
 pub mod link;
 pub mod mail;
 pub mod proto;

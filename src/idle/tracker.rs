@@ -269,11 +269,11 @@ impl Daemon {
         self.tracker.in_flight = 0;
         let now = self.now();
         self.tracker.retry_at = Some(now + self.tracker.backoff_ms);
-        if !self.tracker.outage_logged {
-            warn!(
-                "tracker link lost ({why}); {} connections waiting, retrying",
-                self.tracker.queue.len()
-            );
+        let waiting = self.tracker.queue.len() + self.tracker.gone.len();
+        if waiting == 0 {
+            info!("tracker link closed ({why})");
+        } else if !self.tracker.outage_logged {
+            warn!("tracker link lost ({why}); {waiting} connections and notices waiting, retrying");
             self.tracker.outage_logged = true;
         }
     }
