@@ -251,3 +251,67 @@ fn input_sent_during_the_hand_off_is_not_missed() {
     assert_eq!(r.reason, WakeReason::Done);
     wait_for(|| d.stats().parked == 0, "nothing left parked");
 }
+
+#[test]
+fn a_deleted_watched_dir_wakes_its_watchers() {
+    let (d, t, mut m) = setup();
+    let new = d.dir.path().join("gone/new");
+    std::fs::create_dir_all(&new).unwrap();
+    let (_client, _) = m.park_ok(&idle_park("alice", vec![new.clone()]));
+    std::fs::remove_dir_all(d.dir.path().join("gone")).unwrap();
+    let (r, _fd) = t.returned();
+    assert_eq!(r.reason, WakeReason::Changed);
+    wait_for(|| d.stats().watches == 0, "the dead watch to go");
+}
+
+#[test]
+fn an_inotify_queue_overflow_wakes_everyone_watching_anything() {
+    let (d, t, mut m) = setup();
+    let busy = d.dir.path().join("busy");
+    let quiet = d.dir.path().join("quiet");
+    std::fs::create_dir(&busy).unwrap();
+    std::fs::create_dir(&quiet).unwrap();
+    let (_a, _) = m.park_ok(&idle_park("alice", vec![busy.clone()]));
+    let (_b, _) = m.park_ok(&idle_park("bob", vec![quiet]));
+    let (_c, _) = m.park_ok(&idle_park("carol", vec![]));
+    // Freeze the daemon so the kernel's event queue fills past its limit.
+    let max: usize = std::fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    d.signal(nix::sys::signal::Signal::SIGSTOP);
+    for i in 0..max + 100 {
+        std::fs::File::create(busy.join(i.to_string())).unwrap();
+    }
+    d.signal(nix::sys::signal::Signal::SIGCONT);
+    let mut users = vec![t.returned().0.park.user, t.returned().0.park.user];
+    users.sort();
+    // bob's directory never changed: only the overflow can have woken him.
+    assert_eq!(users, ["alice", "bob"]);
+    assert_eq!(d.stats().parked, 1, "carol watches nothing and stays");
+}
+
+#[test]
+fn a_client_that_does_not_read_is_disconnected_not_buffered() {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let (d, t, mut m) = setup();
+    let (client, server) = std::os::unix::net::UnixStream::pair().unwrap();
+    setsockopt(&server, sockopt::SndBuf, &4096).unwrap();
+    server.set_nonblocking(true).unwrap();
+    let mut filled = 0;
+    while let Ok(n) = (&server).write(&[b'x'; 1024]) {
+        filled += n;
+    }
+    assert!(filled > 0);
+    server.set_nonblocking(false).unwrap();
+    let mut park = idle_park("alice", vec![]);
+    park.keepalive_secs = 1;
+    m.park_server_end_with(server, &park).expect("parked");
+    let g = t.gone();
+    assert_eq!(g.reason, GoneReason::OutputFull);
+    assert!(d
+        .log()
+        .contains("user=alice conn=1: disconnected: client output buffer is full"));
+    drop(client);
+}

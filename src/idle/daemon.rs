@@ -38,8 +38,11 @@ pub(super) const FIRST_CONN: usize = 1 << 32;
 /// pauses at this count and resumes below 90% of it.
 pub(super) const MAX_CONTROLS: usize = 512;
 /// Descriptors kept free for control connections, the listener, inotify,
-/// the tracker link, logging.
-const FD_RESERVE: usize = MAX_CONTROLS + 64;
+/// the tracker link and logging: a sixteenth of the limit, at least 32,
+/// at most what MAX_CONTROLS control connections need.
+fn fd_reserve(limit: usize) -> usize {
+    (limit / 16).clamp(32, MAX_CONTROLS + 64)
+}
 /// How long accepting pauses after EMFILE/ENFILE.
 pub(super) const ACCEPT_PAUSE_MS: Millis = 100;
 
@@ -110,7 +113,9 @@ impl Daemon {
             Signals::new(&[Signal::SIGTERM, Signal::SIGINT, Signal::SIGUSR1]),
         )?;
         let fd_limit = setup("raising the open-file limit", limits::raise_nofile())?;
-        let allowed = (fd_limit as usize).saturating_sub(FD_RESERVE).max(1);
+        let allowed = (fd_limit as usize)
+            .saturating_sub(fd_reserve(fd_limit as usize))
+            .max(1);
         let max_parked = match cfg.max_parked {
             Some(n) if n > allowed => {
                 warn!(

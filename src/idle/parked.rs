@@ -433,7 +433,7 @@ impl Daemon {
             self.leave_watches(&conn.watches());
         }
         if conn.phase == Phase::InFlight {
-            self.tracker.in_flight -= 1;
+            self.tracker.in_flight = self.tracker.in_flight.saturating_sub(1);
         }
         match reason {
             GoneReason::HungUp => {

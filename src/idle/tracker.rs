@@ -153,7 +153,7 @@ impl Daemon {
                 reason: w.reason,
                 input: w.input.clone(),
                 idle_running: w.idle_running,
-                parked_secs: (now / 1000) as u32 - conn.parked_at,
+                parked_secs: ((now / 1000) as u32).saturating_sub(conn.parked_at),
             });
             let sent = match &self.tracker.link {
                 Link::Ready(sock) => native::send(sock, &msg, Some(conn.fd.as_fd())),
@@ -335,7 +335,7 @@ impl Daemon {
             debug!("tracker accepted unknown connection {id:#x}; ignored");
             return;
         };
-        self.tracker.in_flight -= 1;
+        self.tracker.in_flight = self.tracker.in_flight.saturating_sub(1);
         let who = self.who(key);
         let conn = self.conns.remove(key as usize);
         let reason = conn.waking().map(|w| w.reason);
@@ -350,7 +350,7 @@ impl Daemon {
             debug!("tracker rejected unknown connection {id:#x}; ignored");
             return;
         };
-        self.tracker.in_flight -= 1;
+        self.tracker.in_flight = self.tracker.in_flight.saturating_sub(1);
         let who = self.who(key);
         let gen = self.timers.new_gen();
         let conn = &mut self.conns[key as usize];

@@ -38,7 +38,7 @@ impl Users {
         let Some(user) = self.list.get_mut(id as usize) else {
             return;
         };
-        user.refs -= 1;
+        user.refs = user.refs.saturating_sub(1);
         if user.refs == 0 {
             let user = self.list.remove(id as usize);
             self.by_name.remove(&user.name);

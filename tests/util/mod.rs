@@ -36,10 +36,22 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(extra: &[&str]) -> Daemon {
+        Daemon::start_in(Command::new(env!("CARGO_BIN_EXE_imap-idle")), extra)
+    }
+
+    /// Start with both open-file limits set to `nofile`.
+    pub fn start_with_fd_limit(nofile: u32, extra: &[&str]) -> Daemon {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &format!("ulimit -n {nofile} && exec \"$0\" \"$@\"")])
+            .arg(env!("CARGO_BIN_EXE_imap-idle"));
+        Daemon::start_in(cmd, extra)
+    }
+
+    fn start_in(mut cmd: Command, extra: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let run = dir.path().join("run");
         let log = dir.path().join("imap-idle.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_imap-idle"))
+        let child = cmd
             .arg("--runtime-dir")
             .arg(&run)
             .args(["--log-level", "debug"])
@@ -68,6 +80,17 @@ impl Daemon {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .expect("read daemon fds")
             .count()
+    }
+
+    /// CPU time the daemon has used, user + system.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).expect("stat");
+        // Fields after the command name, which is in parentheses.
+        let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+        let f: Vec<&str> = rest.split(' ').collect();
+        let ticks: u64 =
+            f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
+        Duration::from_millis(ticks * 10)
     }
 
     pub fn stats(&self) -> Stats {
@@ -184,8 +207,11 @@ impl Mail {
 
     /// Park an existing server end (the caller plays the client).
     pub fn park_server_end(&mut self, server: UnixStream) -> Result<u64, Kept> {
-        self.link
-            .park(OwnedFd::from(server), &idle_park("alice", vec![]))
+        self.park_server_end_with(server, &idle_park("alice", vec![]))
+    }
+
+    pub fn park_server_end_with(&mut self, server: UnixStream, park: &Park) -> Result<u64, Kept> {
+        self.link.park(OwnedFd::from(server), park)
     }
 
     pub fn park_ok(&mut self, park: &Park) -> (UnixStream, u64) {
