@@ -177,7 +177,7 @@ fn client_hang_up_is_reported_and_cleaned_up() {
     assert_eq!(g.cookie, [0x5a; 16]);
     // The client fd is gone; the one new fd is the tracker link, opened to
     // deliver the notice.
-    assert_eq!(*t.links.lock().unwrap(), 1);
+    assert_eq!(t.links(), 1);
     d.expect_fds(baseline + 1);
     let s = d.stats();
     assert_eq!((s.parked, s.watches, s.hung_up), (0, 0, 1));

@@ -81,7 +81,7 @@ fn a_link_lost_with_returns_in_flight_resends_them() {
         got.insert(r.id);
     }
     assert_eq!(got, clients.into_iter().collect());
-    assert!(*t.links.lock().unwrap() >= 4, "the link was re-established");
+    assert!(t.links() >= 4, "the link was re-established");
 }
 
 #[test]
@@ -155,4 +155,27 @@ fn gone_notices_wait_for_the_tracker() {
     let t = Tracker::start(&d.tracker, Policy::Accept);
     let g = t.gone();
     assert_eq!((g.id, g.reason), (id, GoneReason::HungUp));
+}
+
+#[test]
+fn an_idle_daemon_sleeps_after_its_tracker_link_closes() {
+    let d = Daemon::start(&[]);
+    let t = Tracker::start(&d.tracker, Policy::Accept);
+    let mut m = Mail::connect(&d);
+    let (mut client, _) = m.park_ok(&idle_park("alice", vec![]));
+    client.write_all(b"DONE\r\n").unwrap();
+    let _ = t.returned();
+    let (_parked, _) = m.park_ok(&idle_park("bob", vec![]));
+    t.close_links();
+    wait_for(|| d.log().contains("tracker link closed"), "link closed");
+    // Past every retry deadline, with nothing to deliver.
+    sleep(Duration::from_secs(3));
+    let before = d.cpu_time();
+    sleep(Duration::from_secs(2));
+    let used = d.cpu_time() - before;
+    assert!(
+        used < Duration::from_millis(200),
+        "idle daemon used {used:?} of CPU in 2 s"
+    );
+    assert_eq!(d.stats().parked, 1);
 }

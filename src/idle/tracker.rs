@@ -105,7 +105,13 @@ impl Daemon {
         let t = &mut self.tracker;
         if matches!(t.link, Link::Down) {
             let pending = !t.queue.is_empty() || !t.gone.is_empty();
-            if !pending || t.retry_at.is_some_and(|at| at > now) {
+            if !pending {
+                // Nothing to deliver: no reason to wake up for a retry
+                // (a past deadline here would make the loop spin).
+                t.retry_at = t.retry_at.filter(|&at| at > now);
+                return;
+            }
+            if t.retry_at.is_some_and(|at| at > now) {
                 return;
             }
             self.connect_tracker(now);

@@ -240,7 +240,8 @@ pub enum Policy {
 
 pub struct Tracker {
     pub events: Receiver<Event>,
-    pub links: Arc<Mutex<usize>>,
+    /// A copy of every link the daemon opened.
+    links: Arc<Mutex<Vec<OwnedFd>>>,
 }
 
 impl Tracker {
@@ -248,13 +249,14 @@ impl Tracker {
         let listener = SeqPacket::listen(path, 0o600).expect("tracker listen");
         listener.set_nonblocking(false).expect("blocking");
         let (tx, rx) = mpsc::channel();
-        let links = Arc::new(Mutex::new(0));
+        let links = Arc::new(Mutex::new(Vec::new()));
         let counter = links.clone();
         thread::spawn(move || {
             let mut rejected = 0;
             while let Ok(sock) = listener.accept() {
                 sock.set_nonblocking(false).expect("blocking");
-                *counter.lock().unwrap() += 1;
+                let copy = sock.as_fd().try_clone_to_owned().expect("dup link");
+                counter.lock().unwrap().push(copy);
                 let mut buf = vec![0u8; MAX_PACKET + 1];
                 let mut on_this_link = 0;
                 loop {
@@ -305,6 +307,21 @@ impl Tracker {
             }
         });
         Tracker { events: rx, links }
+    }
+
+    /// How many links the daemon has opened to us.
+    pub fn links(&self) -> usize {
+        self.links.lock().unwrap().len()
+    }
+
+    /// Hang up every link, as a tracker that restarts would.
+    pub fn close_links(&self) {
+        for l in self.links.lock().unwrap().iter() {
+            let _ = nix::sys::socket::shutdown(
+                std::os::fd::AsRawFd::as_raw_fd(l),
+                nix::sys::socket::Shutdown::Both,
+            );
+        }
     }
 
     pub fn next(&self) -> Event {
