@@ -18,7 +18,8 @@ Options:
   --tracker-socket PATH  where woken connections are returned
                          [default: RUNTIME_DIR/tracker]
   --max-parked N         most connections parked at once [default: the
-                         open-file limit (soft raised to hard) minus 64]
+                         open-file limit (soft raised to hard) minus a
+                         reserve of 1/16 of it, at least 32, at most 576]
   --log-level LEVEL      error, warn, info, debug or trace [default: info;
                          RUST_LOG overrides it when set]
   -h, --help             print this help
