@@ -2,6 +2,7 @@
 //! state a mail process exports, and the small codecs they need.
 
 pub mod base64;
+pub mod dovecot;
 pub mod native;
 mod paths;
 pub mod state;
