@@ -278,6 +278,11 @@ impl Tracker {
                             on_this_link += 1;
                             if let Policy::DropLinkAfter(n) = policy {
                                 if on_this_link > n {
+                                    // Our copy in `links` would keep it open.
+                                    let _ = nix::sys::socket::shutdown(
+                                        std::os::fd::AsRawFd::as_raw_fd(&sock),
+                                        nix::sys::socket::Shutdown::Both,
+                                    );
                                     break;
                                 }
                             }
