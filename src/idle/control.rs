@@ -10,11 +10,28 @@ use mio::unix::SourceFd;
 use mio::{Interest, Token};
 use nix::errno::Errno;
 
-use super::daemon::{Daemon, Shutdown, ACCEPT_PAUSE_MS, FIRST_CONN, FIRST_CONTROL, MAX_CONTROLS};
+use super::daemon::{
+    Daemon, Shutdown, ACCEPT_PAUSE_MS, FIRST_CONN, FIRST_CONTROL, FIRST_NOTIFY, MAX_CONTROLS,
+};
 use super::parked::Conn;
 use super::watches::WatchError;
-use crate::proto::native::{self, Message, Park, RecvError, RefuseKind, Role};
+use crate::proto::native::{self, Cookie, Message, Park, RecvError, RefuseKind, Role};
 use crate::sys::{self, Peer, SeqPacket};
+
+/// A client arriving to be parked, however it came.
+pub(super) struct Adopt<'a> {
+    pub fd: OwnedFd,
+    /// Dovecot's inotify instance for this client: readable means wake.
+    pub notify: Option<OwnedFd>,
+    pub user: &'a str,
+    pub cookie: Cookie,
+    pub tag: &'a str,
+    pub in_idle: bool,
+    pub keepalive_secs: u32,
+    pub watch: &'a [std::path::PathBuf],
+    pub state: &'a [u8],
+    pub from_pid: i32,
+}
 
 pub(super) struct Control {
     sock: SeqPacket,
@@ -213,104 +230,146 @@ impl Daemon {
         }
     }
 
-    /// Take over a client. Returns the answer and, when parked, its key.
+    /// Take over a client for a mail process. Returns the answer and,
+    /// when parked, the key.
     fn park(&mut self, park: Park, fd: OwnedFd, peer: Peer) -> (Message, Option<u32>) {
-        let refuse = |kind, reason: String| (Message::Refused { kind, reason }, None);
+        let adopted = self.adopt(Adopt {
+            fd,
+            notify: None,
+            user: &park.user,
+            cookie: park.cookie,
+            tag: &park.tag,
+            in_idle: park.in_idle,
+            keepalive_secs: park.keepalive_secs,
+            watch: &park.watch,
+            state: &park.state,
+            from_pid: peer.pid,
+        });
+        match adopted {
+            Ok(key) => {
+                let id = self.conns[key as usize].id(key);
+                (Message::Parked { id }, Some(key))
+            }
+            Err((kind, reason)) => (Message::Refused { kind, reason }, None),
+        }
+    }
+
+    /// Make a client ours: check it, watch its paths, poll it, schedule
+    /// its keepalive. Shared by every way a client arrives.
+    pub(super) fn adopt(&mut self, a: Adopt<'_>) -> Result<u32, (RefuseKind, String)> {
+        let refused = |d: &mut Daemon, kind, reason: String| {
+            d.stats.refused += 1;
+            info!(
+                "user={}: park refused from pid {}: {reason}",
+                a.user, a.from_pid
+            );
+            Err((kind, reason))
+        };
         if self.shutdown != Shutdown::Running {
-            return refuse(
+            return refused(
+                self,
                 RefuseKind::ShuttingDown,
                 "imap-idle is shutting down".into(),
             );
         }
         if self.conns.len() >= self.max_parked {
-            self.stats.refused += 1;
-            info!(
-                "user={}: park refused: full ({} parked)",
-                park.user,
+            let why = format!(
+                "imap-idle is full ({} connections parked)",
                 self.conns.len()
             );
-            return refuse(
-                RefuseKind::Full,
-                format!(
-                    "imap-idle is full ({} connections parked)",
-                    self.conns.len()
-                ),
-            );
+            return refused(self, RefuseKind::Full, why);
         }
-        if let Err(why) = sys::check_stream_socket(&fd) {
-            self.stats.refused += 1;
-            warn!(
-                "user={}: park refused from pid {}: {why}",
-                park.user, peer.pid
-            );
-            return refuse(RefuseKind::BadFd, why.into());
+        if let Err(why) = sys::check_stream_socket(&a.fd) {
+            return refused(self, RefuseKind::BadFd, why.into());
         }
         let key = self.conns.vacant_key() as u32;
         self.next_serial = self.next_serial.wrapping_add(1);
         let serial = self.next_serial;
-        let mut watches = Vec::with_capacity(park.watch.len());
-        for path in &park.watch {
+        let mut watches = Vec::with_capacity(a.watch.len());
+        let mut failed = None;
+        for path in a.watch {
             match self.watches.add(path, (key, serial)) {
                 Ok(idx) => watches.push(idx),
                 Err(e) => {
-                    for &idx in &watches {
-                        self.watches.leave(idx, |_| true);
-                    }
-                    self.stats.refused += 1;
-                    info!("user={}: park refused: {e}", park.user);
                     let kind = match e {
                         WatchError::Limit => RefuseKind::WatchLimit,
                         WatchError::Path(..) => RefuseKind::BadWatch,
                     };
-                    return refuse(kind, e.to_string());
+                    failed = Some((kind, e.to_string()));
+                    break;
                 }
             }
         }
-        let registered = sys::set_nonblocking(fd.as_fd(), true).and_then(|()| {
-            self.poll.registry().register(
-                &mut SourceFd(&fd.as_raw_fd()),
-                Token(FIRST_CONN + key as usize),
-                Interest::READABLE,
-            )
-        });
-        if let Err(e) = registered {
+        if failed.is_none() {
+            if let Err(e) = self.register_conn(key, &a.fd, a.notify.as_ref()) {
+                failed = Some((
+                    RefuseKind::BadFd,
+                    format!("cannot poll the descriptor: {e}"),
+                ));
+            }
+        }
+        if let Some((kind, reason)) = failed {
             for &idx in &watches {
                 self.watches.leave(idx, |_| true);
             }
-            self.stats.refused += 1;
-            warn!("user={}: park refused: {e}", park.user);
-            return refuse(
-                RefuseKind::BadFd,
-                format!("cannot poll the descriptor: {e}"),
-            );
+            return refused(self, kind, reason);
         }
         let now = self.now();
-        let user = self.users.intern(&park.user);
-        let conn = Conn::new(
-            fd,
+        let user = self.users.intern(a.user);
+        let mut conn = Conn::new(
+            a.fd,
             serial,
             user,
-            park.keepalive_secs,
+            a.keepalive_secs,
             (now / 1000) as u32,
-            park.in_idle,
-            park.cookie,
+            a.in_idle,
+            a.cookie,
             &watches,
-            &park.tag,
-            &park.state,
+            a.tag,
+            a.state,
         );
-        let id = conn.id(key);
+        conn.notify = a.notify;
         let inserted = self.conns.insert(conn) as u32;
         debug_assert_eq!(inserted, key);
         self.schedule_keepalive(key, now);
         self.stats.parks += 1;
         debug!(
-            "{}: parked from pid {} ({} watches, keepalive {}s)",
+            "{}: parked from pid {} ({} watches{}, keepalive {}s)",
             self.who(key),
-            peer.pid,
+            a.from_pid,
             watches.len(),
-            park.keepalive_secs
+            if self.conns[key as usize].notify.is_some() {
+                ", notify fd"
+            } else {
+                ""
+            },
+            a.keepalive_secs
         );
-        (Message::Parked { id }, Some(key))
+        Ok(key)
+    }
+
+    fn register_conn(&self, key: u32, fd: &OwnedFd, notify: Option<&OwnedFd>) -> io::Result<()> {
+        let reg = self.poll.registry();
+        sys::set_nonblocking(fd.as_fd(), true)?;
+        reg.register(
+            &mut SourceFd(&fd.as_raw_fd()),
+            Token(FIRST_CONN + key as usize),
+            Interest::READABLE,
+        )?;
+        if let Some(n) = notify {
+            let r = sys::set_nonblocking(n.as_fd(), true).and_then(|()| {
+                reg.register(
+                    &mut SourceFd(&n.as_raw_fd()),
+                    Token(FIRST_NOTIFY + key as usize),
+                    Interest::READABLE,
+                )
+            });
+            if let Err(e) = r {
+                let _ = reg.deregister(&mut SourceFd(&fd.as_raw_fd()));
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Undo a park whose confirmation could not be delivered: the mail
@@ -325,10 +384,7 @@ impl Daemon {
         );
         self.stats.parks -= 1;
         let conn = self.conns.remove(key as usize);
-        let _ = self
-            .poll
-            .registry()
-            .deregister(&mut SourceFd(&conn.fd.as_raw_fd()));
+        self.unregister_conn(&conn);
         self.leave_watches(&conn.watches());
         self.users.release(conn.user);
     }

@@ -33,6 +33,8 @@ pub(super) const INOTIFY: Token = Token(2);
 pub(super) const TRACKER: Token = Token(3);
 pub(super) const FIRST_CONTROL: usize = 16;
 pub(super) const FIRST_CONN: usize = 1 << 32;
+/// Dovecot notify fds: `FIRST_NOTIFY + key` of the connection they wake.
+pub(super) const FIRST_NOTIFY: usize = 1 << 40;
 
 /// Control connections (mail processes, admin tools) at most; accepting
 /// pauses at this count and resumes below 90% of it.
@@ -218,6 +220,7 @@ impl Daemon {
             SIGNALS => self.handle_signals(),
             INOTIFY => self.watch_events(),
             TRACKER => self.tracker_event(),
+            Token(t) if t >= FIRST_NOTIFY => self.notify_event((t - FIRST_NOTIFY) as u32),
             Token(t) if t >= FIRST_CONN => self.client_event((t - FIRST_CONN) as u32),
             Token(t) if t >= FIRST_CONTROL => self.control_event(t - FIRST_CONTROL),
             // Spurious events happen; ignore tokens we do not know.

@@ -31,6 +31,8 @@ pub(super) enum Phase {
 /// cost of the daemon (plus the state blob and tag it carries).
 pub(super) struct Conn {
     pub fd: OwnedFd,
+    /// Dovecot mode: the imap process's inotify instance for this client.
+    pub notify: Option<OwnedFd>,
     /// Tells this connection apart from a later one reusing its slab key.
     pub serial: u32,
     pub user: u32,
@@ -86,6 +88,7 @@ impl Conn {
     ) -> Conn {
         Conn {
             fd,
+            notify: None,
             serial,
             user,
             timer_gen: 0,
@@ -338,6 +341,28 @@ impl Daemon {
         }
     }
 
+    /// Stop polling a connection's descriptors. Deregistering a registered
+    /// fd cannot fail; if it somehow did, events for a connection that is
+    /// not parked are ignored anyway.
+    pub(super) fn unregister_conn(&self, conn: &Conn) {
+        let reg = self.poll.registry();
+        let _ = reg.deregister(&mut SourceFd(&conn.fd.as_raw_fd()));
+        if let Some(n) = &conn.notify {
+            let _ = reg.deregister(&mut SourceFd(&n.as_raw_fd()));
+        }
+    }
+
+    /// Dovecot's inotify instance for a client became readable.
+    pub(super) fn notify_event(&mut self, key: u32) {
+        if self
+            .conns
+            .get(key as usize)
+            .is_some_and(|c| c.phase == Phase::Parked)
+        {
+            self.wake(key, WakeReason::Changed);
+        }
+    }
+
     /// Wake a parked connection for `reason` (a mailbox change, shutdown):
     /// any partial input already read travels with it.
     pub(super) fn wake(&mut self, key: u32, reason: WakeReason) {
@@ -364,11 +389,10 @@ impl Daemon {
         if conn.phase != Phase::Parked {
             return;
         }
-        let fd = conn.fd.as_raw_fd();
-        // Deregistering cannot fail for a registered fd; if it somehow did,
-        // readiness events for a non-parked connection are ignored anyway.
-        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
         let watch_idx = conn.take_watches();
+        self.unregister_conn(&self.conns[key as usize]);
+        // The notify fd has done its job (Dovecot closes it here too).
+        self.conns[key as usize].notify = None;
         let watch = watch_idx
             .iter()
             .filter_map(|&i| self.watches.path(i).map(PathBuf::from))
@@ -426,10 +450,7 @@ impl Daemon {
         let who = self.who(key);
         let conn = self.conns.remove(key as usize);
         if conn.phase == Phase::Parked {
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&conn.fd.as_raw_fd()));
+            self.unregister_conn(&conn);
             self.leave_watches(&conn.watches());
         }
         if conn.phase == Phase::InFlight {
