@@ -22,6 +22,16 @@ Options:
                          reserve of 1/16 of it, at least 32, at most 576]
   --log-level LEVEL      error, warn, info, debug or trace [default: info;
                          RUST_LOG overrides it when set]
+  --dovecot              speak Dovecot 2.3's hibernation protocol instead of
+                         the native one: take clients from imap processes
+                         on BASE_DIR/imap-hibernate and return them through
+                         BASE_DIR/imap-master. Started by Dovecot's master
+                         as the imap-hibernate executable it uses the
+                         listener the master passes; otherwise it binds
+                         BASE_DIR/imap-hibernate itself. The park socket
+                         then only answers statistics requests.
+  --dovecot-base-dir DIR Dovecot's base_dir [default: the directory of the
+                         listener the master passes; required standalone]
   -h, --help             print this help
   -V, --version          print the version
 
@@ -37,6 +47,8 @@ pub struct Config {
     pub tracker_socket: PathBuf,
     pub max_parked: Option<usize>,
     pub log_level: String,
+    pub dovecot: bool,
+    pub dovecot_base_dir: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -75,6 +87,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     let mut tracker_socket = None;
     let mut max_parked = None;
     let mut log_level = "info".to_owned();
+    let mut dovecot = false;
+    let mut dovecot_base_dir = None;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -103,6 +117,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
                 }
                 max_parked = Some(n);
             }
+            "--dovecot" => dovecot = true,
+            "--dovecot-base-dir" => dovecot_base_dir = Some(PathBuf::from(value()?)),
             "--log-level" => {
                 let v = value()?;
                 if !["error", "warn", "info", "debug", "trace"].contains(&v.as_str()) {
@@ -120,6 +136,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
         runtime_dir,
         max_parked,
         log_level,
+        dovecot,
+        dovecot_base_dir,
     }))
 }
 

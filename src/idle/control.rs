@@ -16,7 +16,7 @@ use super::daemon::{
 use super::parked::Conn;
 use super::watches::WatchError;
 use crate::proto::native::{self, Cookie, Message, Park, RecvError, RefuseKind, Role};
-use crate::sys::{self, Peer, SeqPacket};
+use crate::sys::{self, fdpass, Peer, SeqPacket};
 
 /// A client arriving to be parked, however it came.
 pub(super) struct Adopt<'a> {
@@ -108,6 +108,37 @@ impl Daemon {
         }
     }
 
+    /// Dovecot's imap processes connecting to hand clients over.
+    pub(super) fn accept_hibernates(&mut self) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        loop {
+            let Some(listener) = &self.hibernate_listener else {
+                return;
+            };
+            if self.hibernating.len() >= MAX_CONTROLS {
+                warn!("{MAX_CONTROLS} hand-offs in progress; not accepting more for now");
+                return;
+            }
+            let accepted = fdpass::accept(listener.as_fd());
+            match accepted {
+                Ok(sock) => {
+                    let pid = sys::peer_pid(sock.as_fd());
+                    self.accept_hibernate(sock, pid);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(e) => {
+                    warn!("accepting on imap-hibernate: {e}; pausing for {ACCEPT_PAUSE_MS} ms");
+                    self.accept_paused_until = Some(self.now() + ACCEPT_PAUSE_MS);
+                    return;
+                }
+            }
+        }
+    }
+
     fn close_control(&mut self, key: usize) {
         if let Some(c) = self.controls.try_remove(key) {
             let _ = self
@@ -181,6 +212,13 @@ impl Daemon {
         };
         match (c.role, msg) {
             (None, Message::Hello { role, .. }) => {
+                if role == Role::MailProcess && self.cfg.dovecot {
+                    self.fail_control(
+                        key,
+                        "this imap-idle runs in Dovecot mode: it parks clients of Dovecot only",
+                    );
+                    return false;
+                }
                 if !matches!(role, Role::MailProcess | Role::Admin) {
                     self.fail_control(key, &format!("role {role:?} does not park connections"));
                     return false;

@@ -5,10 +5,12 @@
 use std::fmt;
 use std::fs;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
 
 use log::{error, info, warn};
 use mio::unix::SourceFd;
@@ -18,7 +20,10 @@ use slab::Slab;
 
 use super::config::Config;
 use super::control::Control;
+use super::dovecot_in::HibernateConn;
+use super::dovecot_out::MasterConn;
 use super::parked::{Conn, Phase};
+use super::service::{self, Service};
 use super::timers::{Millis, Timers};
 use super::tracker::Tracker;
 use super::users::Users;
@@ -31,7 +36,14 @@ pub(super) const LISTENER: Token = Token(0);
 pub(super) const SIGNALS: Token = Token(1);
 pub(super) const INOTIFY: Token = Token(2);
 pub(super) const TRACKER: Token = Token(3);
+/// Dovecot mode: the imap-hibernate listener and the master's death pipe.
+pub(super) const HIBERNATE_LISTENER: Token = Token(4);
+pub(super) const MASTER_DEAD: Token = Token(5);
 pub(super) const FIRST_CONTROL: usize = 16;
+/// Dovecot hand-off connections (imap -> us).
+pub(super) const FIRST_HIBERNATE: usize = 1 << 20;
+/// Dovecot return connections (us -> imap-master).
+pub(super) const FIRST_MASTER: usize = 1 << 24;
 pub(super) const FIRST_CONN: usize = 1 << 32;
 /// Dovecot notify fds: `FIRST_NOTIFY + key` of the connection they wake.
 pub(super) const FIRST_NOTIFY: usize = 1 << 40;
@@ -75,6 +87,15 @@ pub struct Daemon {
     pub(super) shutdown: Shutdown,
     signals: Signals,
     pub(super) cfg: Config,
+    /// Dovecot mode: hand-offs in progress, returns in progress, where
+    /// returns go, and the master's pipes when it started us.
+    pub(super) hibernate_listener: Option<OwnedFd>,
+    pub(super) hibernating: Slab<HibernateConn>,
+    pub(super) masters: Slab<MasterConn>,
+    pub(super) master_socket: PathBuf,
+    pub(super) service: Option<Service>,
+    /// Wall-clock time at `epoch`, for Dovecot's hibernation_started.
+    pub(super) started_wall: SystemTime,
 }
 
 #[derive(Debug)]
@@ -149,12 +170,49 @@ impl Daemon {
                 reg.register(&mut SourceFd(&fd), token, Interest::READABLE),
             )?;
         }
-        info!(
-            "imap-idle {} listening on {}, returning to {}, up to {max_parked} parked",
-            env!("CARGO_PKG_VERSION"),
-            cfg.park_socket.display(),
-            cfg.tracker_socket.display()
-        );
+        let (hibernate_listener, service, master_socket) = if cfg.dovecot {
+            let (listener, service, base_dir) = dovecot_listener(&cfg)?;
+            setup(
+                "registering with the poll",
+                reg.register(
+                    &mut SourceFd(&listener.as_raw_fd()),
+                    HIBERNATE_LISTENER,
+                    Interest::READABLE,
+                ),
+            )?;
+            if let Some(s) = &service {
+                setup(
+                    "registering with the poll",
+                    reg.register(
+                        &mut SourceFd(&s.master_dead.as_raw_fd()),
+                        MASTER_DEAD,
+                        Interest::READABLE,
+                    ),
+                )?;
+            }
+            info!(
+                "imap-idle {} in Dovecot mode{}: taking clients on {}, returning them to {}, \
+                 up to {max_parked} parked; statistics on {}",
+                env!("CARGO_PKG_VERSION"),
+                if service.is_some() {
+                    " (started by Dovecot's master)"
+                } else {
+                    ""
+                },
+                base_dir.join("imap-hibernate").display(),
+                base_dir.join("imap-master").display(),
+                cfg.park_socket.display(),
+            );
+            (Some(listener), service, base_dir.join("imap-master"))
+        } else {
+            info!(
+                "imap-idle {} listening on {}, returning to {}, up to {max_parked} parked",
+                env!("CARGO_PKG_VERSION"),
+                cfg.park_socket.display(),
+                cfg.tracker_socket.display()
+            );
+            (None, None, PathBuf::new())
+        };
         Ok(Daemon {
             poll,
             conns: Slab::new(),
@@ -174,7 +232,20 @@ impl Daemon {
             shutdown: Shutdown::Running,
             signals,
             cfg,
+            hibernate_listener,
+            hibernating: Slab::new(),
+            masters: Slab::new(),
+            master_socket,
+            service,
+            started_wall: SystemTime::now(),
         })
+    }
+
+    /// Dovecot's master wants to know how many more clients we take.
+    pub(super) fn report_capacity(&mut self) {
+        if let Some(s) = &mut self.service {
+            s.report(self.conns.len() + self.hibernating.len(), self.max_parked);
+        }
     }
 
     pub(super) fn now(&self) -> Millis {
@@ -182,6 +253,7 @@ impl Daemon {
     }
 
     pub fn run(mut self) -> Result<(), SetupError> {
+        self.report_capacity();
         let mut events = Events::with_capacity(1024);
         loop {
             let now = self.now();
@@ -203,7 +275,11 @@ impl Daemon {
                 self.dispatch(event.token());
             }
             self.fire_timers();
-            self.pump_tracker();
+            if self.cfg.dovecot {
+                self.pump_masters();
+            } else {
+                self.pump_tracker();
+            }
             if self.shutdown == Shutdown::Draining && self.conns.is_empty() {
                 self.tracker.flush_before_exit();
                 break;
@@ -220,8 +296,15 @@ impl Daemon {
             SIGNALS => self.handle_signals(),
             INOTIFY => self.watch_events(),
             TRACKER => self.tracker_event(),
+            HIBERNATE_LISTENER => self.accept_hibernates(),
+            MASTER_DEAD => {
+                warn!("Dovecot's master is gone");
+                self.stop(Signal::SIGTERM);
+            }
             Token(t) if t >= FIRST_NOTIFY => self.notify_event((t - FIRST_NOTIFY) as u32),
             Token(t) if t >= FIRST_CONN => self.client_event((t - FIRST_CONN) as u32),
+            Token(t) if t >= FIRST_MASTER => self.master_event(t - FIRST_MASTER),
+            Token(t) if t >= FIRST_HIBERNATE => self.hibernate_event(t - FIRST_HIBERNATE),
             Token(t) if t >= FIRST_CONTROL => self.control_event(t - FIRST_CONTROL),
             // Spurious events happen; ignore tokens we do not know.
             _ => {}
@@ -232,6 +315,17 @@ impl Daemon {
         loop {
             match self.signals.pending() {
                 Ok(Some(Signal::SIGUSR1)) => info!("{}", self.summary()),
+                Ok(Some(Signal::SIGINT)) if self.service.is_some() => {
+                    // Dovecot's master asks an idle-looking process to go.
+                    if self.conns.is_empty() && self.hibernating.is_empty() {
+                        self.stop(Signal::SIGINT);
+                    } else {
+                        info!(
+                            "SIGINT from Dovecot's master ignored: {} clients parked",
+                            self.conns.len()
+                        );
+                    }
+                }
                 Ok(Some(sig)) => self.stop(sig),
                 Ok(None) => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -244,7 +338,7 @@ impl Daemon {
     }
 
     /// First signal: hand everyone back. Second: stop waiting for the tracker.
-    fn stop(&mut self, sig: Signal) {
+    pub(super) fn stop(&mut self, sig: Signal) {
         if self.shutdown == Shutdown::Running {
             self.shutdown = Shutdown::Draining;
             let keys: Vec<u32> = self
@@ -297,6 +391,7 @@ impl Daemon {
         if self.accept_paused_until.is_some_and(|at| at <= now) {
             self.accept_paused_until = None;
             self.accept_controls();
+            self.accept_hibernates();
         }
         while let Some((key, gen)) = self.timers.pop_due(now) {
             let Some(conn) = self.conns.get(key as usize) else {
@@ -357,4 +452,42 @@ impl Daemon {
             ..self.stats.clone()
         }
     }
+}
+
+/// The imap-hibernate listener: the master's, or our own bound in
+/// `--dovecot-base-dir`. Returns it with the base_dir returns go to.
+fn dovecot_listener(cfg: &Config) -> Result<(OwnedFd, Option<Service>, PathBuf), SetupError> {
+    if let Some((service, listener)) = service::from_master() {
+        let base_dir = match &cfg.dovecot_base_dir {
+            Some(d) => d.clone(),
+            None => {
+                let addr: nix::sys::socket::UnixAddr = setup(
+                    "reading the listener's address",
+                    nix::sys::socket::getsockname(listener.as_raw_fd()).map_err(io::Error::from),
+                )?;
+                addr.path()
+                    .and_then(|p| p.parent())
+                    .map(PathBuf::from)
+                    .ok_or_else(|| {
+                        SetupError(
+                            "the listener from Dovecot's master has no path; \
+                             give --dovecot-base-dir"
+                                .into(),
+                        )
+                    })?
+            }
+        };
+        return Ok((listener, Some(service), base_dir));
+    }
+    let Some(base_dir) = cfg.dovecot_base_dir.clone() else {
+        return Err(SetupError(
+            "--dovecot needs --dovecot-base-dir when not started by Dovecot's master".into(),
+        ));
+    };
+    let path = base_dir.join("imap-hibernate");
+    let listener = setup(
+        format_args!("listening on {}", path.display()),
+        crate::sys::listen_unix(&path, nix::sys::socket::SockType::Stream, 0o660),
+    )?;
+    Ok((listener, None, base_dir))
 }

@@ -3,9 +3,12 @@
 pub mod config;
 mod control;
 mod daemon;
+mod dovecot_in;
+mod dovecot_out;
 pub mod idle_input;
 mod main;
 mod parked;
+mod service;
 mod timers;
 mod tracker;
 mod users;

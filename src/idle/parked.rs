@@ -2,7 +2,7 @@
 //! keepalives, and the ways it leaves (woken, hung up, given up).
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
 use log::{debug, info, warn};
@@ -14,6 +14,7 @@ use super::daemon::Daemon;
 use super::idle_input::{self, IdleInput, MAX_IDLE_INPUT};
 use super::timers::{next_keepalive, Millis};
 use crate::proto::native::{Cookie, Gone, GoneReason, WakeReason, MAX_INPUT};
+use crate::sys;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Phase {
@@ -67,6 +68,8 @@ pub(super) struct Waking {
     pub attempts: u32,
     /// The watch paths, kept from the shared table before leaving it.
     pub watch: Vec<PathBuf>,
+    /// Dovecot mode: the imap-master connection carrying it back.
+    pub master: Option<u32>,
 }
 
 impl Conn {
@@ -195,21 +198,14 @@ const BYE: &[u8] = b"* BYE [UNAVAILABLE] Server is busy, please reconnect.\r\n";
 
 enum WriteError {
     Full,
-    Failed(Errno),
+    Failed(io::Error),
 }
 
-/// Write without blocking; a parked client never gets a buffer, so a
-/// write that does not fit whole is a disconnect.
 fn write_now(fd: &OwnedFd, bytes: &[u8]) -> Result<(), WriteError> {
-    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
-    loop {
-        return match socket::send(fd.as_raw_fd(), bytes, flags) {
-            Ok(n) if n == bytes.len() => Ok(()),
-            Ok(_) | Err(Errno::EAGAIN) => Err(WriteError::Full),
-            Err(Errno::EINTR) => continue,
-            Err(e) => Err(WriteError::Failed(e)),
-        };
-    }
+    sys::write_now(fd.as_fd(), bytes).map_err(|e| match e.kind() {
+        io::ErrorKind::WouldBlock => WriteError::Full,
+        _ => WriteError::Failed(e),
+    })
 }
 
 impl Daemon {
@@ -415,6 +411,7 @@ impl Daemon {
             give_up_at: now + give_up_after,
             attempts: 0,
             watch,
+            master: None,
         })));
         conn.timer_gen = self.timers.new_gen();
         self.timers
@@ -453,7 +450,10 @@ impl Daemon {
             self.unregister_conn(&conn);
             self.leave_watches(&conn.watches());
         }
-        if conn.phase == Phase::InFlight {
+        if let Some(w) = conn.waking() {
+            self.forget_master(w);
+        }
+        if conn.phase == Phase::InFlight && !self.cfg.dovecot {
             self.tracker.in_flight = self.tracker.in_flight.saturating_sub(1);
         }
         match reason {
@@ -470,14 +470,18 @@ impl Daemon {
                 warn!("{who}: disconnected with BYE: {detail}");
             }
         }
-        self.tracker.tell_gone(Gone {
-            id: conn.id(key),
-            user: self.users.name(conn.user).to_owned(),
-            cookie: conn.cookie,
-            reason,
-            detail: detail.to_owned(),
-        });
+        // Dovecot has no such notice; its imap-master does not count clients.
+        if !self.cfg.dovecot {
+            self.tracker.tell_gone(Gone {
+                id: conn.id(key),
+                user: self.users.name(conn.user).to_owned(),
+                cookie: conn.cookie,
+                reason,
+                detail: detail.to_owned(),
+            });
+        }
         self.users.release(conn.user);
+        self.report_capacity();
     }
 
     /// The tracker did not take the connection back in time: say goodbye

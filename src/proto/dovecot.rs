@@ -126,6 +126,17 @@ fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, String> {
 }
 
 impl Hibernate {
+    /// What a parked client keeps to build its return line: the
+    /// passthrough fields and the state, already escaped and encoded.
+    pub fn return_tail(&self) -> Vec<u8> {
+        let mut tail = self.passthrough.clone();
+        if !self.state.is_empty() {
+            tail.extend_from_slice(b"\tstate=");
+            tail.extend_from_slice(base64::encode(&self.state).as_bytes());
+        }
+        tail
+    }
+
     /// Parse the command line (without its LF). Unknown keys are ignored.
     pub fn parse(line: &[u8]) -> Result<Hibernate, String> {
         let fields = split(line);
@@ -208,26 +219,22 @@ pub enum Ending {
 
 /// The line that returns a client through imap-master (LF included).
 /// `started` is when hibernation began, as seconds and microseconds.
+/// `tail` is [`Hibernate::return_tail`]: the fields that go back as they came.
 pub fn master_line(
     user: &str,
     started: (u64, u32),
     tag: &str,
-    passthrough: &[u8],
-    state: &[u8],
+    tail: &[u8],
     client_input: &[u8],
     ending: Ending,
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128 + passthrough.len() + state.len() * 4 / 3);
+    let mut out = Vec::with_capacity(128 + tail.len() + client_input.len() * 4 / 3);
     escape(user.as_bytes(), &mut out);
     let mut s = String::new();
     let _ = write!(s, "\thibernation_started={}.{:06}", started.0, started.1);
     let _ = write!(s, "\ttag={tag}");
     out.extend_from_slice(s.as_bytes());
-    out.extend_from_slice(passthrough);
-    if !state.is_empty() {
-        out.extend_from_slice(b"\tstate=");
-        out.extend_from_slice(base64::encode(state).as_bytes());
-    }
+    out.extend_from_slice(tail);
     if !client_input.is_empty() {
         out.extend_from_slice(b"\tclient_input=");
         out.extend_from_slice(base64::encode(client_input).as_bytes());
@@ -287,8 +294,7 @@ mod tests {
             &h.user,
             (1795342812, 633034),
             &h.tag,
-            &h.passthrough,
-            &h.state,
+            &h.return_tail(),
             b"",
             Ending::IdleContinue,
         );
@@ -344,7 +350,7 @@ mod tests {
 
     #[test]
     fn return_line_flags_and_input() {
-        let line = master_line("bob", (1, 2), "t", b"", b"", b"DONE", Ending::BadDone);
+        let line = master_line("bob", (1, 2), "t", b"", b"DONE", Ending::BadDone);
         assert_eq!(
             line,
             b"bob\thibernation_started=1.000002\ttag=t\tclient_input=RE9ORQ==\tbad-done\n"

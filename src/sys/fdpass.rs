@@ -1,6 +1,6 @@
-//! The only module with `unsafe`: the two places where the kernel hands us
-//! file descriptors as bare integers (`accept4` and `recvmsg` with
-//! SCM_RIGHTS). Every descriptor becomes an `OwnedFd` before anything else
+//! The only module with `unsafe`: the places where descriptors reach us as
+//! bare integers (`accept4`, `recvmsg` with SCM_RIGHTS, and descriptors a
+//! service manager left open for us at start). Every descriptor becomes an `OwnedFd` before anything else
 //! can happen, so an early return closes it instead of leaking it.
 
 use std::io;
@@ -43,6 +43,25 @@ pub fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     }
     // SAFETY: accept4 succeeded, so `fd` is a fresh descriptor nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Take ownership of a descriptor our parent left open for us (Dovecot's
+/// master passes its listener as fd 7, status and death pipes as 5 and 6).
+/// Returns `None` when nothing is open there. Call once per number, at
+/// start, before anything else could have opened or closed it.
+pub fn inherited(fd: RawFd) -> Option<OwnedFd> {
+    // SAFETY: F_GETFD only reads the descriptor's flags; it fails with
+    // EBADF when the number is not open.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return None;
+    }
+    // SAFETY: the number is open, and nothing else in this process owns
+    // it: it was open before main started and the caller takes it once.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: setting FD_CLOEXEC on an open descriptor we now own.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) };
+    Some(owned)
 }
 
 /// Receive one packet and the descriptors attached to it (close-on-exec).

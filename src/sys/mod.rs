@@ -12,7 +12,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::socket::{getsockopt, sockopt, SockType};
 
-pub use seqpacket::{Peer, SeqPacket};
+pub use seqpacket::{connect_unix, listen_unix, Peer, SeqPacket};
 
 pub fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
@@ -37,4 +37,26 @@ pub fn check_stream_socket(fd: impl AsFd) -> Result<(), &'static str> {
         Err(nix::errno::Errno::ENOTSOCK) => Err("the fd is not a socket"),
         Err(_) => Err("the fd cannot be inspected"),
     }
+}
+
+/// Write all of `bytes` now, without blocking, or fail: `WouldBlock` when
+/// they do not fit whole. Parked clients get no output buffer, so a write
+/// that does not fit is the caller's reason to disconnect.
+pub fn write_now(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<()> {
+    use nix::sys::socket::{send, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+    loop {
+        return match send(fd.as_raw_fd(), bytes, flags) {
+            Ok(n) if n == bytes.len() => Ok(()),
+            Ok(_) => Err(io::ErrorKind::WouldBlock.into()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => Err(e.into()),
+        };
+    }
+}
+
+/// The process id at the other end of a UNIX socket, 0 when unknown.
+pub fn peer_pid(fd: BorrowedFd<'_>) -> i32 {
+    getsockopt(&fd, sockopt::PeerCredentials).map_or(0, |c| c.pid())
 }

@@ -25,56 +25,62 @@ pub struct Peer {
     pub gid: u32,
 }
 
-fn new_socket(nonblocking: bool) -> io::Result<OwnedFd> {
+fn new_socket(ty: SockType, nonblocking: bool) -> io::Result<OwnedFd> {
     let mut flags = SockFlag::SOCK_CLOEXEC;
     if nonblocking {
         flags |= SockFlag::SOCK_NONBLOCK;
     }
-    Ok(socket::socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        flags,
-        None,
-    )?)
+    Ok(socket::socket(AddressFamily::Unix, ty, flags, None)?)
+}
+
+/// Connect a UNIX socket of type `ty` to `path`.
+pub fn connect_unix(path: &Path, ty: SockType, nonblocking: bool) -> io::Result<OwnedFd> {
+    let fd = new_socket(ty, nonblocking)?;
+    socket::connect(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    Ok(fd)
+}
+
+/// Bind and listen at `path` (non-blocking) with the given permission
+/// bits. A socket file left by a dead process is replaced; one that a
+/// live process still answers on is an error, so two daemons never share
+/// a path by accident.
+pub fn listen_unix(path: &Path, ty: SockType, mode: u32) -> io::Result<OwnedFd> {
+    if let Ok(meta) = fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        if connect_unix(path, ty, true).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{} is in use by a running process", path.display()),
+            ));
+        }
+        fs::remove_file(path)?;
+    }
+    let fd = new_socket(ty, true)?;
+    socket::bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    socket::listen(&fd, Backlog::MAXCONN)?;
+    Ok(fd)
 }
 
 impl SeqPacket {
-    /// Bind and listen at `path` with the given permission bits.
-    ///
-    /// A socket file left by a dead process is replaced; one that a live
-    /// process still answers on is an error, so two daemons never share a
-    /// path by accident.
+    /// Bind and listen at `path`; see [`listen_unix`].
     pub fn listen(path: &Path, mode: u32) -> io::Result<SeqPacket> {
-        if let Ok(meta) = fs::symlink_metadata(path) {
-            if !meta.file_type().is_socket() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    format!("{} exists and is not a socket", path.display()),
-                ));
-            }
-            if SeqPacket::connect(path, false).is_ok() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!("{} is in use by a running process", path.display()),
-                ));
-            }
-            fs::remove_file(path)?;
-        }
-        let fd = new_socket(true)?;
-        let addr = UnixAddr::new(path)?;
-        socket::bind(fd.as_raw_fd(), &addr)?;
-        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
-        socket::listen(&fd, Backlog::MAXCONN)?;
-        Ok(SeqPacket { fd })
+        Ok(SeqPacket {
+            fd: listen_unix(path, SockType::SeqPacket, mode)?,
+        })
     }
 
     /// Connect to `path`. A non-blocking connect fails with `WouldBlock`
     /// when the listener's backlog is full instead of waiting.
     pub fn connect(path: &Path, nonblocking: bool) -> io::Result<SeqPacket> {
-        let fd = new_socket(nonblocking)?;
-        let addr = UnixAddr::new(path)?;
-        socket::connect(fd.as_raw_fd(), &addr)?;
-        Ok(SeqPacket { fd })
+        Ok(SeqPacket {
+            fd: connect_unix(path, SockType::SeqPacket, nonblocking)?,
+        })
     }
 
     /// A connected pair (blocking), for tests and in-process peers.

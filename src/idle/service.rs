@@ -1,0 +1,66 @@
+//! Running as Dovecot's own imap-hibernate service: the descriptors the
+//! master leaves open, the status record it expects, and its death pipe.
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+
+use log::warn;
+
+use crate::sys::fdpass;
+
+/// `MASTER_LISTEN_FD_FIRST`, status and death pipes (master-interface.h).
+const LISTEN_FD: i32 = 7;
+const STATUS_FD: i32 = 5;
+const MASTER_DEAD_FD: i32 = 6;
+
+pub(super) struct Service {
+    status: std::fs::File,
+    pub master_dead: OwnedFd,
+    generation: u32,
+    client_limit: usize,
+    last_available: Option<u32>,
+}
+
+/// Started by Dovecot's master? Then take its descriptors.
+pub(super) fn from_master() -> Option<(Service, OwnedFd)> {
+    let count: u32 = std::env::var("SOCKET_COUNT").ok()?.parse().ok()?;
+    if count == 0 || std::env::var_os("DOVECOT_CHILD_PROCESS").is_none() {
+        return None;
+    }
+    let listener = fdpass::inherited(LISTEN_FD)?;
+    let status = fdpass::inherited(STATUS_FD)?;
+    let master_dead = fdpass::inherited(MASTER_DEAD_FD)?;
+    let env_num = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    Some((
+        Service {
+            status: std::fs::File::from(status),
+            master_dead,
+            generation: env_num("GENERATION").unwrap_or(0) as u32,
+            client_limit: env_num("CLIENT_LIMIT").map_or(usize::MAX, |n| n as usize),
+            last_available: None,
+        },
+        listener,
+    ))
+}
+
+impl Service {
+    /// Tell the master how many more clients we take, when that changes.
+    /// `used` counts parked clients and open hand-off connections, as
+    /// Dovecot's own service does.
+    pub fn report(&mut self, used: usize, max_parked: usize) {
+        let available = self.client_limit.min(max_parked).saturating_sub(used);
+        let available = available.min(u32::MAX as usize) as u32;
+        if self.last_available == Some(available) {
+            return;
+        }
+        let mut record = [0u8; 12];
+        record[..4].copy_from_slice(&(std::process::id() as i32).to_ne_bytes());
+        record[4..8].copy_from_slice(&self.generation.to_ne_bytes());
+        record[8..].copy_from_slice(&available.to_ne_bytes());
+        match self.status.write(&record) {
+            Ok(12) => self.last_available = Some(available),
+            // A full pipe means the master is busy; the next change retries.
+            Ok(_) | Err(_) => warn!("could not write the status record to Dovecot's master"),
+        }
+    }
+}
