@@ -3,6 +3,9 @@
 //! (the test keeps the other end and plays the IMAP client).
 #![allow(dead_code)]
 
+pub mod dovecot;
+pub mod imap;
+
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
