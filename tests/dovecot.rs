@@ -211,3 +211,23 @@ fn a_hundred_idle_clients_of_one_uid_all_hibernate_and_all_get_their_mail() {
     }
     assert_eq!(dc.stats().returned, 100);
 }
+
+#[test]
+fn standalone_mode_binds_the_listener_itself() {
+    if !available("dovecot") {
+        return;
+    }
+    let dc = Dovecot::start(&users(&["alice"]), Hibernation::Standalone);
+    let mut c = parked_client(&dc, "alice", 0);
+    dc.wait_for(
+        || dc.processes(IMAP).is_empty(),
+        "the imap process to exit",
+        Duration::from_secs(5),
+    );
+    assert!(dc.processes(DAEMON).is_empty(), "not started by the master");
+    dc.deliver("alice", "1.msg");
+    let (line, _) = c.expect("EXISTS");
+    assert_eq!(line, "* 1 EXISTS\r\n");
+    c.send("DONE\r\n");
+    c.until_tagged("c");
+}

@@ -32,6 +32,8 @@ Options:
                          then only answers statistics requests.
   --dovecot-base-dir DIR Dovecot's base_dir [default: the directory of the
                          listener the master passes; required standalone]
+  --dovecot-group NAME   standalone: group of BASE_DIR/imap-hibernate (mode
+                         0660), as Dovecot's own [default: dovecot]
   -h, --help             print this help
   -V, --version          print the version
 
@@ -49,6 +51,7 @@ pub struct Config {
     pub log_level: String,
     pub dovecot: bool,
     pub dovecot_base_dir: Option<PathBuf>,
+    pub dovecot_group: String,
 }
 
 #[derive(Debug)]
@@ -89,6 +92,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     let mut log_level = "info".to_owned();
     let mut dovecot = false;
     let mut dovecot_base_dir = None;
+    let mut dovecot_group = "dovecot".to_owned();
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -119,6 +123,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
             }
             "--dovecot" => dovecot = true,
             "--dovecot-base-dir" => dovecot_base_dir = Some(PathBuf::from(value()?)),
+            "--dovecot-group" => dovecot_group = value()?,
             "--log-level" => {
                 let v = value()?;
                 if !["error", "warn", "info", "debug", "trace"].contains(&v.as_str()) {
@@ -138,6 +143,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
         log_level,
         dovecot,
         dovecot_base_dir,
+        dovecot_group,
     }))
 }
 

@@ -489,5 +489,18 @@ fn dovecot_listener(cfg: &Config) -> Result<(OwnedFd, Option<Service>, PathBuf),
         format_args!("listening on {}", path.display()),
         crate::sys::listen_unix(&path, nix::sys::socket::SockType::Stream, 0o660),
     )?;
+    // As Dovecot's own listener: 0660 with its internal group, which its
+    // imap processes carry as an extra group.
+    match nix::unistd::Group::from_name(&cfg.dovecot_group) {
+        Ok(Some(g)) => setup(
+            format_args!("setting the group of {}", path.display()),
+            nix::unistd::chown(&path, None, Some(g.gid)).map_err(io::Error::from),
+        )?,
+        _ => warn!(
+            "group {} not found: {} keeps our group, so imap processes may not reach it",
+            cfg.dovecot_group,
+            path.display()
+        ),
+    }
     Ok((listener, None, base_dir))
 }

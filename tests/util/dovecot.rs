@@ -50,6 +50,9 @@ pub enum Hibernation {
     ImapIdle,
     /// Dovecot's own imap-hibernate.
     Dovecot,
+    /// Dovecot's listener disabled (`mode = 0`); our binary started on its
+    /// own with `--dovecot-base-dir`, binding the listener itself.
+    Standalone,
 }
 
 pub struct Dovecot {
@@ -58,6 +61,7 @@ pub struct Dovecot {
     pub port: u16,
     pub base: PathBuf,
     pub stats_socket: PathBuf,
+    standalone: Option<std::process::Child>,
 }
 
 fn free_port() -> u16 {
@@ -99,7 +103,11 @@ impl Dovecot {
                 d.join("idle-run").display()
             ),
             Hibernation::Dovecot => String::new(),
+            Hibernation::Standalone => {
+                "service imap-hibernate {\n  unix_listener imap-hibernate {\n    mode = 0\n  }\n}\n".into()
+            }
         };
+        let standalone = matches!(hibernation, Hibernation::Standalone);
         let conf = d.join("dovecot.conf");
         let text = format!(
             "base_dir = {d}/base
@@ -148,13 +156,28 @@ service imap {{
             .status()
             .expect("run dovecot");
         assert!(ok.success(), "dovecot did not start");
-        let dc = Dovecot {
+        let mut dc = Dovecot {
             port,
             base: d.join("base"),
             stats_socket: d.join("idle-run/park"),
             conf,
             dir,
+            standalone: None,
         };
+        if standalone {
+            let log = std::fs::File::create(dc.dir.path().join("imap-idle.log")).unwrap();
+            let child = Command::new(env!("CARGO_BIN_EXE_imap-idle"))
+                .args(["--dovecot", "--log-level", "debug", "--dovecot-base-dir"])
+                .arg(&dc.base)
+                .arg("--runtime-dir")
+                .arg(dc.dir.path().join("idle-run"))
+                .stderr(log)
+                .spawn()
+                .expect("start imap-idle");
+            dc.standalone = Some(child);
+            let path = dc.base.join("imap-hibernate");
+            super::wait_for(|| path.exists(), "imap-idle to bind imap-hibernate");
+        }
         super::wait_for(
             || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
             "dovecot to listen",
@@ -175,7 +198,9 @@ service imap {{
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("dovecot.log")).unwrap_or_default()
+        let read =
+            |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+        format!("{}{}", read("dovecot.log"), read("imap-idle.log"))
     }
 
     /// Our daemon's counters (only with Hibernation::ImapIdle).
@@ -231,6 +256,10 @@ service imap {{
 
 impl Drop for Dovecot {
     fn drop(&mut self) {
+        if let Some(mut c) = self.standalone.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         let _ = Command::new("dovecot")
             .arg("-c")
             .arg(&self.conf)
