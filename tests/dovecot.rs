@@ -154,10 +154,10 @@ fn a_client_hanging_up_while_parked_leaves_nothing_behind() {
     let dc = Dovecot::start(&users(&["alice", "bob"]), Hibernation::ImapIdle);
     let _bob = parked_client(&dc, "bob", 0);
     let daemon = dc.processes(DAEMON)[0];
-    let with_bob = Dovecot::fds(daemon);
+    let with_bob = Dovecot::settled_fds(daemon);
     let alice = parked_client(&dc, "alice", 1);
     assert_eq!(
-        Dovecot::fds(daemon),
+        Dovecot::settled_fds(daemon),
         with_bob + 2,
         "client socket + Dovecot's notify fd"
     );

@@ -19,7 +19,8 @@ Options:
                          [default: RUNTIME_DIR/tracker]
   --max-parked N         most connections parked at once [default: the
                          open-file limit (soft raised to hard) minus a
-                         reserve of 1/16 of it, at least 32, at most 576]
+                         reserve of 1/16 of it, at least 32, at most 576;
+                         halved with --dovecot, where a client holds 2 fds]
   --log-level LEVEL      error, warn, info, debug or trace [default: info;
                          RUST_LOG overrides it when set]
   --dovecot              speak Dovecot 2.3's hibernation protocol instead of

@@ -136,8 +136,10 @@ impl Daemon {
             Signals::new(&[Signal::SIGTERM, Signal::SIGINT, Signal::SIGUSR1]),
         )?;
         let fd_limit = setup("raising the open-file limit", limits::raise_nofile())?;
-        let allowed = (fd_limit as usize)
-            .saturating_sub(fd_reserve(fd_limit as usize))
+        // Under Dovecot a parked client also holds Dovecot's notify fd.
+        let fds_per_client = if cfg.dovecot { 2 } else { 1 };
+        let allowed = ((fd_limit as usize).saturating_sub(fd_reserve(fd_limit as usize))
+            / fds_per_client)
             .max(1);
         let max_parked = match cfg.max_parked {
             Some(n) if n > allowed => {

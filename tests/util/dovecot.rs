@@ -97,17 +97,39 @@ impl Dovecot {
         std::fs::write(d.join("passwd"), passwd).unwrap();
         let port = free_port();
         let service = match hibernation {
-            Hibernation::ImapIdle => format!(
-                "service imap-hibernate {{\n  executable = {} --dovecot --runtime-dir {} --log-level debug\n}}\n",
-                bin.display(),
-                d.join("idle-run").display()
-            ),
+            // The snippet operators copy, with our paths: proves it works.
+            Hibernation::ImapIdle => {
+                let snippet = concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/contrib/dovecot/95-imap-idle.conf"
+                );
+                std::fs::read_to_string(snippet)
+                    .expect("contrib snippet")
+                    .replace("/usr/local/bin/imap-idle", &bin.display().to_string())
+                    .replace(
+                        "--runtime-dir /run/imap-idle",
+                        &format!(
+                            "--runtime-dir {} --log-level debug",
+                            d.join("idle-run").display()
+                        ),
+                    )
+                    .replace(
+                        "imap_hibernate_timeout = 30s",
+                        "imap_hibernate_timeout = 1s",
+                    )
+            }
             Hibernation::Dovecot => String::new(),
             Hibernation::Standalone => {
-                "service imap-hibernate {\n  unix_listener imap-hibernate {\n    mode = 0\n  }\n}\n".into()
+                "service imap-hibernate {\n  unix_listener imap-hibernate {\n    mode = 0\n  }\n}\n"
+                    .into()
             }
         };
         let standalone = matches!(hibernation, Hibernation::Standalone);
+        // The snippet sets this for imap-idle; the others need it too.
+        let imap_master = match hibernation {
+            Hibernation::ImapIdle => "",
+            _ => "service imap {\n  unix_listener imap-master {\n    user = $default_internal_user\n  }\n}\n",
+        };
         let conf = d.join("dovecot.conf");
         let text = format!(
             "base_dir = {d}/base
@@ -130,7 +152,6 @@ userdb {{
   args = uid=nobody gid=nogroup home={d}/mail/%u
 }}
 mail_location = maildir:{d}/mail/%u/Maildir
-imap_hibernate_timeout = 1s
 imap_idle_notify_interval = 3 secs
 service imap-login {{
   inet_listener imap {{
@@ -142,11 +163,9 @@ service imap-login {{
 }}
 service imap {{
   process_limit = 3000
-  unix_listener imap-master {{
-    user = $default_internal_user
-  }}
 }}
-{service}",
+imap_hibernate_timeout = 1s
+{service}{imap_master}",
             d = d.display()
         );
         std::fs::write(&conf, text).unwrap();
@@ -241,6 +260,20 @@ service imap {{
 
     pub fn fds(pid: i32) -> usize {
         std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+    }
+
+    /// The fd count once it stops moving (our own stats connection may
+    /// still be closing).
+    pub fn settled_fds(pid: i32) -> usize {
+        let mut last = Dovecot::fds(pid);
+        loop {
+            std::thread::sleep(Duration::from_millis(150));
+            let now = Dovecot::fds(pid);
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
     }
 
     pub fn wait_for(&self, mut cond: impl FnMut() -> bool, what: &str, timeout: Duration) {
