@@ -10,6 +10,8 @@ Usage: imap-idle-lab COMMAND [OPTIONS]
 Commands:
   demo    park a connection in a running imap-idle and show every way it
           wakes (acts as the daemon's tracker and as a mail process)
+  stats   print a running imap-idle's counters
+          [--runtime-dir DIR | --park-socket PATH]
 
 Run `imap-idle-lab COMMAND --help` for the command's options.
 ";
@@ -18,6 +20,7 @@ pub fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         Some("demo") => demo::main(args.collect()),
+        Some("stats") => stats(args.collect()),
         Some("-h" | "--help") => {
             print!("{USAGE}");
             ExitCode::SUCCESS
@@ -33,6 +36,31 @@ pub fn main() -> ExitCode {
         None => {
             eprint!("{USAGE}");
             ExitCode::from(2)
+        }
+    }
+}
+
+fn stats(args: Vec<String>) -> ExitCode {
+    let mut socket = crate::idle::config::default_runtime_dir().join("park");
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        match (a.as_str(), it.next()) {
+            ("--runtime-dir", Some(d)) => socket = std::path::PathBuf::from(d).join("park"),
+            ("--park-socket", Some(p)) => socket = std::path::PathBuf::from(p),
+            _ => {
+                eprintln!("imap-idle-lab stats: unknown or incomplete argument {a:?}\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    match crate::link::stats(&socket) {
+        Ok(s) => {
+            println!("{s:#?}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("imap-idle-lab stats: {}: {e}", socket.display());
+            ExitCode::FAILURE
         }
     }
 }
