@@ -1,0 +1,160 @@
+//! Dovecot's own imap-hibernate against imap-idle as Dovecot's
+//! imap-hibernate service, same machine, same run: memory and fds of the
+//! hibernation process and delivery-to-EXISTS latency with N idle clients.
+//! Run as root with Dovecot installed: `cargo bench --bench dovecot_compare`
+//! (N from DOVECOT_BENCH_CLIENTS, default 1000; sizes measured at N/5 and N).
+
+#[path = "../tests/util/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod util;
+
+use std::time::{Duration, Instant};
+
+use util::dovecot::{raise_inotify_instances, Dovecot, Hibernation, PASSWORD};
+use util::imap::Imap;
+
+const PER_USER: usize = 10;
+
+fn pss_kb(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|r| {
+            r.lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+struct Row {
+    name: &'static str,
+    pss: (u64, u64),
+    fds: (usize, usize),
+    latencies: Vec<Duration>,
+    hibernate_secs: f64,
+}
+
+fn open(
+    dc: &Dovecot,
+    names: &[String],
+    range: std::ops::Range<usize>,
+    clients: &mut Vec<(usize, Imap)>,
+) {
+    for i in range {
+        let user = i / PER_USER;
+        let mut c = Imap::login(dc.port, &names[user], PASSWORD);
+        c.idle("c");
+        clients.push((user, c));
+    }
+}
+
+fn settle(dc: &Dovecot, process: &str) -> i32 {
+    dc.wait_for(
+        || dc.processes("dovecot/imap").is_empty() && !dc.processes(process).is_empty(),
+        "every client to hibernate",
+        Duration::from_secs(300),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    dc.processes(process)[0]
+}
+
+fn run(name: &'static str, how: Hibernation, process: &str, n: usize) -> Row {
+    let names: Vec<String> = (0..n.div_ceil(PER_USER)).map(|u| format!("u{u}")).collect();
+    let dc = Dovecot::start(&names, how);
+    let mut clients = Vec::with_capacity(n);
+    let first = n / 5;
+    open(&dc, &names, 0..first, &mut clients);
+    let pid = settle(&dc, process);
+    let (pss_a, fds_a) = (pss_kb(pid), Dovecot::fds(pid));
+    let t = Instant::now();
+    open(&dc, &names, first..n, &mut clients);
+    let pid = settle(&dc, process);
+    let hibernate_secs = t.elapsed().as_secs_f64();
+    let (pss_b, fds_b) = (pss_kb(pid), Dovecot::fds(pid));
+    // One delivery per user; each of its clients times its own EXISTS.
+    let mut latencies = Vec::with_capacity(n);
+    for (u, user) in names.iter().enumerate() {
+        let delivered = Instant::now();
+        dc.deliver(user, "1.msg");
+        for (_, c) in clients.iter_mut().filter(|(cu, _)| *cu == u) {
+            c.expect("EXISTS");
+            latencies.push(delivered.elapsed());
+        }
+    }
+    Row {
+        name,
+        pss: (pss_a, pss_b),
+        fds: (fds_a, fds_b),
+        latencies,
+        hibernate_secs,
+    }
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+fn main() {
+    if !util::dovecot::installed() || !nix::unistd::geteuid().is_root() {
+        eprintln!("dovecot_compare: needs root and Dovecot (apt-get install dovecot-imapd)");
+        std::process::exit(1);
+    }
+    let n: usize = std::env::var("DOVECOT_BENCH_CLIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    util::raise_fd_limit();
+    raise_inotify_instances(4 * n as u64 + 1024);
+    let rows = [
+        run(
+            "Dovecot imap-hibernate",
+            Hibernation::Dovecot,
+            "dovecot/imap-hibernate",
+            n,
+        ),
+        run(
+            "imap-idle --dovecot",
+            Hibernation::ImapIdle,
+            "dovecot/imap-idle",
+            n,
+        ),
+    ];
+    let m = (n - n / 5) as f64;
+    println!("dovecot_compare: {n} idle IMAP clients ({PER_USER} per user), Dovecot 2.3, same machine, same run");
+    println!(
+        "{:<24} {:>10} {:>12} {:>9} {:>9} {:>11} {:>11} {:>11}",
+        "hibernation process",
+        "PSS kB",
+        "B/client",
+        "fds",
+        "fds/cl",
+        "EXISTS p50",
+        "EXISTS p99",
+        "park secs"
+    );
+    for r in &rows {
+        let mut l = r.latencies.clone();
+        l.sort();
+        println!(
+            "{:<24} {:>10} {:>12.0} {:>9} {:>9.2} {:>9.1}ms {:>9.1}ms {:>11.1}",
+            r.name,
+            r.pss.1,
+            (r.pss.1 as f64 - r.pss.0 as f64) * 1024.0 / m,
+            r.fds.1,
+            (r.fds.1 as f64 - r.fds.0 as f64) / m,
+            pct(&l, 0.5),
+            pct(&l, 0.99),
+            r.hibernate_secs
+        );
+    }
+    let med = |r: &Row| {
+        let mut l = r.latencies.clone();
+        l.sort();
+        pct(&l, 0.5)
+    };
+    println!(
+        "EXISTS median ratio imap-idle / Dovecot: {:.2}",
+        med(&rows[1]) / med(&rows[0])
+    );
+}
