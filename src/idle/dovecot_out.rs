@@ -48,15 +48,9 @@ impl Daemon {
     pub(super) fn pump_masters(&mut self) {
         let now = self.now();
         while self.masters.len() < MAX_MASTERS {
-            let Some((key, serial)) = self.tracker.queue.pop_front() else {
+            let Some((key, serial)) = self.next_queued() else {
                 return;
             };
-            let Some(conn) = self.conns.get_mut(key as usize) else {
-                continue;
-            };
-            if conn.serial != serial || conn.phase != Phase::Queued {
-                continue;
-            }
             let path = self.master_socket.clone();
             let sock = match connect(&path) {
                 Ok(s) => s,

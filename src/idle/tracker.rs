@@ -133,15 +133,10 @@ impl Daemon {
             if self.tracker.in_flight >= WINDOW {
                 return;
             }
-            let Some((key, serial)) = self.tracker.queue.pop_front() else {
+            let Some((key, serial)) = self.next_queued() else {
                 return;
             };
-            let Some(conn) = self.conns.get(key as usize) else {
-                continue;
-            };
-            if conn.serial != serial || conn.phase != Phase::Queued {
-                continue;
-            }
+            let conn = &self.conns[key as usize];
             let Some(w) = conn.waking() else {
                 continue;
             };
@@ -183,6 +178,21 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// The next connection waiting for its turn, skipping queue entries
+    /// that went stale (the connection left, or its slab key was reused).
+    pub(super) fn next_queued(&mut self) -> Option<(u32, u32)> {
+        while let Some((key, serial)) = self.tracker.queue.pop_front() {
+            if self
+                .conns
+                .get(key as usize)
+                .is_some_and(|c| c.serial == serial && c.phase == Phase::Queued)
+            {
+                return Some((key, serial));
+            }
+        }
+        None
     }
 
     /// Ok(false): the link is full for now.
