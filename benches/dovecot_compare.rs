@@ -5,7 +5,7 @@
 //! (N from DOVECOT_BENCH_CLIENTS, default 1000; sizes measured at N/5 and N).
 
 #[path = "../tests/util/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod util;
 
 use std::time::{Duration, Instant};
