@@ -192,3 +192,112 @@ fn a_peer_vanishing_mid_park_leaves_nothing_behind() {
     );
     still_serving(&d, baseline);
 }
+
+/// A fake Dovecot imap process talking to imap-idle's imap-hibernate socket.
+struct FakeImap {
+    sock: UnixStream,
+}
+
+impl FakeImap {
+    fn connect(base: &std::path::Path) -> FakeImap {
+        let sock = UnixStream::connect(base.join("imap-hibernate")).expect("connect");
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut f = FakeImap { sock };
+        assert_eq!(f.line(), "VERSION\timap-hibernate\t1\t0\n");
+        f
+    }
+
+    fn line(&mut self) -> String {
+        use std::io::Read;
+        let mut out = Vec::new();
+        let mut b = [0u8; 1];
+        while self.sock.read(&mut b).unwrap_or(0) == 1 {
+            out.push(b[0]);
+            if b[0] == b'\n' {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Send a line, its first byte carrying `fd` if given.
+    fn send(&mut self, line: &str, fd: Option<std::os::fd::BorrowedFd<'_>>) {
+        use std::io::Write;
+        let bytes = line.as_bytes();
+        let fds: Vec<_> = fd.into_iter().collect();
+        imap_idle::sys::fdpass::send(self.sock.as_fd(), &bytes[..1], &fds).unwrap();
+        self.sock.write_all(&bytes[1..]).unwrap();
+    }
+
+    fn closed(&mut self) -> bool {
+        self.line().is_empty()
+    }
+}
+
+#[test]
+fn dovecot_hand_offs_that_are_malformed_are_answered_and_leave_no_fd() {
+    let base = tempfile::tempdir().unwrap();
+    let b = base.path().to_str().unwrap();
+    let d = Daemon::start(&[
+        "--dovecot",
+        "--dovecot-base-dir",
+        b,
+        "--dovecot-group",
+        "root",
+    ]);
+    let baseline = d.settled_fds();
+    let cmd = "alice\t%u: \ttag=c\tidle-cmd\tsession=S1\trip=127.0.0.1\n";
+
+    let mut f = FakeImap::connect(base.path());
+    f.send("VERSION\timap-hibernate\t2\t0\n", None);
+    assert!(f.line().starts_with("-expected VERSION imap-hibernate 1.x"));
+    assert!(f.closed());
+
+    let (client, _peer) = UnixStream::pair().unwrap();
+    let mut f = FakeImap::connect(base.path());
+    f.send("VERSION\timap-hibernate\t1\t0\n", None);
+    f.send("alice\t%u: \tidle-cmd\n", Some(client.as_fd()));
+    assert_eq!(f.line(), "-Failed to parse client input: Missing tag\n");
+    assert!(f.closed());
+
+    let mut f = FakeImap::connect(base.path());
+    f.send("VERSION\timap-hibernate\t1\t0\n", None);
+    f.send(cmd, None);
+    assert_eq!(f.line(), "-expected the client fd, got 0 fds\n");
+
+    let mut f = FakeImap::connect(base.path());
+    f.send("VERSION\timap-hibernate\t1\t0\n", None);
+    f.send(
+        "alice\t%u: \ttag=c\tidle-cmd\tnotify_fd\n",
+        Some(client.as_fd()),
+    );
+    assert_eq!(f.line(), "+\n");
+    f.send("not empty\n", Some(client.as_fd()));
+    assert_eq!(f.line(), "-Expected empty notify fd line\n");
+
+    // An imap process that leaves before sending its notify fd still owns
+    // the client: nothing is parked.
+    let mut f = FakeImap::connect(base.path());
+    f.send("VERSION\timap-hibernate\t1\t0\n", None);
+    f.send(
+        "alice\t%u: \ttag=c\tidle-cmd\tnotify_fd\n",
+        Some(client.as_fd()),
+    );
+    assert_eq!(f.line(), "+\n");
+    drop(f);
+
+    wait_for(
+        || d.log().contains("closed before finishing the hand-off"),
+        "the early close",
+    );
+    assert_eq!(d.stats().parked, 0);
+    d.expect_fds(baseline);
+
+    // And a well-formed hand-off parks.
+    let mut f = FakeImap::connect(base.path());
+    f.send("VERSION\timap-hibernate\t1\t0\n", None);
+    f.send(cmd, Some(client.as_fd()));
+    assert_eq!(f.line(), "+\n");
+    drop(f);
+    wait_for(|| d.stats().parked == 1, "the client to be parked");
+}
