@@ -2,6 +2,7 @@
 //! nothing else. Set-up errors leave `run`; errors inside the loop are
 //! logged where the connection they concern is closed, and the loop goes on.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::fs;
 use std::io;
@@ -76,6 +77,9 @@ pub struct Daemon {
     pub(super) watches: Watches,
     pub(super) timers: Timers,
     pub(super) tracker: Tracker,
+    /// Woken connections waiting for their turn to go back, in order
+    /// (key, serial); entries that went stale are skipped.
+    pub(super) return_queue: VecDeque<(u32, u32)>,
     pub(super) users: Users,
     pub(super) stats: Stats,
     /// Shared by every read: packets from control connections, client input.
@@ -224,6 +228,7 @@ impl Daemon {
             watches,
             timers: Timers::default(),
             tracker: Tracker::new(),
+            return_queue: VecDeque::new(),
             users: Users::default(),
             stats: Stats::default(),
             scratch: vec![0; MAX_PACKET + 1].into_boxed_slice(),

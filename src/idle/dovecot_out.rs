@@ -79,7 +79,7 @@ impl Daemon {
             let greeting = dovecot::version_line(MASTER_SERVICE);
             if let Err(e) = registered.and_then(|()| sys::write_now(sock.as_fd(), &greeting)) {
                 warn!("{}: talking to imap-master: {e}", self.who(key));
-                self.tracker.queue.push_back((key, serial));
+                self.return_queue.push_back((key, serial));
                 return;
             }
             let m = entry.key() as u32;

@@ -425,7 +425,22 @@ impl Daemon {
             WakeReason::Shutdown => self.stats.wake_shutdown += 1,
         }
         debug!("{}: woken ({reason:?})", self.who(key));
-        self.tracker.queue.push_back((key, serial));
+        self.return_queue.push_back((key, serial));
+    }
+
+    /// The next connection waiting for its turn, skipping queue entries
+    /// that went stale (the connection left, or its slab key was reused).
+    pub(super) fn next_queued(&mut self) -> Option<(u32, u32)> {
+        while let Some((key, serial)) = self.return_queue.pop_front() {
+            if self
+                .conns
+                .get(key as usize)
+                .is_some_and(|c| c.serial == serial && c.phase == Phase::Queued)
+            {
+                return Some((key, serial));
+            }
+        }
+        None
     }
 
     pub(super) fn leave_watches(&mut self, idx: &[u32]) {

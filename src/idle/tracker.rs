@@ -35,8 +35,6 @@ enum Link {
 
 pub(super) struct Tracker {
     link: Link,
-    /// Connections to send, in order (key, serial); stale entries skipped.
-    pub queue: VecDeque<(u32, u32)>,
     pub in_flight: usize,
     gone: VecDeque<Gone>,
     /// When to try connecting again.
@@ -51,7 +49,6 @@ impl Tracker {
     pub fn new() -> Tracker {
         Tracker {
             link: Link::Down,
-            queue: VecDeque::new(),
             in_flight: 0,
             gone: VecDeque::new(),
             retry_at: None,
@@ -102,9 +99,10 @@ impl Daemon {
     /// Connect if there is something to send, then send what fits.
     pub(super) fn pump_tracker(&mut self) {
         let now = self.now();
+        let queued = !self.return_queue.is_empty();
         let t = &mut self.tracker;
         if matches!(t.link, Link::Down) {
-            let pending = !t.queue.is_empty() || !t.gone.is_empty();
+            let pending = queued || !t.gone.is_empty();
             if !pending {
                 // Nothing to deliver: no reason to wake up for a retry
                 // (a past deadline here would make the loop spin).
@@ -166,33 +164,18 @@ impl Daemon {
                     self.tracker.in_flight += 1;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.tracker.queue.push_front((key, serial));
+                    self.return_queue.push_front((key, serial));
                     self.tracker.writable = false;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    self.tracker.queue.push_front((key, serial));
+                    self.return_queue.push_front((key, serial));
                 }
                 Err(e) => {
-                    self.tracker.queue.push_front((key, serial));
+                    self.return_queue.push_front((key, serial));
                     return self.tracker_down(&format!("sending: {e}"));
                 }
             }
         }
-    }
-
-    /// The next connection waiting for its turn, skipping queue entries
-    /// that went stale (the connection left, or its slab key was reused).
-    pub(super) fn next_queued(&mut self) -> Option<(u32, u32)> {
-        while let Some((key, serial)) = self.tracker.queue.pop_front() {
-            if self
-                .conns
-                .get(key as usize)
-                .is_some_and(|c| c.serial == serial && c.phase == Phase::Queued)
-            {
-                return Some((key, serial));
-            }
-        }
-        None
     }
 
     /// Ok(false): the link is full for now.
@@ -219,12 +202,12 @@ impl Daemon {
         let sock = match SeqPacket::connect(path, true) {
             Ok(s) => s,
             Err(e) => {
+                let waiting = self.return_queue.len();
                 let t = &mut self.tracker;
                 if !t.outage_logged {
                     warn!(
-                        "tracker at {} unreachable ({e}); {} connections waiting, retrying",
+                        "tracker at {} unreachable ({e}); {waiting} connections waiting, retrying",
                         path.display(),
-                        t.queue.len()
                     );
                     t.outage_logged = true;
                 }
@@ -280,12 +263,12 @@ impl Daemon {
             .collect();
         back.sort_by_key(|&(_, serial)| serial);
         for entry in back.into_iter().rev() {
-            self.tracker.queue.push_front(entry);
+            self.return_queue.push_front(entry);
         }
         self.tracker.in_flight = 0;
         let now = self.now();
         self.tracker.retry_at = Some(now + self.tracker.backoff_ms);
-        let waiting = self.tracker.queue.len() + self.tracker.gone.len();
+        let waiting = self.return_queue.len() + self.tracker.gone.len();
         if waiting == 0 {
             info!("tracker link closed ({why})");
         } else if !self.tracker.outage_logged {
@@ -403,6 +386,6 @@ impl Daemon {
         conn.timer_gen = gen;
         let serial = conn.serial;
         self.timers.schedule(give_up_at, key, gen);
-        self.tracker.queue.push_back((key, serial));
+        self.return_queue.push_back((key, serial));
     }
 }
