@@ -231,3 +231,36 @@ fn standalone_mode_binds_the_listener_itself() {
     c.send("DONE\r\n");
     c.until_tagged("c");
 }
+
+#[test]
+fn the_masters_sigint_is_obeyed_only_when_nothing_is_parked() {
+    if !available("dovecot") {
+        return;
+    }
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let dc = Dovecot::start(&users(&["alice"]), Hibernation::ImapIdle);
+    let mut c = parked_client(&dc, "alice", 0);
+    let daemon = Pid::from_raw(dc.processes(DAEMON)[0]);
+    kill(daemon, Signal::SIGINT).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(dc.stats().parked, 1, "still parked after SIGINT");
+    assert!(dc
+        .log()
+        .contains("SIGINT from Dovecot's master ignored: 1 clients parked"));
+    // End IDLE and log out: nothing is parked any more.
+    c.send("DONE\r\n");
+    c.until_tagged("c");
+    c.ok("z", "LOGOUT");
+    dc.wait_for(
+        || dc.stats().parked == 0,
+        "nothing parked",
+        Duration::from_secs(5),
+    );
+    kill(daemon, Signal::SIGINT).unwrap();
+    dc.wait_for(
+        || dc.processes(DAEMON).is_empty(),
+        "imap-idle to exit on SIGINT",
+        Duration::from_secs(5),
+    );
+}
