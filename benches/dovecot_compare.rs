@@ -2,7 +2,8 @@
 //! imap-hibernate service, same machine, same run: memory and fds of the
 //! hibernation process and delivery-to-EXISTS latency with N idle clients.
 //! Run as root with Dovecot installed: `cargo bench --bench dovecot_compare`
-//! (N from DOVECOT_BENCH_CLIENTS, default 1000; sizes measured at N/5 and N).
+//! (N from DOVECOT_BENCH_CLIENTS, default 1000; sizes measured at N/5 and N;
+//! DOVECOT_BENCH_ROUNDS alternates the two setups that many times, default 1).
 
 #[path = "../tests/util/mod.rs"]
 #[allow(unused_imports)]
@@ -106,20 +107,25 @@ fn main() {
         .unwrap_or(1000);
     util::raise_fd_limit();
     raise_inotify_instances(4 * n as u64 + 1024);
-    let rows = [
-        run(
+    let rounds: usize = std::env::var("DOVECOT_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let mut rows = Vec::new();
+    for _ in 0..rounds {
+        rows.push(run(
             "Dovecot imap-hibernate",
             Hibernation::Dovecot,
             "dovecot/imap-hibernate",
             n,
-        ),
-        run(
+        ));
+        rows.push(run(
             "imap-idle --dovecot",
             Hibernation::ImapIdle,
             "dovecot/imap-idle",
             n,
-        ),
-    ];
+        ));
+    }
     let m = (n - n / 5) as f64;
     println!("dovecot_compare: {n} idle IMAP clients ({PER_USER} per user), Dovecot 2.3, same machine, same run");
     println!(
@@ -153,8 +159,10 @@ fn main() {
         l.sort();
         pct(&l, 0.5)
     };
-    println!(
-        "EXISTS median ratio imap-idle / Dovecot: {:.2}",
-        med(&rows[1]) / med(&rows[0])
-    );
+    for pair in rows.chunks(2) {
+        println!(
+            "EXISTS median ratio imap-idle / Dovecot: {:.2}",
+            med(&pair[1]) / med(&pair[0])
+        );
+    }
 }
