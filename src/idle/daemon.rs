@@ -264,10 +264,16 @@ impl Daemon {
         let mut events = Events::with_capacity(1024);
         loop {
             let now = self.now();
+            let status_at = self
+                .service
+                .as_ref()
+                .and_then(|s| s.pending_until)
+                .map(|at| at.saturating_duration_since(Instant::now()).as_millis() as Millis + now);
             let timeout = [
                 self.timers.next_deadline(),
                 self.tracker.retry_at,
                 self.accept_paused_until,
+                status_at,
             ]
             .into_iter()
             .flatten()
@@ -395,6 +401,14 @@ impl Daemon {
 
     fn fire_timers(&mut self) {
         let now = self.now();
+        if self
+            .service
+            .as_ref()
+            .and_then(|s| s.pending_until)
+            .is_some_and(|at| at <= Instant::now())
+        {
+            self.report_capacity();
+        }
         if self.accept_paused_until.is_some_and(|at| at <= now) {
             self.accept_paused_until = None;
             self.accept_controls();

@@ -182,10 +182,10 @@ impl Daemon {
         let Some(mc) = self.close_master(m) else {
             return;
         };
-        if !self
+        if self
             .conns
             .get(mc.key as usize)
-            .is_some_and(|c| c.serial == mc.serial)
+            .is_none_or(|c| c.serial != mc.serial)
         {
             return;
         }

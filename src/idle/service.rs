@@ -19,6 +19,9 @@ pub(super) struct Service {
     generation: u32,
     client_limit: usize,
     last_available: Option<u32>,
+    last_sent: Option<std::time::Instant>,
+    /// A change not yet sent because the last record went out < 1 s ago.
+    pub pending_until: Option<std::time::Instant>,
 }
 
 /// Started by Dovecot's master? Then take its descriptors.
@@ -38,6 +41,8 @@ pub(super) fn from_master() -> Option<(Service, OwnedFd)> {
             generation: env_num("GENERATION").unwrap_or(0) as u32,
             client_limit: env_num("CLIENT_LIMIT").map_or(usize::MAX, |n| n as usize),
             last_available: None,
+            last_sent: None,
+            pending_until: None,
         },
         listener,
     ))
@@ -51,6 +56,19 @@ impl Service {
         let available = self.client_limit.min(max_parked).saturating_sub(used);
         let available = available.min(u32::MAX as usize) as u32;
         if self.last_available == Some(available) {
+            self.pending_until = None;
+            return;
+        }
+        // As Dovecot's own services: at most one record a second, unless
+        // the process becomes full or stops being full (the master uses
+        // those to decide whether to start another process).
+        let important = available == 0 || self.last_available.is_none_or(|a| a == 0);
+        let now = std::time::Instant::now();
+        let next = self
+            .last_sent
+            .map(|t| t + std::time::Duration::from_secs(1));
+        if !important && next.is_some_and(|n| n > now) {
+            self.pending_until = next;
             return;
         }
         let mut record = [0u8; 12];
@@ -58,9 +76,16 @@ impl Service {
         record[4..8].copy_from_slice(&self.generation.to_ne_bytes());
         record[8..].copy_from_slice(&available.to_ne_bytes());
         match self.status.write(&record) {
-            Ok(12) => self.last_available = Some(available),
-            // A full pipe means the master is busy; the next change retries.
-            Ok(_) | Err(_) => warn!("could not write the status record to Dovecot's master"),
+            Ok(12) => {
+                self.last_available = Some(available);
+                self.last_sent = Some(now);
+                self.pending_until = None;
+            }
+            // A full pipe means the master is busy: try again in a second.
+            Ok(_) | Err(_) => {
+                warn!("could not write the status record to Dovecot's master");
+                self.pending_until = Some(now + std::time::Duration::from_secs(1));
+            }
         }
     }
 }
