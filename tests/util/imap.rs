@@ -80,6 +80,15 @@ impl Imap {
         }
     }
 
+    /// Whether a line may be read without waiting on the socket.
+    pub fn has_buffered(&self) -> bool {
+        !self.r.buffer().is_empty()
+    }
+
+    pub fn socket(&self) -> &TcpStream {
+        &self.w
+    }
+
     pub fn shutdown(self) {
         let _ = self.w.shutdown(std::net::Shutdown::Both);
     }
