@@ -386,9 +386,11 @@ impl Daemon {
             return;
         }
         let watch_idx = conn.take_watches();
+        // The notify fd has done its job, but it stays open until the
+        // connection leaves us: closing an inotify instance waits for the
+        // kernel to retire its marks (milliseconds), which would delay the
+        // return. Dovecot's imap-hibernate closes it at the same point.
         self.unregister_conn(&self.conns[key as usize]);
-        // The notify fd has done its job (Dovecot closes it here too).
-        self.conns[key as usize].notify = None;
         let watch = watch_idx
             .iter()
             .filter_map(|&i| self.watches.path(i).map(PathBuf::from))
