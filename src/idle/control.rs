@@ -421,9 +421,6 @@ impl Daemon {
             self.who(key)
         );
         self.stats.parks -= 1;
-        let conn = self.conns.remove(key as usize);
-        self.unregister_conn(&conn);
-        self.leave_watches(&conn.watches());
-        self.users.release(conn.user);
+        self.remove_conn(key);
     }
 }

@@ -23,7 +23,7 @@ use super::config::Config;
 use super::control::Control;
 use super::dovecot_in::HibernateConn;
 use super::dovecot_out::MasterConn;
-use super::parked::{Conn, Phase};
+use super::parked::{parked_in, Conn, Phase};
 use super::service::{self, Service};
 use super::timers::{Millis, Timers};
 use super::tracker::Tracker;
@@ -385,18 +385,12 @@ impl Daemon {
             error!("reading inotify events: {e}");
         }
         for &(key, serial) in &woken {
-            if self.is_parked(key, serial) {
+            if parked_in(&self.conns, (key, serial)) {
                 self.wake(key, WakeReason::Changed);
             }
         }
         woken.clear();
         self.woken = woken;
-    }
-
-    pub(super) fn is_parked(&self, key: u32, serial: u32) -> bool {
-        self.conns
-            .get(key as usize)
-            .is_some_and(|c| c.serial == serial && c.phase == Phase::Parked)
     }
 
     fn fire_timers(&mut self) {

@@ -55,13 +55,7 @@ impl Daemon {
             let sock = match connect(&path) {
                 Ok(s) => s,
                 Err(e) => {
-                    let gen = self.timers.new_gen();
-                    let conn = &mut self.conns[key as usize];
-                    let give_up_at = conn.waking().map_or(now, |w| w.give_up_at);
-                    conn.phase = Phase::Waiting;
-                    conn.timer_gen = gen;
-                    self.timers
-                        .schedule((now + RETRY_MS).min(give_up_at), key, gen);
+                    self.retry_later(key, RETRY_MS, now);
                     debug!(
                         "{}: connecting to {}: {e}; retrying",
                         self.who(key),
@@ -169,12 +163,19 @@ impl Daemon {
         sys::write_now(mc.sock.as_fd(), &line[1..])
     }
 
+    /// Close a return link; its client forgets it, so nothing later can
+    /// close whatever reuses the slot.
     fn close_master(&mut self, m: usize) -> Option<MasterConn> {
         let mc = self.masters.try_remove(m)?;
         let _ = self
             .poll
             .registry()
             .deregister(&mut SourceFd(&mc.sock.as_raw_fd()));
+        if let Some(conn) = self.conns.get_mut(mc.key as usize) {
+            if let Some(w) = conn.waking_mut().filter(|w| w.master == Some(m as u32)) {
+                w.master = None;
+            }
+        }
         Some(mc)
     }
 
@@ -185,19 +186,10 @@ impl Daemon {
         if self
             .conns
             .get(mc.key as usize)
-            .is_none_or(|c| c.serial != mc.serial)
+            .is_some_and(|c| c.serial == mc.serial)
         {
-            return;
+            self.finish_return(mc.key, "imap-master");
         }
-        let who = self.who(mc.key);
-        let conn = self.conns.remove(mc.key as usize);
-        debug!(
-            "{who}: returned to imap-master ({:?})",
-            conn.waking().map(|w| w.reason)
-        );
-        self.stats.returned += 1;
-        self.users.release(conn.user);
-        self.report_capacity();
     }
 
     /// The imap side refused or broke: as Dovecot does, the client is not

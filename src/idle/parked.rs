@@ -13,6 +13,7 @@ use nix::sys::socket::{self, MsgFlags, Shutdown};
 use super::daemon::Daemon;
 use super::idle_input::{self, IdleInput, MAX_IDLE_INPUT};
 use super::timers::{next_keepalive, Millis};
+use super::watches::Watcher;
 use crate::proto::native::{Cookie, Gone, GoneReason, WakeReason, MAX_INPUT};
 use crate::sys;
 
@@ -448,31 +449,72 @@ impl Daemon {
     pub(super) fn leave_watches(&mut self, idx: &[u32]) {
         let conns = &self.conns;
         for &i in idx {
-            self.watches.leave(i, |(k, s)| {
-                conns
-                    .get(k as usize)
-                    .is_some_and(|c| c.serial == s && c.phase == Phase::Parked)
-            });
+            self.watches.leave(i, |w| parked_in(conns, w));
         }
     }
 
-    /// The connection is over: close it, tell the tracker, log why once.
-    pub(super) fn drop_conn(&mut self, key: u32, reason: GoneReason, detail: &str) {
-        if !self.conns.contains(key as usize) {
-            return;
-        }
-        let who = self.who(key);
-        let conn = self.conns.remove(key as usize);
-        if conn.phase == Phase::Parked {
-            self.unregister_conn(&conn);
-            self.leave_watches(&conn.watches());
+    /// Take a connection out of the daemon, undoing everything it held:
+    /// polling, watches, its imap-master link, its place in the tracker's
+    /// window, its user. Every way a connection leaves goes through here.
+    pub(super) fn remove_conn(&mut self, key: u32) -> Option<Conn> {
+        let conn = self.conns.try_remove(key as usize)?;
+        match conn.phase {
+            Phase::Parked => {
+                self.unregister_conn(&conn);
+                self.leave_watches(&conn.watches());
+            }
+            Phase::InFlight if !self.cfg.dovecot => {
+                self.tracker.in_flight = self.tracker.in_flight.saturating_sub(1);
+            }
+            _ => {}
         }
         if let Some(w) = conn.waking() {
             self.forget_master(w);
         }
-        if conn.phase == Phase::InFlight && !self.cfg.dovecot {
-            self.tracker.in_flight = self.tracker.in_flight.saturating_sub(1);
+        self.users.release(conn.user);
+        self.report_capacity();
+        Some(conn)
+    }
+
+    /// The tracker or imap-master took the connection: our copy closes.
+    pub(super) fn finish_return(&mut self, key: u32, to: &str) {
+        let who = self.who(key);
+        if let Some(conn) = self.remove_conn(key) {
+            debug!(
+                "{who}: returned to {to} ({:?})",
+                conn.waking().map(|w| w.reason)
+            );
+            self.stats.returned += 1;
         }
+    }
+
+    /// Try the return again after `delay`, or at the give-up deadline if
+    /// that comes first (the timer then gives up).
+    pub(super) fn retry_later(&mut self, key: u32, delay: Millis, now: Millis) {
+        let gen = self.timers.new_gen();
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        let give_up_at = conn.waking().map_or(now, |w| w.give_up_at);
+        conn.phase = Phase::Waiting;
+        conn.timer_gen = gen;
+        self.timers
+            .schedule((now + delay).min(give_up_at), key, gen);
+    }
+
+    /// The connection is over: close it, tell the tracker, log why once.
+    pub(super) fn drop_conn(&mut self, key: u32, reason: GoneReason, detail: &str) {
+        let who = self.who(key);
+        let Some(user) = self
+            .conns
+            .get(key as usize)
+            .map(|c| self.users.name(c.user).to_owned())
+        else {
+            return;
+        };
+        let Some(conn) = self.remove_conn(key) else {
+            return;
+        };
         match reason {
             GoneReason::HungUp => {
                 self.stats.hung_up += 1;
@@ -491,14 +533,12 @@ impl Daemon {
         if !self.cfg.dovecot {
             self.tracker.tell_gone(Gone {
                 id: conn.id(key),
-                user: self.users.name(conn.user).to_owned(),
+                user,
                 cookie: conn.cookie,
                 reason,
                 detail: detail.to_owned(),
             });
         }
-        self.users.release(conn.user);
-        self.report_capacity();
     }
 
     /// The tracker did not take the connection back in time: say goodbye
@@ -512,6 +552,14 @@ impl Daemon {
         let _ = socket::shutdown(conn.fd.as_raw_fd(), Shutdown::Both);
         self.drop_conn(key, GoneReason::GaveUp, why);
     }
+}
+
+/// Whether the watcher `(key, serial)` is still a parked connection (slab
+/// keys are reused, serials are not).
+pub(super) fn parked_in(conns: &slab::Slab<Conn>, (key, serial): Watcher) -> bool {
+    conns
+        .get(key as usize)
+        .is_some_and(|c| c.serial == serial && c.phase == Phase::Parked)
 }
 
 fn read_some(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<usize> {

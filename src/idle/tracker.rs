@@ -330,18 +330,10 @@ impl Daemon {
     }
 
     fn return_accepted(&mut self, id: u64) {
-        let Some(key) = self.in_flight_key(id) else {
-            debug!("tracker accepted unknown connection {id:#x}; ignored");
-            return;
-        };
-        self.tracker.in_flight = self.tracker.in_flight.saturating_sub(1);
-        let who = self.who(key);
-        let conn = self.conns.remove(key as usize);
-        let reason = conn.waking().map(|w| w.reason);
-        debug!("{who}: returned to the tracker ({reason:?})");
-        self.stats.returned += 1;
-        self.users.release(conn.user);
-        // Dropping `conn` closes our copy; the tracker holds its own.
+        match self.in_flight_key(id) {
+            Some(key) => self.finish_return(key, "the tracker"),
+            None => debug!("tracker accepted unknown connection {id:#x}; ignored"),
+        }
     }
 
     fn return_rejected(&mut self, id: u64, reason: &str, now: Millis) {
@@ -350,23 +342,23 @@ impl Daemon {
             return;
         };
         self.tracker.in_flight = self.tracker.in_flight.saturating_sub(1);
-        let who = self.who(key);
-        let gen = self.timers.new_gen();
-        let conn = &mut self.conns[key as usize];
-        conn.phase = Phase::Waiting;
-        conn.timer_gen = gen;
-        let Some(w) = conn.waking_mut() else {
+        let Some(w) = self.conns[key as usize].waking_mut() else {
             return;
         };
         w.attempts += 1;
-        let delay = (BACKOFF_MIN_MS << w.attempts.min(5)).min(BACKOFF_MAX_MS);
-        let at = (now + delay).min(w.give_up_at);
         let attempts = w.attempts;
-        self.timers.schedule(at, key, gen);
+        let delay = (BACKOFF_MIN_MS << attempts.min(5)).min(BACKOFF_MAX_MS);
+        self.retry_later(key, delay, now);
         if attempts == 1 {
-            warn!("{who}: tracker refused the return ({reason}); retrying");
+            warn!(
+                "{}: tracker refused the return ({reason}); retrying",
+                self.who(key)
+            );
         } else {
-            debug!("{who}: tracker refused the return again ({reason})");
+            debug!(
+                "{}: tracker refused the return again ({reason})",
+                self.who(key)
+            );
         }
     }
 
