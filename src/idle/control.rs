@@ -3,7 +3,7 @@
 //! (with every descriptor it carried) and the daemon serves everyone else.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use log::{debug, info, warn};
 use mio::unix::SourceFd;
@@ -60,25 +60,11 @@ impl Daemon {
                 warn!("{MAX_CONTROLS} control connections open; not accepting more for now");
                 return;
             }
-            let sock = match self.listener.accept() {
-                Ok(s) => s,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
-                Err(e)
-                    if matches!(
-                        Errno::from_raw(e.raw_os_error().unwrap_or(0)),
-                        Errno::EMFILE | Errno::ENFILE
-                    ) =>
-                {
-                    warn!("accepting: {e}; pausing for {ACCEPT_PAUSE_MS} ms");
-                    self.accept_paused_until = Some(self.now() + ACCEPT_PAUSE_MS);
-                    return;
-                }
-                Err(e) => {
-                    warn!("accepting: {e}");
-                    return;
-                }
+            let sock = match accept_next(self.listener.as_fd()) {
+                Next::Conn(fd) => SeqPacket::from(fd),
+                Next::Retry => continue,
+                Next::Empty => return,
+                Next::Failed(e) => return self.accept_failed("the park socket", &e),
             };
             let peer = match sock.peer() {
                 Ok(p) => p,
@@ -121,21 +107,28 @@ impl Daemon {
                 warn!("{MAX_CONTROLS} hand-offs in progress; not accepting more for now");
                 return;
             }
-            let accepted = fdpass::accept(listener.as_fd());
-            match accepted {
-                Ok(sock) => {
+            match accept_next(listener.as_fd()) {
+                Next::Conn(sock) => {
                     let pid = sys::peer_pid(sock.as_fd());
                     self.accept_hibernate(sock, pid);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
-                Err(e) => {
-                    warn!("accepting on imap-hibernate: {e}; pausing for {ACCEPT_PAUSE_MS} ms");
-                    self.accept_paused_until = Some(self.now() + ACCEPT_PAUSE_MS);
-                    return;
-                }
+                Next::Retry => continue,
+                Next::Empty => return,
+                Next::Failed(e) => return self.accept_failed("imap-hibernate", &e),
             }
+        }
+    }
+
+    /// Out of descriptors: pause both listeners for a moment instead of
+    /// spinning on the same error; anything else is logged and the
+    /// listener waits for its next event.
+    fn accept_failed(&mut self, which: &str, e: &io::Error) {
+        let errno = Errno::from_raw(e.raw_os_error().unwrap_or(0));
+        if matches!(errno, Errno::EMFILE | Errno::ENFILE) {
+            warn!("accepting on {which}: {e}; pausing for {ACCEPT_PAUSE_MS} ms");
+            self.accept_paused_until = Some(self.now() + ACCEPT_PAUSE_MS);
+        } else {
+            warn!("accepting on {which}: {e}");
         }
     }
 
@@ -422,5 +415,25 @@ impl Daemon {
         );
         self.stats.parks -= 1;
         self.remove_conn(key);
+    }
+}
+
+enum Next {
+    Conn(OwnedFd),
+    /// Interrupted, or the peer left before we accepted: try again.
+    Retry,
+    /// Nothing more to accept for now.
+    Empty,
+    Failed(io::Error),
+}
+
+fn accept_next(listener: BorrowedFd<'_>) -> Next {
+    match fdpass::accept(listener) {
+        Ok(fd) => Next::Conn(fd),
+        Err(e) => match e.kind() {
+            io::ErrorKind::WouldBlock => Next::Empty,
+            io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted => Next::Retry,
+            _ => Next::Failed(e),
+        },
     }
 }

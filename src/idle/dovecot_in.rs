@@ -14,7 +14,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Token};
 
 use super::control::Adopt;
-use super::daemon::{Daemon, FIRST_HIBERNATE};
+use super::daemon::{Daemon, FIRST_HIBERNATE, MAX_CONTROLS};
 use crate::proto::dovecot::{self, Hibernate, HIBERNATE_SERVICE, MAX_LINE};
 use crate::sys::{self, fdpass};
 
@@ -74,10 +74,19 @@ impl Daemon {
 
     fn close_hibernate(&mut self, key: usize) {
         if let Some(h) = self.hibernating.try_remove(key) {
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&h.sock.as_raw_fd()));
+            self.forget_hibernate(&h);
+        }
+    }
+
+    /// A hand-off connection is gone: stop polling it, and resume
+    /// accepting if the cap had stopped us (edges are not repeated).
+    fn forget_hibernate(&mut self, h: &HibernateConn) {
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&h.sock.as_raw_fd()));
+        if self.hibernating.len() + 1 == MAX_CONTROLS * 9 / 10 {
+            self.accept_hibernates();
         }
         self.report_capacity();
     }
@@ -199,10 +208,7 @@ impl Daemon {
         let Some(mut h) = self.hibernating.try_remove(key) else {
             return;
         };
-        let _ = self
-            .poll
-            .registry()
-            .deregister(&mut SourceFd(&h.sock.as_raw_fd()));
+        self.forget_hibernate(&h);
         let (cmd, fd) = match (h.step, h.cmd.take()) {
             (Step::Closing, Some(c)) => c,
             (_, Some((cmd, _fd))) => {
@@ -211,9 +217,9 @@ impl Daemon {
                     "user={}: imap pid {} closed before finishing the hand-off",
                     cmd.user, h.pid
                 );
-                return self.report_capacity();
+                return;
             }
-            _ => return self.report_capacity(),
+            _ => return,
         };
         let tail = cmd.return_tail();
         let spare = fd.try_clone().ok();
