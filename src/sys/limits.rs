@@ -11,10 +11,3 @@ pub fn raise_nofile() -> std::io::Result<u64> {
     }
     Ok(hard)
 }
-
-/// Descriptors currently open in this process.
-pub fn open_fds() -> std::io::Result<usize> {
-    Ok(std::fs::read_dir("/proc/self/fd")?
-        .count()
-        .saturating_sub(1))
-}
