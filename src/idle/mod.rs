@@ -5,7 +5,7 @@ mod control;
 mod daemon;
 mod dovecot_in;
 mod dovecot_out;
-pub mod idle_input;
+mod idle_input;
 mod main;
 mod parked;
 mod service;
