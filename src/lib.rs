@@ -4,13 +4,18 @@
 //! - [`proto`]: wire encodings (native protocol, session state).
 //! - [`sys`]: the OS layer (descriptor passing, sockets, limits, signals).
 //! - [`idle`]: the parking daemon.
-//! - [`mail`]: the library for mail processes.
+//! - [`tracker`]: the router between login processes, mail processes and
+//!   imap-idle.
+//! - [`mail`]: the library for login and mail processes.
 //! - [`link`]: a blocking native-protocol client connection.
 //! - [`lab`]: tools to try it out (`imap-idle-lab`).
 
+pub mod args;
 pub mod idle;
 pub mod lab;
 pub mod link;
 pub mod mail;
 pub mod proto;
+pub mod setup;
 pub mod sys;
+pub mod tracker;

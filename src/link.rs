@@ -72,6 +72,11 @@ impl Link {
         self.peer_role
     }
 
+    /// The socket, for peers that go on without blocking after the hellos.
+    pub fn into_socket(self) -> SeqPacket {
+        self.sock
+    }
+
     /// Send one message and wait for the one answer.
     pub fn request(
         &mut self,
@@ -79,6 +84,11 @@ impl Link {
         fd: Option<BorrowedFd<'_>>,
     ) -> Result<Message, LinkError> {
         native::send(&self.sock, msg, fd)?;
+        self.next()
+    }
+
+    /// Wait for the next message (answers that span several messages).
+    pub fn next(&mut self) -> Result<Message, LinkError> {
         let incoming = native::recv(&self.sock, &mut self.buf).map_err(LinkError::Recv)?;
         match incoming.msg {
             Message::Error { reason } => Err(LinkError::Peer(reason)),

@@ -252,6 +252,14 @@ impl Daemon {
                 let stats = Message::Stats(self.current_stats());
                 self.answer(key, &stats)
             }
+            (Some(Role::Admin), Message::Describe { query, user }) => {
+                let pieces = native::chunks(self.describe(user.as_deref()));
+                let n = pieces.len();
+                pieces.into_iter().enumerate().all(|(i, conns)| {
+                    let last = i + 1 == n;
+                    self.answer(key, &Message::Described { query, conns, last })
+                })
+            }
             (Some(role), other) => {
                 let name = format!("{other:?}");
                 let name = name.split([' ', '(', '{']).next().unwrap_or("?");

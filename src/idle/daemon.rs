@@ -3,13 +3,10 @@
 //! logged where the connection they concern is closed, and the loop goes on.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::fs;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::Path;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -29,7 +26,9 @@ use super::timers::{Millis, Timers};
 use super::tracker::Tracker;
 use super::users::Users;
 use super::watches::{Watcher, Watches};
-use crate::proto::native::{Stats, WakeReason, MAX_PACKET};
+use crate::proto::native::{Activity, ConnInfo, Stats, WakeReason, MAX_PACKET};
+pub use crate::setup::SetupError;
+use crate::setup::{ensure_dir, setup};
 use crate::sys::signals::Signals;
 use crate::sys::{limits, SeqPacket};
 
@@ -100,37 +99,6 @@ pub struct Daemon {
     pub(super) service: Option<Service>,
     /// Wall-clock time at `epoch`, for Dovecot's hibernation_started.
     pub(super) started_wall: SystemTime,
-}
-
-#[derive(Debug)]
-pub struct SetupError(String);
-
-impl fmt::Display for SetupError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for SetupError {}
-
-fn setup<T>(what: impl fmt::Display, r: io::Result<T>) -> Result<T, SetupError> {
-    r.map_err(|e| SetupError(format!("{what}: {e}")))
-}
-
-/// Create the socket's directory if missing (only the last component:
-/// a missing parent above it is the operator's to create).
-fn ensure_dir(dir: &Path) -> Result<(), SetupError> {
-    if dir.as_os_str().is_empty() || dir.is_dir() {
-        return Ok(());
-    }
-    setup(
-        format_args!("creating {}", dir.display()),
-        fs::DirBuilder::new().mode(0o750).create(dir),
-    )?;
-    setup(
-        format_args!("setting permissions on {}", dir.display()),
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o750)),
-    )
 }
 
 impl Daemon {
@@ -452,6 +420,27 @@ impl Daemon {
             s.gave_up,
             s.keepalives
         )
+    }
+
+    /// Every connection held (of `user`, or all), for the tracker's `who`.
+    pub(super) fn describe(&self, user: Option<&str>) -> Vec<ConnInfo> {
+        let now_secs = (self.now() / 1000) as u32;
+        self.conns
+            .iter()
+            .filter(|(_, c)| user.is_none_or(|u| self.users.name(c.user) == u))
+            .map(|(key, c)| ConnInfo {
+                id: c.id(key as u32),
+                user: self.users.name(c.user).to_owned(),
+                // The state is opaque to us: the tracker knows the mailbox.
+                mailbox: String::new(),
+                activity: if c.phase == Phase::Parked {
+                    Activity::Parked
+                } else {
+                    Activity::Returning
+                },
+                secs: now_secs.saturating_sub(c.parked_at),
+            })
+            .collect()
     }
 
     pub(super) fn current_stats(&self) -> Stats {

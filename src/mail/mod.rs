@@ -1,4 +1,9 @@
-//! The library for mail processes: hand an idle client to imap-idle.
+//! The library for the processes around imap-idle: a mail process
+//! registers with imap-tracker ([`TrackerLink`]), receives clients (fresh
+//! logins and clients back from imap-idle, whose state it restores with
+//! [`SessionState`](crate::proto::state::SessionState)), parks idle ones
+//! ([`IdleLink`]) and reports them leaving; a login process hands
+//! authenticated clients to the tracker ([`LoginLink`]).
 //!
 //! ```no_run
 //! use std::os::fd::OwnedFd;
@@ -14,6 +19,10 @@
 //! }
 //! ```
 
+mod login;
 mod park;
+mod tracker;
 
+pub use login::{LoginAnswer, LoginLink};
 pub use park::{IdleLink, Kept, Parking};
+pub use tracker::{FromTracker, TrackerLink};

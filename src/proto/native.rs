@@ -38,8 +38,10 @@ pub enum Role {
     Idle,
     /// The router that takes returned clients.
     Tracker,
-    /// An operator's tool asking for statistics.
+    /// An operator's tool asking for statistics or who is doing what.
     Admin,
+    /// A login process handing authenticated clients to the tracker.
+    Login,
 }
 
 /// Everything a mail process hands over with the client descriptor. It
@@ -150,6 +152,93 @@ pub struct Stats {
     pub keepalives: u64,
 }
 
+/// An authenticated client, login process -> tracker, with its descriptor.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Login {
+    /// Chosen by the login process; the answer carries it back.
+    pub seq: u64,
+    pub user: String,
+    /// The UNIX uid the user's mail belongs to.
+    pub uid: u32,
+    /// Tag of the client's LOGIN command: the mail process answers it.
+    pub tag: String,
+    /// Addresses, for logs and `who` ("ip:port").
+    pub local: String,
+    pub remote: String,
+    /// Bytes the client sent after the LOGIN command (pipelining).
+    pub input: Vec<u8>,
+}
+
+/// Why a mail process receives a client.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Assignment {
+    /// A fresh login: answer `tag OK` and serve `input`.
+    Login { tag: String, input: Vec<u8> },
+    /// A client coming back from imap-idle: restore the session from
+    /// `park.state` and act on the wake reason.
+    Restore(Return),
+}
+
+/// tracker -> mail process, with the client descriptor.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Assign {
+    /// The tracker's id for this connection, used in `Released`.
+    pub conn: u64,
+    pub user: String,
+    pub uid: u32,
+    /// The user's cookie: the mail process parks the client with it.
+    pub cookie: Cookie,
+    pub remote: String,
+    pub how: Assignment,
+}
+
+/// How a connection left a mail process.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Release {
+    /// Logged out, hung up, or disconnected by the server.
+    Closed,
+    /// Parked in imap-idle under the daemon's id `idle_id`.
+    Parked { idle_id: u64, mailbox: String },
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    /// Running a command, or between commands.
+    Active,
+    /// Inside IDLE in a mail process.
+    Idle,
+    /// Parked in imap-idle.
+    Parked,
+    /// Woken, on its way back to a mail process.
+    Returning,
+}
+
+/// One connection as its holder sees it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// Tracker connection id (mail processes) or daemon id (imap-idle).
+    pub id: u64,
+    pub user: String,
+    /// Selected mailbox; empty when none or unknown.
+    pub mailbox: String,
+    pub activity: Activity,
+    /// Seconds in this activity.
+    pub secs: u32,
+}
+
+/// One line of `imap-tracker who`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct WhoRow {
+    pub user: String,
+    pub conn: u64,
+    /// Pid of the mail process holding it, or of imap-idle when parked.
+    pub pid: u32,
+    pub mailbox: String,
+    pub activity: Activity,
+    pub secs: u32,
+    pub remote: String,
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     /// First message on every connection, both ways.
@@ -174,6 +263,39 @@ pub enum Message {
     StatsRequest,
     /// daemon -> admin.
     Stats(Stats),
+    /// mail process -> tracker, right after Hello: the uid it runs as and
+    /// how many active connections it takes.
+    Register { uid: u32, capacity: u32 },
+    /// tracker -> mail process: registration accepted.
+    Registered,
+    /// login process -> tracker, with the client fd.
+    Login(Login),
+    /// tracker -> login process: a mail process has the client; close yours.
+    LoginAccepted { seq: u64, conn: u64, pid: u32 },
+    /// tracker -> login process: keep the client and tell it `reason`.
+    LoginRefused { seq: u64, reason: String },
+    /// tracker -> mail process, with the client fd.
+    Assign(Assign),
+    /// mail process -> tracker: a connection left this process.
+    Released { conn: u64, how: Release },
+    /// admin -> tracker: who is connected (all users, or one).
+    WhoRequest { user: Option<String> },
+    /// tracker -> mail process or imap-idle: list your connections.
+    Describe { query: u64, user: Option<String> },
+    /// mail process or imap-idle -> tracker; long lists span several
+    /// messages, the last one with `last` set.
+    Described {
+        query: u64,
+        conns: Vec<ConnInfo>,
+        last: bool,
+    },
+    /// tracker -> admin, in as many messages as needed; `missing` names
+    /// the processes that did not answer in time.
+    Who {
+        rows: Vec<WhoRow>,
+        missing: Vec<String>,
+        last: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,7 +337,10 @@ impl std::error::Error for ProtoError {}
 impl Message {
     /// How many descriptors must travel with this message.
     pub fn fds_expected(&self) -> usize {
-        matches!(self, Message::Park(_) | Message::Return(_)) as usize
+        matches!(
+            self,
+            Message::Park(_) | Message::Return(_) | Message::Login(_) | Message::Assign(_)
+        ) as usize
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -254,21 +379,64 @@ impl Message {
             Message::Park(p) => p.check_limits(),
             Message::Return(r) => {
                 r.park.check_limits()?;
-                if r.input.len() > MAX_INPUT {
-                    return Err(ProtoError::Limit("client input too long"));
-                }
-                Ok(())
+                input(&r.input)
             }
             Message::Gone(g) => {
                 check_user(&g.user)?;
                 text(&g.detail, "detail too long")
             }
+            Message::Login(l) => {
+                check_user(&l.user)?;
+                check_tag(&l.tag)?;
+                text(&l.local, "address too long")?;
+                text(&l.remote, "address too long")?;
+                input(&l.input)
+            }
+            Message::Assign(a) => {
+                check_user(&a.user)?;
+                text(&a.remote, "address too long")?;
+                match &a.how {
+                    Assignment::Login { tag, input: i } => {
+                        check_tag(tag)?;
+                        input(i)
+                    }
+                    Assignment::Restore(r) => {
+                        r.park.check_limits()?;
+                        input(&r.input)
+                    }
+                }
+            }
+            Message::Released {
+                how: Release::Parked { mailbox, .. },
+                ..
+            } => text(mailbox, "mailbox name too long"),
+            Message::WhoRequest { user: Some(u) } | Message::Describe { user: Some(u), .. } => {
+                check_user(u)
+            }
             Message::Error { reason }
             | Message::Refused { reason, .. }
-            | Message::Rejected { reason, .. } => text(reason, "reason too long"),
+            | Message::Rejected { reason, .. }
+            | Message::LoginRefused { reason, .. } => text(reason, "reason too long"),
             _ => Ok(()),
         }
     }
+}
+
+fn input(bytes: &[u8]) -> Result<(), ProtoError> {
+    if bytes.len() > MAX_INPUT {
+        return Err(ProtoError::Limit("client input too long"));
+    }
+    Ok(())
+}
+
+fn check_tag(tag: &str) -> Result<(), ProtoError> {
+    if tag.is_empty() || tag.len() > MAX_TAG {
+        return Err(ProtoError::Limit("tag empty or too long"));
+    }
+    if tag.bytes().any(|b| b <= b' ' || b >= 0x7f) {
+        return Err(ProtoError::Limit("tag has spaces or control characters"));
+    }
+    Ok(())
 }
 
 fn check_user(user: &str) -> Result<(), ProtoError> {
@@ -284,12 +452,7 @@ fn check_user(user: &str) -> Result<(), ProtoError> {
 impl Park {
     fn check_limits(&self) -> Result<(), ProtoError> {
         check_user(&self.user)?;
-        if self.tag.is_empty() || self.tag.len() > MAX_TAG {
-            return Err(ProtoError::Limit("tag empty or too long"));
-        }
-        if self.tag.bytes().any(|b| b <= b' ' || b >= 0x7f) {
-            return Err(ProtoError::Limit("tag has spaces or control characters"));
-        }
+        check_tag(&self.tag)?;
         if self.state.len() > MAX_STATE {
             return Err(ProtoError::Limit("state too long"));
         }
@@ -304,6 +467,26 @@ impl Park {
         }
         Ok(())
     }
+}
+
+/// Split a long list into pieces whose messages stay well under
+/// `MAX_PACKET`, judged by each item's encoded size.
+pub fn chunks<T: Serialize>(items: Vec<T>) -> Vec<Vec<T>> {
+    const BUDGET: usize = MAX_PACKET / 2;
+    let mut out = vec![Vec::new()];
+    let mut used = 0;
+    for item in items {
+        let size = postcard::experimental::serialized_size(&item).unwrap_or(BUDGET);
+        if used + size > BUDGET && !out.last().is_some_and(|c| c.is_empty()) {
+            out.push(Vec::new());
+            used = 0;
+        }
+        used += size;
+        if let Some(last) = out.last_mut() {
+            last.push(item);
+        }
+    }
+    out
 }
 
 /// One received message with the descriptors that came with it.

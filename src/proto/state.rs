@@ -20,6 +20,8 @@ pub type UidSet = Vec<(u32, u32)>;
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionState {
+    /// Whose session this is: a state is only ever restored for its user.
+    pub user: String,
     /// Selected mailbox name (UTF-8 form).
     pub mailbox: String,
     /// Mailbox GUID, to tell a recreated mailbox of the same name apart.
@@ -107,11 +109,13 @@ impl SessionState {
         SessionState::decode(&base64::decode(text).map_err(|_| StateError::Base64)?)
     }
 
-    /// The blob to park with. Tag, watch paths and keepalive travel in the
-    /// park message itself and come back in the return (the tag may change
-    /// while parked), so they are left out here instead of being stored twice.
+    /// The blob to park with. User, tag, watch paths and keepalive travel in
+    /// the park message itself and come back in the return (the tag may
+    /// change while parked), so they are left out here instead of being
+    /// stored twice.
     pub fn park_blob(&self) -> Vec<u8> {
         SessionState {
+            user: String::new(),
             watch: Vec::new(),
             tag: String::new(),
             ..self.clone()
@@ -123,11 +127,13 @@ impl SessionState {
     /// beside it.
     pub fn from_park_blob(
         blob: &[u8],
+        user: &str,
         tag: &str,
         watch: &[PathBuf],
         keepalive_secs: u32,
     ) -> Result<SessionState, StateError> {
         let mut state = SessionState::decode(blob)?;
+        state.user = user.to_owned();
         state.tag = tag.to_owned();
         state.watch = watch.to_vec();
         state.keepalive_secs = keepalive_secs;
@@ -160,6 +166,7 @@ mod tests {
 
     fn sample() -> SessionState {
         SessionState {
+            user: "alice".into(),
             mailbox: "INBOX".into(),
             mailbox_guid: *b"0123456789abcdef",
             uidvalidity: 1_700_000_000,
@@ -186,7 +193,7 @@ mod tests {
         let s = sample();
         let blob = s.park_blob();
         assert!(blob.len() < s.encode().len());
-        let back = SessionState::from_park_blob(&blob, &s.tag, &s.watch, s.keepalive_secs);
+        let back = SessionState::from_park_blob(&blob, &s.user, &s.tag, &s.watch, s.keepalive_secs);
         assert_eq!(back.unwrap(), s);
     }
 

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    imap_idle::tracker::main()
+}

@@ -1,0 +1,203 @@
+//! Command-line flags of imap-tracker.
+
+use std::path::PathBuf;
+
+use super::routing::Policy;
+use crate::args::Args;
+use crate::idle::config::default_runtime_dir;
+
+pub const USAGE: &str = "\
+Usage: imap-tracker [OPTIONS]
+       imap-tracker who [USER] [--runtime-dir DIR | --control-socket PATH]
+
+Routes authenticated IMAP connections from login processes to mail
+processes, gives each user a 128-bit cookie, and takes connections back
+from imap-idle only with the right cookie.
+
+Options:
+  --runtime-dir DIR       directory for the default sockets [default: as
+                          imap-idle: $RUNTIME_DIRECTORY, else /run/imap-idle
+                          as root, else $XDG_RUNTIME_DIR/imap-idle, else
+                          /tmp/imap-idle-UID]; created mode 0750 if missing
+  --socket PATH           where login processes, mail processes and
+                          imap-idle connect [default: RUNTIME_DIR/tracker]
+  --control-socket PATH   where `imap-tracker who` asks
+                          [default: RUNTIME_DIR/tracker-control], mode 0600
+  --idle-socket PATH      imap-idle's park socket, asked about parked
+                          connections by `who` [default: RUNTIME_DIR/park]
+  --socket-mode MODE      permissions of --socket, octal [default: 0660]
+  --policy POLICY         user: a mail process serves one user only;
+                          uid: one UNIX uid only; prefer-user: prefer a
+                          process that already serves the user, else the
+                          least loaded [default: prefer-user]
+  --spawn CMD             start a mail process with `sh -c CMD` when none may
+                          take a connection (IMAP_TRACKER_SOCKET is set to
+                          --socket in its environment)
+  --max-processes N       most mail processes alive or starting at once, for
+                          --spawn [default: 16]
+  --wait-secs N           how long a login or a returned connection waits for
+                          a mail process before it is refused [default: 10]
+  --allow-uid UID[,UID]   login and mail processes must run as one of these
+                          uids (checked with SO_PEERCRED; root always may)
+                          [default: anyone who can open the socket]
+  --log-level LEVEL       error, warn, info, debug or trace [default: info;
+                          RUST_LOG overrides it when set]
+  -h, --help              print this help
+  -V, --version           print the version
+
+Signals: SIGTERM/SIGINT stop the tracker; SIGUSR1 logs a one-line summary.
+See imap-tracker(8).
+";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub runtime_dir: PathBuf,
+    pub socket: PathBuf,
+    pub control_socket: PathBuf,
+    pub idle_socket: PathBuf,
+    pub socket_mode: u32,
+    pub policy: Policy,
+    pub spawn: Option<String>,
+    pub max_processes: usize,
+    pub wait_secs: u64,
+    pub allow_uids: Option<Vec<u32>>,
+    pub log_level: String,
+}
+
+#[derive(Debug)]
+pub enum Parsed {
+    Run(Config),
+    Who {
+        user: Option<String>,
+        control_socket: PathBuf,
+    },
+    Help,
+    Version,
+}
+
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
+    let mut args = Args::new(args);
+    let mut runtime_dir = None;
+    let mut socket = None;
+    let mut control_socket = None;
+    let mut idle_socket = None;
+    let mut socket_mode = 0o660;
+    let mut policy = Policy::PreferUser;
+    let mut spawn = None;
+    let mut max_processes = 16;
+    let mut wait_secs = 10;
+    let mut allow_uids = None;
+    let mut log_level = "info".to_owned();
+    let mut who = false;
+    let mut who_user = None;
+    while let Some(flag) = args.next_flag() {
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Parsed::Help),
+            "-V" | "--version" => return Ok(Parsed::Version),
+            "who" if !who => who = true,
+            "--runtime-dir" => runtime_dir = Some(PathBuf::from(args.value(&flag)?)),
+            "--socket" => socket = Some(PathBuf::from(args.value(&flag)?)),
+            "--control-socket" => control_socket = Some(PathBuf::from(args.value(&flag)?)),
+            "--idle-socket" => idle_socket = Some(PathBuf::from(args.value(&flag)?)),
+            "--socket-mode" => {
+                let v = args.value(&flag)?;
+                socket_mode = u32::from_str_radix(&v, 8)
+                    .ok()
+                    .filter(|m| *m <= 0o777)
+                    .ok_or_else(|| format!("--socket-mode: {v:?} is not an octal mode"))?;
+            }
+            "--policy" => {
+                let v = args.value(&flag)?;
+                policy = Policy::parse(&v).ok_or_else(|| {
+                    format!("--policy: {v:?} is not one of user, uid, prefer-user")
+                })?;
+            }
+            "--spawn" => spawn = Some(args.value(&flag)?),
+            "--max-processes" => {
+                max_processes = args.number(&flag)?;
+                if max_processes == 0 {
+                    return Err("--max-processes must be at least 1".into());
+                }
+            }
+            "--wait-secs" => wait_secs = args.number(&flag)?,
+            "--allow-uid" => {
+                let v = args.value(&flag)?;
+                let uids: Result<Vec<u32>, _> = v.split(',').map(str::parse).collect();
+                allow_uids =
+                    Some(uids.map_err(|_| format!("--allow-uid: {v:?} is not a list of uids"))?);
+            }
+            "--log-level" => {
+                let v = args.value(&flag)?;
+                if !["error", "warn", "info", "debug", "trace"].contains(&v.as_str()) {
+                    return Err(format!("--log-level: unknown level {v:?}"));
+                }
+                log_level = v;
+            }
+            u if who && who_user.is_none() && !u.starts_with('-') => who_user = Some(flag),
+            _ => return Err(format!("unknown argument {flag:?} (see --help)")),
+        }
+    }
+    let runtime_dir = runtime_dir.unwrap_or_else(default_runtime_dir);
+    let control_socket = control_socket.unwrap_or_else(|| runtime_dir.join("tracker-control"));
+    if who {
+        return Ok(Parsed::Who {
+            user: who_user,
+            control_socket,
+        });
+    }
+    Ok(Parsed::Run(Config {
+        socket: socket.unwrap_or_else(|| runtime_dir.join("tracker")),
+        idle_socket: idle_socket.unwrap_or_else(|| runtime_dir.join("park")),
+        control_socket,
+        runtime_dir,
+        socket_mode,
+        policy,
+        spawn,
+        max_processes,
+        wait_secs,
+        allow_uids,
+        log_level,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(args: &[&str]) -> Vec<String> {
+        args.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn defaults_and_flags() {
+        let Ok(Parsed::Run(c)) = parse(s(&["--runtime-dir", "/x", "--policy=uid"])) else {
+            panic!()
+        };
+        assert_eq!(c.socket, PathBuf::from("/x/tracker"));
+        assert_eq!(c.control_socket, PathBuf::from("/x/tracker-control"));
+        assert_eq!(c.idle_socket, PathBuf::from("/x/park"));
+        assert_eq!(c.policy, Policy::Uid);
+        assert_eq!(c.socket_mode, 0o660);
+        assert!(parse(s(&["--policy", "random"])).is_err());
+        assert!(parse(s(&["--allow-uid", "1,x"])).is_err());
+        assert!(parse(s(&["--socket-mode", "999"])).is_err());
+        let Ok(Parsed::Run(c)) = parse(s(&["--allow-uid", "8,9"])) else {
+            panic!()
+        };
+        assert_eq!(c.allow_uids, Some(vec![8, 9]));
+    }
+
+    #[test]
+    fn who_takes_a_user() {
+        let Ok(Parsed::Who {
+            user,
+            control_socket,
+        }) = parse(s(&["who", "alice", "--runtime-dir", "/r"]))
+        else {
+            panic!()
+        };
+        assert_eq!(user.as_deref(), Some("alice"));
+        assert_eq!(control_socket, PathBuf::from("/r/tracker-control"));
+        assert!(parse(s(&["who", "a", "b"])).is_err());
+    }
+}

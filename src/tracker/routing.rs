@@ -1,0 +1,494 @@
+//! Who is where: users with their cookies, mail processes with their
+//! connections, and the policy that picks a process for a connection.
+//! Plain data, no I/O, so every rule is unit-tested.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use super::cookie;
+use crate::proto::native::{Cookie, Release};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// A process serves one user only.
+    User,
+    /// A process serves one UNIX uid only.
+    Uid,
+    /// Prefer a process that already serves the user, else the least loaded.
+    PreferUser,
+}
+
+impl Policy {
+    pub fn parse(s: &str) -> Option<Policy> {
+        match s {
+            "user" => Some(Policy::User),
+            "uid" => Some(Policy::Uid),
+            "prefer-user" => Some(Policy::PreferUser),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Bound {
+    User(String),
+    Uid(u32),
+}
+
+pub struct Process {
+    pub pid: u32,
+    pub uid: u32,
+    pub capacity: u32,
+    /// Connections assigned and not released.
+    pub active: u32,
+    bound: Option<Bound>,
+    users: HashMap<String, u32>,
+    conns: HashSet<u64>,
+}
+
+impl Process {
+    pub fn serves(&self, user: &str) -> bool {
+        self.users.contains_key(user)
+    }
+}
+
+pub struct User {
+    pub cookie: Cookie,
+    pub uid: u32,
+    /// Connections anywhere: in mail processes, parked, or returning.
+    pub conns: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    /// In the mail process registered under this peer key.
+    Mail(usize),
+    Parked { idle_id: u64, mailbox: String },
+}
+
+pub struct ConnEntry {
+    pub user: String,
+    pub remote: String,
+    pub place: Place,
+    pub since: Instant,
+}
+
+/// A return or gone notice may overtake the mail process's `Released`
+/// (they come over different sockets); such ids are remembered this long.
+const EARLY_TTL: Duration = Duration::from_secs(120);
+
+pub struct Routing {
+    pub policy: Policy,
+    pub users: HashMap<String, User>,
+    pub procs: HashMap<usize, Process>,
+    pub conns: BTreeMap<u64, ConnEntry>,
+    /// imap-idle's id -> our connection id.
+    parked: HashMap<u64, u64>,
+    /// imap-idle ids already returned or gone before `Released` said parked.
+    early: HashMap<u64, Instant>,
+    next_conn: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum RouteError {
+    /// No registered process may take it now.
+    NoProcess,
+    Random(String),
+}
+
+impl Routing {
+    pub fn new(policy: Policy) -> Routing {
+        Routing {
+            policy,
+            users: HashMap::new(),
+            procs: HashMap::new(),
+            conns: BTreeMap::new(),
+            parked: HashMap::new(),
+            early: HashMap::new(),
+            next_conn: 1,
+        }
+    }
+
+    pub fn register(&mut self, key: usize, pid: u32, uid: u32, capacity: u32) {
+        // Under the uid policy an unprivileged process can only ever serve
+        // its own uid; root is bound by its first connection.
+        let bound = (self.policy == Policy::Uid && uid != 0).then_some(Bound::Uid(uid));
+        self.procs.insert(
+            key,
+            Process {
+                pid,
+                uid,
+                capacity,
+                active: 0,
+                bound,
+                users: HashMap::new(),
+                conns: HashSet::new(),
+            },
+        );
+    }
+
+    /// A mail process is gone: its connections went with it.
+    pub fn unregister(&mut self, key: usize) -> Vec<(u64, String)> {
+        let Some(p) = self.procs.get(&key) else {
+            return Vec::new();
+        };
+        let ids: Vec<u64> = p.conns.iter().copied().collect();
+        let mut lost = Vec::new();
+        for id in ids {
+            if let Some(c) = self.remove_conn(id) {
+                lost.push((id, c.user));
+            }
+        }
+        self.procs.remove(&key);
+        lost
+    }
+
+    fn eligible(&self, p: &Process, user: &str, uid: u32) -> bool {
+        if p.active >= p.capacity || (p.uid != 0 && p.uid != uid) {
+            return false;
+        }
+        match (&p.bound, self.policy) {
+            (None, _) | (_, Policy::PreferUser) => true,
+            (Some(Bound::User(u)), _) => u == user,
+            (Some(Bound::Uid(b)), _) => *b == uid,
+        }
+    }
+
+    /// The process a new connection of `user` goes to, if any may take it.
+    pub fn pick(&self, user: &str, uid: u32) -> Option<usize> {
+        // Processes already holding the user (or bound to it) come first,
+        // then the least loaded; the key breaks ties so picks are stable.
+        self.procs
+            .iter()
+            .filter(|(_, p)| self.eligible(p, user, uid))
+            .min_by_key(|(&k, p)| (!(p.serves(user) || p.bound.is_some()), p.active, k))
+            .map(|(&k, _)| k)
+    }
+
+    /// Does `cookie` open `user`'s connections? Unknown users have none.
+    pub fn cookie_ok(&self, user: &str, cookie: &Cookie) -> bool {
+        let Some(u) = self.users.get(user) else {
+            // Compare anyway, so an unknown user takes as long as a known one.
+            let _ = cookie::same(cookie, &[0; 16]);
+            return false;
+        };
+        cookie::same(&u.cookie, cookie)
+    }
+
+    fn place_on(&mut self, key: usize, conn: u64, user: &str, uid: u32) {
+        let policy = self.policy;
+        if let Some(p) = self.procs.get_mut(&key) {
+            p.active += 1;
+            *p.users.entry(user.to_owned()).or_default() += 1;
+            p.conns.insert(conn);
+            if p.bound.is_none() {
+                p.bound = match policy {
+                    Policy::User => Some(Bound::User(user.to_owned())),
+                    Policy::Uid => Some(Bound::Uid(uid)),
+                    Policy::PreferUser => None,
+                };
+            }
+        }
+    }
+
+    fn take_off(&mut self, key: usize, conn: u64, user: &str) {
+        if let Some(p) = self.procs.get_mut(&key) {
+            if p.conns.remove(&conn) {
+                p.active = p.active.saturating_sub(1);
+                if let Some(n) = p.users.get_mut(user) {
+                    *n -= 1;
+                    if *n == 0 {
+                        p.users.remove(user);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A fresh login: a new connection of `user` on process `key`. The
+    /// user's cookie is made on their first connection.
+    pub fn login(
+        &mut self,
+        key: usize,
+        user: &str,
+        uid: u32,
+        remote: &str,
+        now: Instant,
+    ) -> Result<(u64, Cookie), RouteError> {
+        if !self.users.contains_key(user) {
+            let cookie = cookie::new_cookie().map_err(|e| RouteError::Random(e.to_string()))?;
+            self.users.insert(
+                user.to_owned(),
+                User {
+                    cookie,
+                    uid,
+                    conns: 0,
+                },
+            );
+        }
+        let Some(u) = self.users.get_mut(user) else {
+            return Err(RouteError::NoProcess);
+        };
+        u.conns += 1;
+        let cookie = u.cookie;
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        self.conns.insert(
+            conn,
+            ConnEntry {
+                user: user.to_owned(),
+                remote: remote.to_owned(),
+                place: Place::Mail(key),
+                since: now,
+            },
+        );
+        self.place_on(key, conn, user, uid);
+        Ok((conn, cookie))
+    }
+
+    /// A client back from imap-idle (its cookie already checked) goes to
+    /// process `key`; returns our connection id for it.
+    pub fn restore(
+        &mut self,
+        idle_id: u64,
+        key: usize,
+        user: &str,
+        cookie: Cookie,
+        now: Instant,
+    ) -> u64 {
+        let uid = self.users.get(user).map_or(0, |u| u.uid);
+        // Normally present (a parked connection keeps its user); recreated
+        // with the same cookie if an assignment failed half-way.
+        self.users.entry(user.to_owned()).or_insert(User {
+            cookie,
+            uid,
+            conns: 0,
+        });
+        let conn = match self.parked.remove(&idle_id) {
+            Some(conn) => conn,
+            None => {
+                // Back before its mail process said it was parked: count it
+                // now, and drop the old entry when that `Released` arrives.
+                self.early.insert(idle_id, now);
+                let conn = self.next_conn;
+                self.next_conn += 1;
+                if let Some(u) = self.users.get_mut(user) {
+                    u.conns += 1;
+                }
+                conn
+            }
+        };
+        let remote = self.conns.get(&conn).map(|c| c.remote.clone());
+        self.conns.insert(
+            conn,
+            ConnEntry {
+                user: user.to_owned(),
+                remote: remote.unwrap_or_default(),
+                place: Place::Mail(key),
+                since: now,
+            },
+        );
+        self.place_on(key, conn, user, uid);
+        conn
+    }
+
+    /// A mail process says a connection left it.
+    pub fn released(
+        &mut self,
+        key: usize,
+        conn: u64,
+        how: Release,
+        now: Instant,
+    ) -> Result<(), &'static str> {
+        let Some(entry) = self.conns.get(&conn) else {
+            return Err("unknown connection");
+        };
+        if entry.place != Place::Mail(key) {
+            return Err("the connection is not in this process");
+        }
+        let user = entry.user.clone();
+        self.take_off(key, conn, &user);
+        match how {
+            Release::Closed => {
+                self.remove_conn(conn);
+            }
+            Release::Parked { idle_id, mailbox } => {
+                if self.early.remove(&idle_id).is_some() {
+                    // Already came back (or hung up) under a new entry.
+                    self.remove_conn(conn);
+                } else if let Some(e) = self.conns.get_mut(&conn) {
+                    e.place = Place::Parked { idle_id, mailbox };
+                    e.since = now;
+                    self.parked.insert(idle_id, conn);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// imap-idle says a parked client hung up (cookie already checked).
+    pub fn gone(&mut self, idle_id: u64, now: Instant) -> Option<u64> {
+        match self.parked.remove(&idle_id) {
+            Some(conn) => {
+                self.remove_conn(conn);
+                Some(conn)
+            }
+            None => {
+                self.early.insert(idle_id, now);
+                None
+            }
+        }
+    }
+
+    fn remove_conn(&mut self, conn: u64) -> Option<ConnEntry> {
+        let entry = self.conns.remove(&conn)?;
+        match &entry.place {
+            Place::Mail(key) => self.take_off(*key, conn, &entry.user),
+            Place::Parked { idle_id, .. } => {
+                self.parked.remove(idle_id);
+            }
+        }
+        if let Some(u) = self.users.get_mut(&entry.user) {
+            u.conns = u.conns.saturating_sub(1);
+            if u.conns == 0 {
+                // Last connection gone: so is the cookie.
+                self.users.remove(&entry.user);
+            }
+        }
+        Some(entry)
+    }
+
+    pub fn expire_early(&mut self, now: Instant) {
+        self.early
+            .retain(|_, at| now.saturating_duration_since(*at) < EARLY_TTL);
+    }
+
+    pub fn parked_count(&self) -> usize {
+        self.parked.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_procs(policy: Policy, procs: &[(usize, u32)]) -> Routing {
+        let mut r = Routing::new(policy);
+        for &(key, uid) in procs {
+            r.register(key, 100 + key as u32, uid, 10);
+        }
+        r
+    }
+
+    fn login(r: &mut Routing, user: &str, uid: u32) -> Option<usize> {
+        let key = r.pick(user, uid)?;
+        r.login(key, user, uid, "", Instant::now()).unwrap();
+        Some(key)
+    }
+
+    #[test]
+    fn user_policy_gives_each_user_own_processes() {
+        let mut r = with_procs(Policy::User, &[(1, 0), (2, 0), (3, 0)]);
+        let a = login(&mut r, "alice", 1000).unwrap();
+        let b = login(&mut r, "bob", 1000).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(login(&mut r, "alice", 1000), Some(a));
+        let c = login(&mut r, "carol", 1000).unwrap();
+        assert!(c != a && c != b);
+        assert_eq!(login(&mut r, "dave", 1000), None);
+    }
+
+    #[test]
+    fn uid_policy_groups_by_uid_and_respects_unprivileged_processes() {
+        let mut r = with_procs(Policy::Uid, &[(1, 0), (2, 2000)]);
+        assert_eq!(login(&mut r, "x", 2000), Some(2));
+        let a = login(&mut r, "alice", 1000).unwrap();
+        assert_eq!(a, 1);
+        assert_eq!(login(&mut r, "bob", 1000), Some(1));
+        assert_eq!(login(&mut r, "y", 3000), None);
+    }
+
+    #[test]
+    fn prefer_user_prefers_then_balances() {
+        let mut r = with_procs(Policy::PreferUser, &[(1, 0), (2, 0)]);
+        let a = login(&mut r, "alice", 1).unwrap();
+        assert_eq!(login(&mut r, "alice", 1), Some(a));
+        let b = login(&mut r, "bob", 1).unwrap();
+        assert_ne!(a, b, "the least loaded process takes a new user");
+        // Full processes are skipped even when they serve the user.
+        r.procs.get_mut(&a).unwrap().capacity = 2;
+        assert_eq!(login(&mut r, "alice", 1), Some(b));
+    }
+
+    #[test]
+    fn cookies_live_while_the_user_has_connections() {
+        let mut r = with_procs(Policy::PreferUser, &[(1, 0)]);
+        let now = Instant::now();
+        let (c1, k1) = r.login(1, "alice", 1, "", now).unwrap();
+        let (c2, k2) = r.login(1, "alice", 1, "", now).unwrap();
+        assert_eq!(k1, k2);
+        assert!(r.cookie_ok("alice", &k1));
+        assert!(!r.cookie_ok("alice", &[0; 16]));
+        assert!(!r.cookie_ok("bob", &k1));
+        let parked = Release::Parked {
+            idle_id: 77,
+            mailbox: "INBOX".into(),
+        };
+        r.released(1, c1, parked, now).unwrap();
+        r.released(1, c2, Release::Closed, now).unwrap();
+        assert_eq!(r.users["alice"].conns, 1, "parked still counts");
+        assert_eq!(r.procs[&1].active, 0);
+        let back = r.restore(77, 1, "alice", k1, now);
+        assert_eq!(back, c1);
+        assert_eq!(r.procs[&1].active, 1);
+        r.released(1, c1, Release::Closed, now).unwrap();
+        assert!(r.users.is_empty(), "cookie dropped with the last connection");
+        let (_, k3) = r.login(1, "alice", 1, "", now).unwrap();
+        assert_ne!(k1, k3);
+    }
+
+    #[test]
+    fn a_return_that_overtakes_released_is_counted_once() {
+        let mut r = with_procs(Policy::PreferUser, &[(1, 0), (2, 0)]);
+        let now = Instant::now();
+        let (c, _) = r.login(1, "alice", 1, "", now).unwrap();
+        let back = r.restore(5, 2, "alice", [0; 16], now);
+        assert_ne!(back, c);
+        let parked = Release::Parked {
+            idle_id: 5,
+            mailbox: "INBOX".into(),
+        };
+        r.released(1, c, parked, now).unwrap();
+        assert_eq!(r.users["alice"].conns, 1);
+        assert_eq!(r.conns.len(), 1);
+        // Same for a hang-up reported before the release.
+        let (c2, _) = r.login(1, "alice", 1, "", now).unwrap();
+        assert_eq!(r.gone(6, now), None);
+        let parked = Release::Parked {
+            idle_id: 6,
+            mailbox: "INBOX".into(),
+        };
+        r.released(1, c2, parked, now).unwrap();
+        assert_eq!(r.users["alice"].conns, 1);
+    }
+
+    #[test]
+    fn a_dead_process_takes_its_connections_with_it() {
+        let mut r = with_procs(Policy::PreferUser, &[(1, 0), (2, 0)]);
+        let now = Instant::now();
+        let (a1, _) = r.login(1, "alice", 1, "", now).unwrap();
+        r.login(1, "bob", 1, "", now).unwrap();
+        r.login(2, "alice", 1, "", now).unwrap();
+        let parked = Release::Parked {
+            idle_id: 9,
+            mailbox: "INBOX".into(),
+        };
+        r.released(1, a1, parked, now).unwrap();
+        let lost = r.unregister(1);
+        assert_eq!(lost.len(), 1);
+        assert!(!r.users.contains_key("bob"));
+        assert_eq!(r.users["alice"].conns, 2, "one parked, one in process 2");
+        assert_eq!(r.parked_count(), 1);
+        assert_eq!(r.released(2, a1, Release::Closed, now), Err("the connection is not in this process"));
+    }
+}
