@@ -1,6 +1,8 @@
-//! Lab tools for trying imap-idle out: `imap-idle-lab demo` for now.
+//! Lab tools for trying imap-idle out: the reference IMAP server, the
+//! demo, statistics.
 
 mod demo;
+pub mod serve;
 
 use std::process::ExitCode;
 
@@ -10,6 +12,8 @@ Usage: imap-idle-lab COMMAND [OPTIONS]
 Commands:
   demo    park a connection in a running imap-idle and show every way it
           wakes (acts as the daemon's tracker and as a mail process)
+  serve   the reference IMAP login and mail processes (a reference peer
+          for tests, demos and benchmarks, not a production mail server)
   stats   print a running imap-idle's counters
           [--runtime-dir DIR | --park-socket PATH]
 
@@ -20,6 +24,7 @@ pub fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         Some("demo") => demo::main(args.collect()),
+        Some("serve") => serve::main(args.collect()),
         Some("stats") => stats(args.collect()),
         Some("-h" | "--help") => {
             print!("{USAGE}");
