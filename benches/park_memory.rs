@@ -44,6 +44,7 @@ fn state(home: &Path, i: usize) -> SessionState {
     std::fs::create_dir_all(&new).expect("maildir");
     std::fs::write(&log, b"").expect("index log");
     SessionState {
+        user: format!("user{i}"),
         mailbox: "INBOX".into(),
         mailbox_guid: (i as u128).to_le_bytes(),
         uidvalidity: 1_700_000_000,

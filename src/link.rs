@@ -84,11 +84,11 @@ impl Link {
         fd: Option<BorrowedFd<'_>>,
     ) -> Result<Message, LinkError> {
         native::send(&self.sock, msg, fd)?;
-        self.next()
+        self.next_message()
     }
 
     /// Wait for the next message (answers that span several messages).
-    pub fn next(&mut self) -> Result<Message, LinkError> {
+    pub fn next_message(&mut self) -> Result<Message, LinkError> {
         let incoming = native::recv(&self.sock, &mut self.buf).map_err(LinkError::Recv)?;
         match incoming.msg {
             Message::Error { reason } => Err(LinkError::Peer(reason)),

@@ -36,4 +36,3 @@ pub fn ensure_dir(dir: &Path) -> Result<(), SetupError> {
         fs::set_permissions(dir, fs::Permissions::from_mode(0o750)),
     )
 }
-

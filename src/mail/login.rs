@@ -38,7 +38,7 @@ impl LoginLink {
 
     /// Hand `client` over; keep it open until the answer for `login.seq`.
     pub fn hand_over(&self, client: BorrowedFd<'_>, login: &Login) -> io::Result<()> {
-        native::send(&self.sock, &Message::Login(login.clone()), Some(client))
+        native::send_patiently(&self.sock, &Message::Login(login.clone()), Some(client))
     }
 
     /// The next answer, or `None` when there is none for now.
@@ -58,7 +58,9 @@ impl LoginLink {
                     Ok(Some(LoginAnswer::Refused { seq, reason }))
                 }
                 Message::Error { reason } => Err(LinkError::Peer(reason)),
-                _ => Err(LinkError::Unexpected("message not meant for a login process")),
+                _ => Err(LinkError::Unexpected(
+                    "message not meant for a login process",
+                )),
             };
         }
     }

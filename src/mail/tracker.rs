@@ -14,7 +14,7 @@ use crate::sys::SeqPacket;
 
 pub enum FromTracker {
     /// A client to serve, with its descriptor.
-    Assigned(Assign, OwnedFd),
+    Assigned(Box<Assign>, OwnedFd),
     /// List your connections (of `user`, or all) with [`TrackerLink::described`].
     Describe { query: u64, user: Option<String> },
 }
@@ -54,18 +54,20 @@ impl TrackerLink {
                 Err(e) => return Err(LinkError::Recv(e)),
             };
             return match (incoming.msg, incoming.fd) {
-                (Message::Assign(a), Some(fd)) => Ok(Some(FromTracker::Assigned(a, fd))),
+                (Message::Assign(a), Some(fd)) => Ok(Some(FromTracker::Assigned(Box::new(a), fd))),
                 (Message::Describe { query, user }, _) => {
                     Ok(Some(FromTracker::Describe { query, user }))
                 }
                 (Message::Error { reason }, _) => Err(LinkError::Peer(reason)),
-                _ => Err(LinkError::Unexpected("message not meant for a mail process")),
+                _ => Err(LinkError::Unexpected(
+                    "message not meant for a mail process",
+                )),
             };
         }
     }
 
     pub fn released(&self, conn: u64, how: Release) -> io::Result<()> {
-        native::send(&self.sock, &Message::Released { conn, how }, None)
+        native::send_patiently(&self.sock, &Message::Released { conn, how }, None)
     }
 
     pub fn described(&self, query: u64, conns: Vec<ConnInfo>) -> io::Result<()> {
@@ -73,7 +75,7 @@ impl TrackerLink {
         let n = pieces.len();
         for (i, conns) in pieces.into_iter().enumerate() {
             let last = i + 1 == n;
-            native::send(&self.sock, &Message::Described { query, conns, last }, None)?;
+            native::send_patiently(&self.sock, &Message::Described { query, conns, last }, None)?;
         }
         Ok(())
     }

@@ -546,6 +546,22 @@ pub fn recv(sock: &SeqPacket, buf: &mut [u8]) -> Result<Incoming, RecvError> {
     })
 }
 
+/// How long a peer that must not drop a message waits for a slow reader.
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `send` that waits up to [`PATIENCE`] for room on a non-blocking socket.
+pub fn send_patiently(
+    sock: &SeqPacket,
+    msg: &Message,
+    fd: Option<BorrowedFd<'_>>,
+) -> std::io::Result<()> {
+    let fds: &[BorrowedFd<'_>] = match &fd {
+        Some(fd) => std::slice::from_ref(fd),
+        None => &[],
+    };
+    sock.send_patiently(&msg.encode(), fds, PATIENCE)
+}
+
 /// Send one message, with the client descriptor for `Park` and `Return`.
 pub fn send(sock: &SeqPacket, msg: &Message, fd: Option<BorrowedFd<'_>>) -> std::io::Result<()> {
     let fds: &[BorrowedFd<'_>] = match &fd {

@@ -112,6 +112,37 @@ impl SeqPacket {
         Ok(())
     }
 
+    /// Like `send` on a non-blocking socket, but waits up to `patience`
+    /// for room when the peer is slow to read, for peers whose messages
+    /// must not be dropped (a release report, a hand-over).
+    pub fn send_patiently(
+        &self,
+        data: &[u8],
+        fds: &[BorrowedFd<'_>],
+        patience: std::time::Duration,
+    ) -> io::Result<()> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let end = std::time::Instant::now() + patience;
+        loop {
+            match self.send(data, fds) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let left = end.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return Err(e);
+                    }
+                    let ms = PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1)
+                        .unwrap_or(PollTimeout::MAX);
+                    let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLOUT)];
+                    match poll(&mut fds, ms) {
+                        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<Received> {
         fdpass::recv(self.fd.as_fd(), buf)
     }

@@ -123,7 +123,10 @@ impl Tracker {
             cfg.policy,
             cfg.spawn
                 .as_ref()
-                .map(|c| format!(", spawning up to {} mail processes with {c:?}", cfg.max_processes))
+                .map(|c| format!(
+                    ", spawning up to {} mail processes with {c:?}",
+                    cfg.max_processes
+                ))
                 .unwrap_or_default()
         );
         Ok(Tracker {
@@ -167,7 +170,12 @@ impl Tracker {
                     LISTENER => self.accept(false),
                     CONTROL => self.accept(true),
                     SIGNALS => self.signals(),
-                    Token(t) if t >= FIRST_PEER => self.peer_event(t - FIRST_PEER),
+                    Token(t) if t >= FIRST_PEER => {
+                        if ev.is_writable() {
+                            self.writable(t - FIRST_PEER);
+                        }
+                        self.peer_event(t - FIRST_PEER);
+                    }
                     _ => {}
                 }
             }
@@ -578,6 +586,10 @@ impl Tracker {
         };
         let now = Instant::now();
         let pid = self.routing.procs.get(&proc_key).map_or(0, |p| p.pid);
+        let (was, idle_id) = match &wait.from {
+            From::Idle { ret, .. } => (self.routing.parked_place(ret.id), Some(ret.id)),
+            From::Login { .. } => (None, None),
+        };
         let (conn, cookie, remote, how) = match &wait.from {
             From::Login { login, .. } => {
                 match self
@@ -607,7 +619,12 @@ impl Tracker {
                     .get(&conn)
                     .map(|c| c.remote.clone())
                     .unwrap_or_default();
-                (conn, ret.park.cookie, remote, Assignment::Restore(ret.clone()))
+                (
+                    conn,
+                    ret.park.cookie,
+                    remote,
+                    Assignment::Restore(ret.clone()),
+                )
             }
         };
         let msg = Message::Assign(Assign {
@@ -623,11 +640,20 @@ impl Tracker {
             None => Err(io::ErrorKind::NotConnected.into()),
         };
         if let Err(e) = sent {
-            // A process that cannot take an assignment is of no use; its
-            // connections are forgotten with it and this one tries again.
-            warn!("mail process pid={pid}: cannot assign user={} conn={conn}: {e}", wait.user);
-            self.close_peer(proc_key);
-            return Some(wait);
+            self.routing.unassign(proc_key, conn, was, idle_id);
+            if e.kind() == io::ErrorKind::WouldBlock {
+                // Busy reading: skip it until its socket drains.
+                debug!("mail process pid={pid} is busy; waiting for it to drain");
+                self.block_process(proc_key);
+            } else {
+                // A process that cannot take an assignment is of no use.
+                warn!(
+                    "mail process pid={pid}: cannot assign user={}: {e}",
+                    wait.user
+                );
+                self.close_peer(proc_key);
+            }
+            return self.place(wait);
         }
         match wait.from {
             From::Login { peer, login } => {
@@ -653,6 +679,37 @@ impl Tracker {
             }
         }
         None
+    }
+
+    fn block_process(&mut self, key: usize) {
+        if let Some(p) = self.routing.procs.get_mut(&key) {
+            p.blocked = true;
+        }
+        if let Some(peer) = self.peers.get(key) {
+            let _ = self.poll.registry().reregister(
+                &mut SourceFd(&peer.sock.as_raw_fd()),
+                Token(FIRST_PEER + key),
+                Interest::READABLE | Interest::WRITABLE,
+            );
+        }
+    }
+
+    fn writable(&mut self, key: usize) {
+        let Some(p) = self.routing.procs.get_mut(&key) else {
+            return;
+        };
+        if !p.blocked {
+            return;
+        }
+        p.blocked = false;
+        if let Some(peer) = self.peers.get(key) {
+            let _ = self.poll.registry().reregister(
+                &mut SourceFd(&peer.sock.as_raw_fd()),
+                Token(FIRST_PEER + key),
+                Interest::READABLE,
+            );
+        }
+        self.place_pending();
     }
 
     fn place_pending(&mut self) {

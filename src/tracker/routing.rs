@@ -41,6 +41,8 @@ pub struct Process {
     pub capacity: u32,
     /// Connections assigned and not released.
     pub active: u32,
+    /// Its socket is full: skipped until it drains.
+    pub blocked: bool,
     bound: Option<Bound>,
     users: HashMap<String, u32>,
     conns: HashSet<u64>,
@@ -63,7 +65,10 @@ pub struct User {
 pub enum Place {
     /// In the mail process registered under this peer key.
     Mail(usize),
-    Parked { idle_id: u64, mailbox: String },
+    Parked {
+        idle_id: u64,
+        mailbox: String,
+    },
 }
 
 pub struct ConnEntry {
@@ -120,6 +125,7 @@ impl Routing {
                 uid,
                 capacity,
                 active: 0,
+                blocked: false,
                 bound,
                 users: HashMap::new(),
                 conns: HashSet::new(),
@@ -144,7 +150,7 @@ impl Routing {
     }
 
     fn eligible(&self, p: &Process, user: &str, uid: u32) -> bool {
-        if p.active >= p.capacity || (p.uid != 0 && p.uid != uid) {
+        if p.blocked || p.active >= p.capacity || (p.uid != 0 && p.uid != uid) {
             return false;
         }
         match (&p.bound, self.policy) {
@@ -290,6 +296,36 @@ impl Routing {
         );
         self.place_on(key, conn, user, uid);
         conn
+    }
+
+    /// Where a returning connection stands before [`Routing::restore`],
+    /// to undo it if the assignment cannot be sent.
+    pub fn parked_place(&self, idle_id: u64) -> Option<Place> {
+        let conn = self.parked.get(&idle_id)?;
+        self.conns.get(conn).map(|c| c.place.clone())
+    }
+
+    /// Undo `login` (`was` None) or `restore` (`was` the place before)
+    /// of `conn` on process `key`.
+    pub fn unassign(&mut self, key: usize, conn: u64, was: Option<Place>, idle_id: Option<u64>) {
+        match was {
+            Some(place @ Place::Parked { idle_id, .. }) => {
+                let user = self.conns.get(&conn).map(|c| c.user.clone());
+                if let Some(user) = user {
+                    self.take_off(key, conn, &user);
+                }
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.place = place;
+                    self.parked.insert(idle_id, conn);
+                }
+            }
+            _ => {
+                if let Some(id) = idle_id {
+                    self.early.remove(&id);
+                }
+                self.remove_conn(conn);
+            }
+        }
     }
 
     /// A mail process says a connection left it.
@@ -442,7 +478,10 @@ mod tests {
         assert_eq!(back, c1);
         assert_eq!(r.procs[&1].active, 1);
         r.released(1, c1, Release::Closed, now).unwrap();
-        assert!(r.users.is_empty(), "cookie dropped with the last connection");
+        assert!(
+            r.users.is_empty(),
+            "cookie dropped with the last connection"
+        );
         let (_, k3) = r.login(1, "alice", 1, "", now).unwrap();
         assert_ne!(k1, k3);
     }
@@ -473,6 +512,33 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_assignment_is_undone() {
+        let mut r = with_procs(Policy::PreferUser, &[(1, 0)]);
+        let now = Instant::now();
+        let (c, k) = r.login(1, "alice", 1, "", now).unwrap();
+        let parked = Release::Parked {
+            idle_id: 3,
+            mailbox: "INBOX".into(),
+        };
+        r.released(1, c, parked, now).unwrap();
+        let was = r.parked_place(3);
+        let back = r.restore(3, 1, "alice", k, now);
+        r.unassign(1, back, was, Some(3));
+        assert_eq!(r.parked_count(), 1);
+        assert_eq!(r.procs[&1].active, 0);
+        assert_eq!(
+            r.restore(3, 1, "alice", k, now),
+            c,
+            "the same connection comes back"
+        );
+        let (c2, _) = r.login(1, "bob", 1, "", now).unwrap();
+        r.unassign(1, c2, None, None);
+        assert!(!r.users.contains_key("bob"));
+        r.procs.get_mut(&1).unwrap().blocked = true;
+        assert_eq!(r.pick("alice", 1), None);
+    }
+
+    #[test]
     fn a_dead_process_takes_its_connections_with_it() {
         let mut r = with_procs(Policy::PreferUser, &[(1, 0), (2, 0)]);
         let now = Instant::now();
@@ -489,6 +555,9 @@ mod tests {
         assert!(!r.users.contains_key("bob"));
         assert_eq!(r.users["alice"].conns, 2, "one parked, one in process 2");
         assert_eq!(r.parked_count(), 1);
-        assert_eq!(r.released(2, a1, Release::Closed, now), Err("the connection is not in this process"));
+        assert_eq!(
+            r.released(2, a1, Release::Closed, now),
+            Err("the connection is not in this process")
+        );
     }
 }

@@ -68,8 +68,12 @@ impl Spawner {
     pub fn reap(&mut self) {
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => self.exited(pid.as_raw() as u32, &format!("exit code {code}")),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => self.exited(pid.as_raw() as u32, &format!("signal {sig}")),
+                Ok(WaitStatus::Exited(pid, code)) => {
+                    self.exited(pid.as_raw() as u32, &format!("exit code {code}"))
+                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    self.exited(pid.as_raw() as u32, &format!("signal {sig}"))
+                }
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(_) => {}
             }

@@ -153,7 +153,8 @@ impl Tracker {
         let mut done = Vec::new();
         for q in &mut self.queries {
             if q.waiting.remove(&key) {
-                q.missing.push(format!("peer #{key} closed before answering"));
+                q.missing
+                    .push(format!("peer #{key} closed before answering"));
                 if q.waiting.is_empty() {
                     done.push(q.id);
                 }
@@ -241,7 +242,11 @@ impl Tracker {
         for (i, rows) in pieces.into_iter().enumerate() {
             let msg = Message::Who {
                 rows,
-                missing: if i == 0 { q.missing.clone() } else { Vec::new() },
+                missing: if i == 0 {
+                    q.missing.clone()
+                } else {
+                    Vec::new()
+                },
                 last: i + 1 == n,
             };
             if !self.send(q.admin, &msg) {
@@ -272,7 +277,7 @@ pub fn ask(control: &Path, user: Option<String>) -> Result<(Vec<WhoRow>, Vec<Str
             }
             _ => return Err(LinkError::Unexpected("expected Who")),
         }
-        msg = link.next()?;
+        msg = link.next_message()?;
     }
 }
 
@@ -295,7 +300,9 @@ fn duration(secs: u32) -> String {
 
 /// The table `imap-tracker who` prints.
 pub fn table(rows: &[WhoRow], missing: &[String]) -> String {
-    let head = ["USER", "CONN", "PROCESS", "STATE", "MAILBOX", "FOR", "CLIENT"];
+    let head = [
+        "USER", "CONN", "PROCESS", "STATE", "MAILBOX", "FOR", "CLIENT",
+    ];
     let mut lines: Vec<[String; 7]> = vec![head.map(String::from)];
     for r in rows {
         let process = match r.activity {

@@ -43,6 +43,17 @@ impl Imap {
         }
     }
 
+    /// The next line, or `None` once the server has closed.
+    pub fn next_line(&mut self) -> Option<String> {
+        let mut l = String::new();
+        match self.r.read_line(&mut l) {
+            Ok(0) => None,
+            Ok(_) => Some(l),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
+            Err(e) => panic!("reading from IMAP server: {e}"),
+        }
+    }
+
     /// Run a command; the lines up to and including its tagged OK.
     pub fn ok(&mut self, tag: &str, cmd: &str) -> Vec<String> {
         self.send(&format!("{tag} {cmd}\r\n"));

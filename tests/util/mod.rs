@@ -5,6 +5,7 @@
 
 pub mod dovecot;
 pub mod imap;
+pub mod stack;
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};

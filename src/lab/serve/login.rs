@@ -46,7 +46,11 @@ fn read_passwd(path: &Path) -> Result<HashMap<String, Account>, String> {
         }
         let mut f = line.split(':');
         let (Some(user), Some(pass)) = (f.next(), f.next()) else {
-            return Err(format!("{}:{}: expected user:password", path.display(), n + 1));
+            return Err(format!(
+                "{}:{}: expected user:password",
+                path.display(),
+                n + 1
+            ));
         };
         let uid = match f.next().filter(|s| !s.is_empty()) {
             Some(u) => u
@@ -239,7 +243,8 @@ impl LoginServer {
                 Ok(w) => w,
                 Err(e) => {
                     let tag = line.split(' ').next().unwrap_or("*");
-                    c.out.extend_from_slice(format!("{tag} BAD {e}\r\n").as_bytes());
+                    c.out
+                        .extend_from_slice(format!("{tag} BAD {e}\r\n").as_bytes());
                     continue;
                 }
             };
@@ -287,11 +292,11 @@ impl LoginServer {
             match LoginLink::connect(&self.cfg.tracker_socket) {
                 Ok(link) => {
                     let fd = link.as_raw_fd();
-                    if let Err(e) =
-                        self.poll
-                            .registry()
-                            .register(&mut SourceFd(&fd), TRACKER, Interest::READABLE)
-                    {
+                    if let Err(e) = self.poll.registry().register(
+                        &mut SourceFd(&fd),
+                        TRACKER,
+                        Interest::READABLE,
+                    ) {
                         warn!("registering the tracker link: {e}");
                     }
                     self.tracker = Some(link);

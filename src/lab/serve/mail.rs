@@ -57,7 +57,11 @@ pub fn run(cfg: MailConfig) -> Result<(), String> {
         .map_err(|e| format!("registering with {}: {e}", cfg.tracker_socket.display()))?;
     let poll = Poll::new().map_err(|e| e.to_string())?;
     poll.registry()
-        .register(&mut SourceFd(&tracker.as_raw_fd()), TRACKER, Interest::READABLE)
+        .register(
+            &mut SourceFd(&tracker.as_raw_fd()),
+            TRACKER,
+            Interest::READABLE,
+        )
         .map_err(|e| e.to_string())?;
     info!(
         "mail process pid={} registered with {} (capacity {})",
@@ -112,7 +116,7 @@ impl Mail {
     fn tracker_event(&mut self) -> Result<(), String> {
         loop {
             match self.tracker.recv() {
-                Ok(Some(FromTracker::Assigned(a, fd))) => self.assigned(a, fd),
+                Ok(Some(FromTracker::Assigned(a, fd))) => self.assigned(*a, fd),
                 Ok(Some(FromTracker::Describe { query, user })) => {
                     let conns = self
                         .clients
@@ -142,11 +146,20 @@ impl Mail {
             warn!("user={} conn={}: {e}", a.user, a.conn);
             return self.release(a.conn, &a.user, Release::Closed);
         }
-        let mut session = Session::new(a.conn, &a.user, a.cookie, &a.remote, self.user_root(&a.user));
+        let mut session = Session::new(
+            a.conn,
+            &a.user,
+            a.cookie,
+            &a.remote,
+            self.user_root(&a.user),
+        );
         session.keepalive_secs = self.cfg.keepalive_secs;
         match a.how {
             Assignment::Login { tag, input } => {
-                debug!("user={} conn={}: logged in from {}", a.user, a.conn, a.remote);
+                debug!(
+                    "user={} conn={}: logged in from {}",
+                    a.user, a.conn, a.remote
+                );
                 session.out.extend_from_slice(
                     format!("{tag} OK [CAPABILITY {CAPABILITY}] Logged in.\r\n").as_bytes(),
                 );
@@ -242,7 +255,10 @@ impl Mail {
             .registry()
             .deregister(&mut SourceFd(&c.stream.as_raw_fd()));
         let s = &c.session;
-        debug!("user={} conn={} ({}): closed ({why})", s.user, s.conn, s.remote);
+        debug!(
+            "user={} conn={} ({}): closed ({why})",
+            s.user, s.conn, s.remote
+        );
         self.release(c.session.conn, &c.session.user, Release::Closed);
     }
 
@@ -256,7 +272,7 @@ impl Mail {
             .map(|(k, _)| k)
             .collect();
         for key in keys {
-            let changed = self.clients.get(key).is_some_and(|c| dirs_changed(c));
+            let changed = self.clients.get(key).is_some_and(dirs_changed);
             if changed {
                 if let Some(c) = self.clients.get_mut(key) {
                     c.session.catch_up();
@@ -291,6 +307,17 @@ impl Mail {
         if !ready {
             return;
         }
+        // Last look at the mailbox: a change the client has not been told
+        // about yet would otherwise only be noticed at the next one.
+        let Some(c) = self.clients.get_mut(key) else {
+            return;
+        };
+        c.session.catch_up();
+        if !c.session.out.is_empty() || c.session.closing {
+            self.remember_dirs(key);
+            return self.flush(key);
+        }
+        let s = &c.session;
         let Some(state) = s.state() else {
             return;
         };
@@ -303,7 +330,10 @@ impl Mail {
             match IdleLink::connect(&self.cfg.idle_socket) {
                 Ok(l) => self.idle = Some(l),
                 Err(e) => {
-                    warn!("cannot reach imap-idle at {}: {e}", self.cfg.idle_socket.display());
+                    warn!(
+                        "cannot reach imap-idle at {}: {e}",
+                        self.cfg.idle_socket.display()
+                    );
                     return self.park_refused(key);
                 }
             }
@@ -327,7 +357,10 @@ impl Mail {
                 if kept.kind.is_none() {
                     self.idle = None;
                 }
-                info!("user={user} conn={conn}: not parked ({}); keeping it", kept.reason);
+                info!(
+                    "user={user} conn={conn}: not parked ({}); keeping it",
+                    kept.reason
+                );
                 self.park_refused(key);
             }
         }
@@ -354,12 +387,18 @@ fn restore(session: &mut Session, ret: &Return) {
     let state = match state {
         Ok(s) => s,
         Err(e) => {
-            warn!("user={} conn={}: damaged state: {e}", park.user, session.conn);
+            warn!(
+                "user={} conn={}: damaged state: {e}",
+                park.user, session.conn
+            );
             return session.bye("Session state lost; please reconnect.");
         }
     };
     if let Err(e) = session.restore(&state) {
-        info!("user={} conn={}: cannot restore: {e}", park.user, session.conn);
+        info!(
+            "user={} conn={}: cannot restore: {e}",
+            park.user, session.conn
+        );
         return session.bye(&format!("Cannot resume the session: {e}."));
     }
     if session.closing {
@@ -383,7 +422,10 @@ fn restore(session: &mut Session, ret: &Return) {
                 .out
                 .extend_from_slice(format!("{tag} BAD Expected DONE.\r\n").as_bytes());
             let mut input = ret.input.clone();
-            let cut = input.iter().position(|&b| b == b'\n').map_or(input.len(), |i| i + 1);
+            let cut = input
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(input.len(), |i| i + 1);
             input.drain(..cut);
             session.inbuf = input;
         }

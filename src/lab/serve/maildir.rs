@@ -166,8 +166,9 @@ impl Mailbox {
             .truncate(false)
             .open(&list_path)
             .map_err(io_err(list_path.display()))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, e)| MailboxError::Io(format!("locking {}", list_path.display()), e.into()))?;
+        let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| {
+            MailboxError::Io(format!("locking {}", list_path.display()), e.into())
+        })?;
         let text = fs::read_to_string(&list_path).map_err(io_err(list_path.display()))?;
         let fresh = text.is_empty();
         if fresh {
@@ -241,8 +242,9 @@ impl Mailbox {
     }
 
     fn create_identity(&mut self) -> Result<(), MailboxError> {
-        getrandom::fill(&mut self.guid)
-            .map_err(|e| MailboxError::Io("making a GUID".into(), io::Error::other(e.to_string())))?;
+        getrandom::fill(&mut self.guid).map_err(|e| {
+            MailboxError::Io("making a GUID".into(), io::Error::other(e.to_string()))
+        })?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_secs() as u32);
@@ -283,7 +285,11 @@ impl Mailbox {
                 added: num(added)?,
                 modseq: num(modseq)?,
                 expunged: num(expunged)?,
-                flags: if flags == "-" { String::new() } else { flags.to_owned() },
+                flags: if flags == "-" {
+                    String::new()
+                } else {
+                    flags.to_owned()
+                },
                 base: base.to_owned(),
             });
         }

@@ -132,7 +132,11 @@ impl Session {
                 _ => self.say(&format!("{tag} BAD STATUS needs a mailbox and items.")),
             },
             "FETCH" => self.fetch(&tag, args, false),
-            "UID" if args.first().is_some_and(|a| a.eq_ignore_ascii_case("FETCH")) => {
+            "UID"
+                if args
+                    .first()
+                    .is_some_and(|a| a.eq_ignore_ascii_case("FETCH")) =>
+            {
                 self.fetch(&tag, &args[1..], true)
             }
             "IDLE" => {
@@ -165,9 +169,18 @@ impl Session {
         self.say("* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)");
         self.say(&format!("* {} EXISTS", sel.view.len()));
         self.say(&format!("* {} RECENT", sel.recent.len()));
-        self.say(&format!("* OK [UIDVALIDITY {}] UIDs valid.", sel.mb.uidvalidity));
-        self.say(&format!("* OK [UIDNEXT {}] Predicted next UID.", sel.mb.uidnext));
-        self.say(&format!("* OK [HIGHESTMODSEQ {}] Highest.", sel.mb.highest_modseq));
+        self.say(&format!(
+            "* OK [UIDVALIDITY {}] UIDs valid.",
+            sel.mb.uidvalidity
+        ));
+        self.say(&format!(
+            "* OK [UIDNEXT {}] Predicted next UID.",
+            sel.mb.uidnext
+        ));
+        self.say(&format!(
+            "* OK [HIGHESTMODSEQ {}] Highest.",
+            sel.mb.highest_modseq
+        ));
         let mode = if examined { "READ-ONLY" } else { "READ-WRITE" };
         self.say(&format!("{tag} OK [{mode}] Select completed."));
         self.selected = Some(sel);
@@ -193,7 +206,11 @@ impl Session {
             };
             parts.push(format!("{item} {value}"));
         }
-        self.say(&format!("* STATUS {} ({})", quote(&mb.name), parts.join(" ")));
+        self.say(&format!(
+            "* STATUS {} ({})",
+            quote(&mb.name),
+            parts.join(" ")
+        ));
         self.say(&format!("{tag} OK Status completed."));
     }
 
@@ -209,7 +226,9 @@ impl Session {
             .iter()
             .any(|i| !matches!(i.as_str(), "FLAGS" | "UID" | "MODSEQ"))
         {
-            return self.say(&format!("{tag} BAD Only FLAGS, UID and MODSEQ can be fetched here."));
+            return self.say(&format!(
+                "{tag} BAD Only FLAGS, UID and MODSEQ can be fetched here."
+            ));
         }
         let max = if by_uid {
             sel.view.last().copied().unwrap_or(0)
@@ -230,7 +249,10 @@ impl Session {
             };
             let mut parts = vec![format!("UID {uid}")];
             if items.iter().any(|i| i == "FLAGS") {
-                parts.push(format!("FLAGS {}", flags_with_recent(&r.imap_flags(), sel.recent.contains(&uid))));
+                parts.push(format!(
+                    "FLAGS {}",
+                    flags_with_recent(&r.imap_flags(), sel.recent.contains(&uid))
+                ));
             }
             if items.iter().any(|i| i == "MODSEQ") {
                 parts.push(format!("MODSEQ ({})", r.modseq));
@@ -291,7 +313,12 @@ impl Session {
         }
         let before = sel.view.len();
         let last = sel.view.last().copied().unwrap_or(0);
-        let arrived: Vec<u32> = sel.mb.present().map(|r| r.uid).filter(|&u| u > last).collect();
+        let arrived: Vec<u32> = sel
+            .mb
+            .present()
+            .map(|r| r.uid)
+            .filter(|&u| u > last)
+            .collect();
         sel.view.extend(arrived);
         if sel.view.len() != before {
             lines.push(format!("* {} EXISTS", sel.view.len()));
@@ -327,7 +354,8 @@ impl Session {
     /// Reopen the mailbox of `state` as the client last saw it, then tell
     /// the client what changed since. Err: the mailbox is gone or another.
     pub fn restore(&mut self, state: &SessionState) -> Result<(), String> {
-        let (mut mb, moved) = Mailbox::open(&self.root, &state.mailbox).map_err(|e| e.to_string())?;
+        let (mut mb, moved) =
+            Mailbox::open(&self.root, &state.mailbox).map_err(|e| e.to_string())?;
         if mb.guid != state.mailbox_guid || mb.uidvalidity != state.uidvalidity {
             return Err(format!(
                 "mailbox {} was deleted and created again",
@@ -459,11 +487,22 @@ mod tests {
         deliver(root, "INBOX", b"b").unwrap();
         let mut s = session(root, "alice");
         let out = said(&mut s, "a SELECT INBOX\r\nb IDLE\r\n");
-        assert!(out.contains("* 2 EXISTS") && out.contains("* 2 RECENT"), "{out}");
+        assert!(
+            out.contains("* 2 EXISTS") && out.contains("* 2 RECENT"),
+            "{out}"
+        );
         let state = s.state().unwrap();
         assert_eq!(state.recent_uids, vec![(1, 2)]);
         // While parked: message 1 expunged, one delivered.
-        let base = s.selected.as_ref().unwrap().mb.record(1).unwrap().base.clone();
+        let base = s
+            .selected
+            .as_ref()
+            .unwrap()
+            .mb
+            .record(1)
+            .unwrap()
+            .base
+            .clone();
         std::fs::remove_file(root.join("cur").join(format!("{base}:2,"))).unwrap();
         deliver(root, "INBOX", b"c").unwrap();
         let mut back = session(root, "alice");
