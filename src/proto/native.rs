@@ -626,10 +626,89 @@ mod tests {
                 parked: 5,
                 ..Stats::default()
             }),
+            Message::Register {
+                uid: 1000,
+                capacity: 50,
+            },
+            Message::Registered,
+            Message::Login(Login {
+                seq: 3,
+                user: "alice".into(),
+                uid: 1000,
+                tag: "a1".into(),
+                local: "127.0.0.1:143".into(),
+                remote: "127.0.0.1:5000".into(),
+                input: b"b NOOP\r\n".to_vec(),
+            }),
+            Message::LoginAccepted {
+                seq: 3,
+                conn: 8,
+                pid: 77,
+            },
+            Message::LoginRefused {
+                seq: 3,
+                reason: "busy".into(),
+            },
+            Message::Assign(Assign {
+                conn: 8,
+                user: "alice".into(),
+                uid: 1000,
+                cookie: [1; 16],
+                remote: "127.0.0.1:5000".into(),
+                how: Assignment::Login {
+                    tag: "a1".into(),
+                    input: Vec::new(),
+                },
+            }),
+            Message::Released {
+                conn: 8,
+                how: Release::Parked {
+                    idle_id: 5,
+                    mailbox: "INBOX".into(),
+                },
+            },
+            Message::WhoRequest { user: None },
+            Message::Describe {
+                query: 1,
+                user: Some("alice".into()),
+            },
+            Message::Described {
+                query: 1,
+                conns: vec![ConnInfo {
+                    id: 8,
+                    user: "alice".into(),
+                    mailbox: "INBOX".into(),
+                    activity: Activity::Idle,
+                    secs: 4,
+                }],
+                last: true,
+            },
+            Message::Who {
+                rows: Vec::new(),
+                missing: vec!["x".into()],
+                last: true,
+            },
         ];
         for m in msgs {
             assert_eq!(Message::decode(&m.encode()).unwrap(), m);
         }
+    }
+
+    #[test]
+    fn variant_indices_match_the_manual() {
+        assert_eq!(Message::Registered.encode(), [1, 12]);
+        assert_eq!(Message::WhoRequest { user: None }.encode(), [1, 18, 0]);
+        let hello = Message::Hello {
+            role: Role::Login,
+            pid: 1,
+        };
+        assert_eq!(hello.encode(), [1, 0, 4, 1]);
+        let long: Vec<u32> = (0..100_000).collect();
+        let pieces = chunks(long);
+        assert!(pieces.len() > 1);
+        assert!(pieces.iter().all(|p| postcard::to_stdvec(p).unwrap().len() < MAX_PACKET));
+        assert_eq!(pieces.concat(), (0..100_000).collect::<Vec<u32>>());
+        assert_eq!(chunks(Vec::<u32>::new()), vec![Vec::<u32>::new()]);
     }
 
     #[test]
