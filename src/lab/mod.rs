@@ -2,6 +2,7 @@
 //! demo, statistics.
 
 mod demo;
+pub mod load;
 pub mod serve;
 
 use std::process::ExitCode;
@@ -12,6 +13,8 @@ Usage: imap-idle-lab COMMAND [OPTIONS]
 Commands:
   demo    park a connection in a running imap-idle and show every way it
           wakes (acts as the daemon's tracker and as a mail process)
+  load    hold N idle IMAP clients against any IMAP server, deliver mail,
+          measure delivery -> EXISTS
   serve   the reference IMAP login and mail processes (a reference peer
           for tests, demos and benchmarks, not a production mail server)
   stats   print a running imap-idle's counters
@@ -25,6 +28,9 @@ pub fn main() -> ExitCode {
     match args.next().as_deref() {
         Some("demo") => demo::main(args.collect()),
         Some("serve") => serve::main(args.collect()),
+        Some("load") => load::main(args.collect()),
+        // Started by `load` itself, one per client process.
+        Some("load-worker") => load::worker::main(),
         Some("stats") => stats(args.collect()),
         Some("-h" | "--help") => {
             print!("{USAGE}");

@@ -706,7 +706,9 @@ mod tests {
         let long: Vec<u32> = (0..100_000).collect();
         let pieces = chunks(long);
         assert!(pieces.len() > 1);
-        assert!(pieces.iter().all(|p| postcard::to_stdvec(p).unwrap().len() < MAX_PACKET));
+        assert!(pieces
+            .iter()
+            .all(|p| postcard::to_stdvec(p).unwrap().len() < MAX_PACKET));
         assert_eq!(pieces.concat(), (0..100_000).collect::<Vec<u32>>());
         assert_eq!(chunks(Vec::<u32>::new()), vec![Vec::<u32>::new()]);
     }

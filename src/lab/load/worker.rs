@@ -1,0 +1,358 @@
+//! One client process of the load tool (`imap-idle-lab load-worker`,
+//! started by `load`): its share of the connections in one mio loop.
+//!
+//! Orders come on stdin, one per line: `target ADDR`, `mailbox NAME`,
+//! `timeout SECS`, `rate PER_SEC`, `client USER PASSWORD` (one per
+//! connection), `go`, later `finish`. Reports go to stdout: `progress IDLE
+//! FAILED`, `ready`, `exists INDEX NS`, `fail INDEX REASON`, then after
+//! `finish`: `done INDEX NS`, `keepalives COUNT` and `end`. NS are
+//! CLOCK_MONOTONIC nanoseconds, comparable across processes.
+
+use std::io::{self, BufRead, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::Duration;
+
+use mio::net::TcpStream;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+
+use super::client::{Client, Event, Step};
+use super::mono_ns;
+
+const STDIN: Token = Token(0);
+const FIRST: usize = 16;
+/// Connections in the middle of connecting or logging in at once, at most.
+const IN_FLIGHT: usize = 256;
+
+struct Conn {
+    stream: Option<TcpStream>,
+    client: Client,
+    out: Vec<u8>,
+}
+
+struct Worker {
+    poll: Poll,
+    target: SocketAddr,
+    conns: Vec<Conn>,
+    next: usize,
+    in_flight: usize,
+    idle: usize,
+    failed: usize,
+    timeout_ns: u64,
+    rate: f64,
+    started_at: u64,
+    finishing: Option<u64>,
+    out: io::BufWriter<io::Stdout>,
+    buf: Vec<u8>,
+}
+
+pub fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("imap-idle-lab load-worker: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let _ = crate::sys::limits::raise_nofile();
+    let stdin = io::stdin();
+    let mut target = None;
+    let mut mailbox = "INBOX".to_owned();
+    let mut timeout = 30u64;
+    let mut rate = 0.0f64;
+    let mut clients = Vec::new();
+    for line in stdin.lock().lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        let mut w = line.splitn(3, ' ');
+        match (w.next(), w.next(), w.next()) {
+            (Some("target"), Some(a), None) => {
+                target = Some(a.parse::<SocketAddr>().map_err(|e| format!("{a}: {e}"))?)
+            }
+            (Some("mailbox"), Some(m), None) => mailbox = m.to_owned(),
+            (Some("timeout"), Some(t), None) => timeout = t.parse().map_err(|_| "bad timeout")?,
+            (Some("rate"), Some(r), None) => rate = r.parse().map_err(|_| "bad rate")?,
+            (Some("client"), Some(u), Some(p)) => clients.push((u.to_owned(), p.to_owned())),
+            (Some("go"), None, None) => break,
+            _ => return Err(format!("unknown order {line:?}")),
+        }
+    }
+    let target = target.ok_or("no target")?;
+    let now = mono_ns();
+    let conns = clients
+        .iter()
+        .map(|(u, p)| Conn {
+            stream: None,
+            client: Client::new(u, p, &mailbox, now),
+            out: Vec::new(),
+        })
+        .collect();
+    let poll = Poll::new().map_err(|e| e.to_string())?;
+    crate::sys::set_nonblocking(io::stdin().as_fd(), true).map_err(|e| e.to_string())?;
+    poll.registry()
+        .register(
+            &mut SourceFd(&io::stdin().as_raw_fd()),
+            STDIN,
+            Interest::READABLE,
+        )
+        .map_err(|e| e.to_string())?;
+    let mut w = Worker {
+        poll,
+        target,
+        conns,
+        next: 0,
+        in_flight: 0,
+        idle: 0,
+        failed: 0,
+        timeout_ns: timeout * 1_000_000_000,
+        rate,
+        started_at: now,
+        finishing: None,
+        out: io::BufWriter::new(io::stdout()),
+        buf: vec![0; 16 * 1024],
+    };
+    w.run()
+}
+
+impl Worker {
+    fn run(&mut self) -> Result<(), String> {
+        let mut events = Events::with_capacity(1024);
+        let mut stdin_buf = Vec::new();
+        let mut last_progress = (usize::MAX, usize::MAX);
+        let mut ready_sent = false;
+        loop {
+            self.start_more();
+            if let Err(e) = self
+                .poll
+                .poll(&mut events, Some(Duration::from_millis(100)))
+            {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e.to_string());
+                }
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    STDIN if !self.orders(&mut stdin_buf) => return Ok(()),
+                    Token(t) if t >= FIRST => self.conn_event(t - FIRST),
+                    _ => {}
+                }
+            }
+            self.check_timeouts();
+            let progress = (self.idle, self.failed);
+            if progress != last_progress {
+                let _ = writeln!(self.out, "progress {} {}", self.idle, self.failed);
+                last_progress = progress;
+            }
+            if !ready_sent && self.idle + self.failed == self.conns.len() {
+                let _ = writeln!(self.out, "ready");
+                ready_sent = true;
+            }
+            if self.finishing.is_some() && self.all_finished() {
+                let keepalives: u64 = self.conns.iter().map(|c| c.client.keepalives as u64).sum();
+                let _ = writeln!(self.out, "keepalives {keepalives}");
+                let _ = writeln!(self.out, "end");
+                let _ = self.out.flush();
+                return Ok(());
+            }
+            let _ = self.out.flush();
+        }
+    }
+
+    /// Read orders; false when the parent is gone.
+    fn orders(&mut self, buf: &mut Vec<u8>) -> bool {
+        let mut chunk = [0u8; 1024];
+        loop {
+            match io::stdin().lock().read(&mut chunk) {
+                Ok(0) => return false,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=end).collect();
+            if line.starts_with(b"finish") {
+                self.finish();
+            }
+        }
+        true
+    }
+
+    fn start_more(&mut self) {
+        let elapsed = mono_ns().saturating_sub(self.started_at) as f64 / 1e9;
+        while self.next < self.conns.len() && self.in_flight < IN_FLIGHT {
+            if self.rate > 0.0 && self.next as f64 >= elapsed * self.rate {
+                return;
+            }
+            let i = self.next;
+            self.next += 1;
+            self.in_flight += 1;
+            self.conns[i].client.started = mono_ns();
+            match TcpStream::connect(self.target) {
+                Ok(mut s) => {
+                    let r = self.poll.registry().register(
+                        &mut s,
+                        Token(FIRST + i),
+                        Interest::READABLE | Interest::WRITABLE,
+                    );
+                    match r {
+                        Ok(()) => self.conns[i].stream = Some(s),
+                        Err(e) => self.failed(i, format!("register: {e}")),
+                    }
+                }
+                Err(e) => self.failed(i, format!("connect: {e}")),
+            }
+        }
+    }
+
+    fn failed(&mut self, i: usize, why: String) {
+        let c = &mut self.conns[i];
+        let was = c.client.step;
+        if matches!(was, Step::Failed | Step::Finished) {
+            return;
+        }
+        c.client.fail(why.clone());
+        if let Some(mut s) = c.stream.take() {
+            let _ = self.poll.registry().deregister(&mut s);
+        }
+        if was == Step::Idle || was == Step::Done || was == Step::Logout {
+            self.idle -= 1;
+        } else {
+            self.in_flight -= 1;
+        }
+        self.failed += 1;
+        let _ = writeln!(self.out, "fail {i} {}", why.replace('\n', " "));
+    }
+
+    fn conn_event(&mut self, i: usize) {
+        let Some(c) = self.conns.get_mut(i) else {
+            return;
+        };
+        let Some(stream) = &mut c.stream else {
+            return;
+        };
+        if c.client.step == Step::Connecting {
+            match stream.take_error() {
+                Ok(None) => {}
+                Ok(Some(e)) | Err(e) => return self.failed(i, format!("connect: {e}")),
+            }
+            match stream.peer_addr() {
+                Ok(_) => c.client.connected(),
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) => return self.failed(i, format!("connect: {e}")),
+            }
+        }
+        let mut events = Vec::new();
+        let mut eof = false;
+        loop {
+            match stream.read(&mut self.buf) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => events.extend(c.client.input(&self.buf[..n])),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    events.push(Event::Fail(format!("read: {e}")));
+                    break;
+                }
+            }
+        }
+        let now = mono_ns();
+        for e in events {
+            match e {
+                Event::Send(s) => self.conns[i].out.extend_from_slice(s.as_bytes()),
+                Event::Idle => {
+                    self.in_flight -= 1;
+                    self.idle += 1;
+                }
+                Event::Exists(n) => {
+                    let _ = writeln!(self.out, "exists {i} {now} {n}");
+                }
+                Event::Fail(why) => return self.failed(i, why),
+                Event::DoneOk => {
+                    let c = &mut self.conns[i].client;
+                    c.done_ns = Some(now.saturating_sub(c.done_sent));
+                    let _ = writeln!(self.out, "done {i} {}", now.saturating_sub(c.done_sent));
+                }
+                Event::Finished => {
+                    self.idle -= 1;
+                    if let Some(mut s) = self.conns[i].stream.take() {
+                        let _ = self.poll.registry().deregister(&mut s);
+                    }
+                    return;
+                }
+            }
+        }
+        if eof {
+            let step = self.conns[i].client.step;
+            return self.failed(i, format!("connection closed by server in {step:?}"));
+        }
+        self.flush(i);
+    }
+
+    fn flush(&mut self, i: usize) {
+        let c = &mut self.conns[i];
+        let Some(stream) = &mut c.stream else {
+            return;
+        };
+        while !c.out.is_empty() {
+            match stream.write(&c.out) {
+                Ok(n) => {
+                    c.out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.failed(i, format!("write: {e}")),
+            }
+        }
+    }
+
+    fn check_timeouts(&mut self) {
+        let now = mono_ns();
+        let late: Vec<(usize, Step)> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| {
+                let waiting_since = match c.client.step {
+                    Step::Connecting
+                    | Step::Greeting
+                    | Step::Login
+                    | Step::Select
+                    | Step::IdleStart => c.client.started,
+                    Step::Done | Step::Logout => c.client.done_sent,
+                    _ => return false,
+                };
+                c.stream.is_some() && now.saturating_sub(waiting_since) > self.timeout_ns
+            })
+            .map(|(i, c)| (i, c.client.step))
+            .collect();
+        for (i, step) in late {
+            self.failed(i, format!("timeout in {step:?}"));
+        }
+    }
+
+    fn finish(&mut self) {
+        let now = mono_ns();
+        self.finishing = Some(now);
+        for i in 0..self.conns.len() {
+            if let Some(done) = self.conns[i].client.finish(now) {
+                self.conns[i].out.extend_from_slice(done.as_bytes());
+                self.flush(i);
+            }
+        }
+    }
+
+    fn all_finished(&self) -> bool {
+        self.conns.iter().all(|c| {
+            matches!(c.client.step, Step::Finished | Step::Failed)
+                || (c.client.step == Step::Logout && c.stream.is_none())
+        }) || self.conns.iter().all(|c| c.stream.is_none())
+    }
+}
