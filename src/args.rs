@@ -39,6 +39,15 @@ impl Args {
             .ok_or_else(|| format!("{flag} needs a value"))
     }
 
+    /// A `--log-level` value, checked.
+    pub fn log_level(&mut self, flag: &str) -> Result<String, String> {
+        let v = self.value(flag)?;
+        if !["error", "warn", "info", "debug", "trace"].contains(&v.as_str()) {
+            return Err(format!("{flag}: unknown level {v:?}"));
+        }
+        Ok(v)
+    }
+
     pub fn number<T: FromStr>(&mut self, flag: &str) -> Result<T, String> {
         let v = self.value(flag)?;
         v.parse()

@@ -140,6 +140,24 @@ fn three_by_three(s: &Stack) -> Vec<Imap> {
     clients
 }
 
+/// Three mail processes under `policy`, three users with three idle
+/// connections each; where they landed.
+fn placed_by(
+    policy: &str,
+    users: &[(&str, u32)],
+) -> (Stack, HashMap<String, BTreeSet<String>>, Vec<Imap>) {
+    let s = Stack::start(Options {
+        policy,
+        mails: 3,
+        park_after: 0,
+        users,
+        ..Options::default()
+    });
+    let clients = three_by_three(&s);
+    let p = placement(&s);
+    (s, p, clients)
+}
+
 #[test]
 fn each_routing_policy_places_connections_as_promised() {
     let users = [("alice", 1000), ("bob", 1000), ("carol", 2000)];
@@ -159,15 +177,7 @@ fn each_routing_policy_places_connections_as_promised() {
     drop(s);
 
     // uid: alice and bob (uid 1000) share, carol (2000) apart.
-    let s = Stack::start(Options {
-        policy: "uid",
-        mails: 3,
-        park_after: 0,
-        users: &users,
-        ..Options::default()
-    });
-    let _c = three_by_three(&s);
-    let p = placement(&s);
+    let (s, p, _c) = placed_by("uid", &users);
     assert_eq!(p["alice"], p["bob"], "{}", s.who(None));
     assert_eq!(p["alice"].len(), 1);
     assert_eq!(p["carol"].len(), 1);
@@ -175,15 +185,7 @@ fn each_routing_policy_places_connections_as_promised() {
     drop(s);
 
     // prefer-user: each user stays together, users spread over processes.
-    let s = Stack::start(Options {
-        policy: "prefer-user",
-        mails: 3,
-        park_after: 0,
-        users: &users,
-        ..Options::default()
-    });
-    let _c = three_by_three(&s);
-    let p = placement(&s);
+    let (s, p, _c) = placed_by("prefer-user", &users);
     assert!(p.values().all(|set| set.len() == 1), "{}", s.who(None));
     let all: BTreeSet<&String> = p.values().flatten().collect();
     assert_eq!(all.len(), 3, "{}", s.who(None));

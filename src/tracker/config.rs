@@ -126,13 +126,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
                 allow_uids =
                     Some(uids.map_err(|_| format!("--allow-uid: {v:?} is not a list of uids"))?);
             }
-            "--log-level" => {
-                let v = args.value(&flag)?;
-                if !["error", "warn", "info", "debug", "trace"].contains(&v.as_str()) {
-                    return Err(format!("--log-level: unknown level {v:?}"));
-                }
-                log_level = v;
-            }
+            "--log-level" => log_level = args.log_level(&flag)?,
             u if who && who_user.is_none() && !u.starts_with('-') => who_user = Some(flag),
             _ => return Err(format!("unknown argument {flag:?} (see --help)")),
         }

@@ -106,7 +106,7 @@ fn parse(role: Option<&str>, mut args: Args) -> Result<Option<Run>, String> {
             "--park-after" => park_after = args.number(&flag)?,
             "--keepalive" => keepalive = args.number(&flag)?,
             "--capacity" => capacity = args.number(&flag)?,
-            "--log-level" => log_level = args.value(&flag)?,
+            "--log-level" => log_level = args.log_level(&flag)?,
             _ => return Err(format!("unknown argument {flag:?}")),
         }
     }
