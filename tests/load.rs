@@ -8,7 +8,7 @@ use std::process::Command;
 use util::stack::{Options, Stack, PASSWORD};
 
 fn load(s: &Stack, extra: &[&str]) -> (bool, String, String) {
-    let json = s.dir.path().join("load.json");
+    let json = s.dir.as_path().join("load.json");
     let out = Command::new(env!("CARGO_BIN_EXE_imap-idle-lab"))
         .args([
             "load",
@@ -78,7 +78,7 @@ fn fifty_clients_idle_parked_and_woken() {
 #[test]
 fn a_refused_login_is_reported_with_its_reason() {
     let s = Stack::start(Options::default());
-    let users = s.dir.path().join("users");
+    let users = s.dir.as_path().join("users");
     std::fs::write(&users, format!("alice:{PASSWORD}\nbob:wrong\n")).unwrap();
     let (ok, table, json) = load(&s, &["--clients", "4", "--users", users.to_str().unwrap()]);
     assert!(!ok, "exit code says incomplete: {table}");

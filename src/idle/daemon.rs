@@ -84,6 +84,11 @@ pub struct Daemon {
     /// Shared by every read: packets from control connections, client input.
     pub(super) scratch: Box<[u8]>,
     pub(super) woken: Vec<Watcher>,
+    /// When the loop woke for the events it is handling.
+    pub(super) event_at: Instant,
+    /// Latest wake latencies (watched change noticed -> descriptor sent
+    /// back), in microseconds, for the stats.
+    pub(super) wake_us: VecDeque<u32>,
     epoch: Instant,
     pub(super) max_parked: usize,
     pub(super) next_serial: u32,
@@ -201,6 +206,8 @@ impl Daemon {
             stats: Stats::default(),
             scratch: vec![0; MAX_PACKET + 1].into_boxed_slice(),
             woken: Vec::new(),
+            event_at: Instant::now(),
+            wake_us: VecDeque::new(),
             epoch: Instant::now(),
             max_parked,
             next_serial: 0,
@@ -252,6 +259,7 @@ impl Daemon {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(SetupError(format!("poll failed: {e}"))),
             }
+            self.event_at = Instant::now();
             for event in events.iter() {
                 self.dispatch(event.token());
             }
@@ -422,6 +430,29 @@ impl Daemon {
         )
     }
 
+    /// A connection's descriptor was just sent back: note how long after
+    /// the change that woke it (once per connection).
+    pub(super) fn sample_wake(&mut self, key: u32) {
+        const KEEP: usize = 4096;
+        let Some(w) = self
+            .conns
+            .get_mut(key as usize)
+            .and_then(|c| c.waking_mut())
+        else {
+            return;
+        };
+        if w.reason != WakeReason::Changed {
+            return;
+        }
+        if let Some(at) = w.woken_at.take() {
+            if self.wake_us.len() == KEEP {
+                self.wake_us.pop_front();
+            }
+            self.wake_us
+                .push_back(at.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        }
+    }
+
     /// Every connection held (of `user`, or all), for the tracker's `who`.
     pub(super) fn describe(&self, user: Option<&str>) -> Vec<ConnInfo> {
         let now_secs = (self.now() / 1000) as u32;
@@ -453,6 +484,7 @@ impl Daemon {
             parked: self.conns.len() as u64 - returning,
             returning,
             watches: self.watches.count() as u64,
+            wake_us: self.wake_us.iter().copied().collect(),
             ..self.stats.clone()
         }
     }

@@ -160,7 +160,10 @@ impl Daemon {
         );
         // The first byte carries the client; the rest follows plainly.
         fdpass::send(mc.sock.as_fd(), &line[..1], &[conn.fd.as_fd()])?;
-        sys::write_now(mc.sock.as_fd(), &line[1..])
+        sys::write_now(mc.sock.as_fd(), &line[1..])?;
+        let key = mc.key;
+        self.sample_wake(key);
+        Ok(())
     }
 
     /// Close a return link; its client forgets it, so nothing later can

@@ -71,6 +71,8 @@ pub(super) struct Waking {
     pub watch: Vec<PathBuf>,
     /// Dovecot mode: the imap-master connection carrying it back.
     pub master: Option<u32>,
+    /// When the daemon noticed what woke it; taken when first sent back.
+    pub woken_at: Option<std::time::Instant>,
 }
 
 impl Conn {
@@ -415,6 +417,7 @@ impl Daemon {
             attempts: 0,
             watch,
             master: None,
+            woken_at: Some(self.event_at),
         })));
         conn.timer_gen = self.timers.new_gen();
         self.timers

@@ -160,6 +160,7 @@ impl Daemon {
             };
             match sent {
                 Ok(()) => {
+                    self.sample_wake(key);
                     self.conns[key as usize].phase = Phase::InFlight;
                     self.tracker.in_flight += 1;
                 }

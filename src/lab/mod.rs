@@ -3,6 +3,7 @@
 
 mod demo;
 pub mod load;
+pub mod rig;
 pub mod serve;
 
 use std::process::ExitCode;
@@ -65,8 +66,22 @@ fn stats(args: Vec<String>) -> ExitCode {
         }
     }
     match crate::link::stats(&socket) {
-        Ok(s) => {
-            println!("{s:#?}");
+        Ok(mut s) => {
+            let wake_ms: Vec<f64> = s.wake_us.iter().map(|&u| u as f64 / 1000.0).collect();
+            s.wake_us.clear();
+            let text = format!("{s:#?}");
+            // Everything but the latency samples, which get a summary.
+            for line in text.lines().filter(|l| !l.contains("wake_us")) {
+                println!("{line}");
+            }
+            let q = |p| load::quantile(&wake_ms, p).map_or("-".into(), |v| format!("{v:.3}"));
+            println!(
+                "wake latency (change noticed -> descriptor sent back), last {} wakes: \
+                 median {} ms, p99 {} ms",
+                wake_ms.len(),
+                q(0.5),
+                q(0.99)
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -150,6 +150,10 @@ pub struct Stats {
     pub hung_up: u64,
     pub gave_up: u64,
     pub keepalives: u64,
+    /// The latest wake latencies (at most 4096), in microseconds: from the
+    /// daemon noticing a watched change to the client's descriptor being
+    /// sent back (to the tracker, or to Dovecot's imap-master).
+    pub wake_us: Vec<u32>,
 }
 
 /// An authenticated client, login process -> tracker, with its descriptor.

@@ -1,27 +1,16 @@
-//! The whole native system as real processes: imap-idle, imap-tracker, the
-//! reference login process and mail processes, in a private directory.
+//! The whole native system as real processes (the lab's rig), for tests:
+//! failures panic with the processes' logs.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::collections::HashSet;
+use std::ops::{Deref, DerefMut};
+use std::path::Path;
 use std::time::Duration;
 
-use super::{wait_for, WAIT};
-use imap_idle::link;
+#[allow(unused_imports)]
+pub use imap_idle::lab::rig::native::PASSWORD;
+use imap_idle::lab::rig::native::{NativeOptions, NativeStack};
 
-pub const PASSWORD: &str = "secret";
-
-pub struct Stack {
-    pub dir: tempfile::TempDir,
-    pub run: PathBuf,
-    pub mail_root: PathBuf,
-    pub port: u16,
-    idle: Child,
-    tracker: Child,
-    login: Child,
-    pub mails: Vec<Child>,
-    park_after: u32,
-}
+pub struct Stack(NativeStack);
 
 pub struct Options<'a> {
     pub policy: &'a str,
@@ -46,140 +35,41 @@ impl Default for Options<'_> {
     }
 }
 
-fn spawn(cmd: &mut Command, log: &Path) -> Child {
-    cmd.env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stderr(std::fs::File::create(log).expect("log file"))
-        .spawn()
-        .expect("spawn")
+impl Deref for Stack {
+    type Target = NativeStack;
+    fn deref(&self) -> &NativeStack {
+        &self.0
+    }
+}
+
+impl DerefMut for Stack {
+    fn deref_mut(&mut self) -> &mut NativeStack {
+        &mut self.0
+    }
 }
 
 impl Stack {
     pub fn start(o: Options<'_>) -> Stack {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let run = dir.path().join("run");
-        let mail_root = dir.path().join("mail");
-        let passwd = dir.path().join("passwd");
-        let accounts: String = o
-            .users
-            .iter()
-            .map(|(u, uid)| format!("{u}:{PASSWORD}:{uid}\n"))
-            .collect();
-        std::fs::write(&passwd, accounts).expect("passwd");
-        let idle = spawn(
-            Command::new(env!("CARGO_BIN_EXE_imap-idle"))
-                .arg("--runtime-dir")
-                .arg(&run)
-                .args(["--log-level", "debug"]),
-            &dir.path().join("imap-idle.log"),
-        );
-        wait_for(
-            || link::stats(&run.join("park")).is_ok(),
-            "imap-idle to listen",
-        );
-        let lab = env!("CARGO_BIN_EXE_imap-idle-lab");
-        let mail_cmd = format!(
-            "{lab} serve mail --runtime-dir {} --maildir {}/%u/Maildir --park-after {} --log-level debug 2>>{}/mail-spawned.log",
-            run.display(),
-            mail_root.display(),
-            o.park_after,
-            dir.path().display()
-        );
-        let mut tracker_cmd = Command::new(env!("CARGO_BIN_EXE_imap-tracker"));
-        tracker_cmd.arg("--runtime-dir").arg(&run).args([
-            "--policy",
-            o.policy,
-            "--log-level",
-            "debug",
-        ]);
-        if o.spawn {
-            tracker_cmd.args(["--spawn", &mail_cmd, "--max-processes", "8"]);
-        }
-        let tracker = spawn(&mut tracker_cmd, &dir.path().join("imap-tracker.log"));
-        wait_for(
-            || run.join("tracker-control").exists(),
-            "imap-tracker to listen",
-        );
-        let mut login = Command::new(lab)
-            .args(["serve", "login", "--listen", "127.0.0.1:0", "--passwd"])
-            .arg(&passwd)
-            .arg("--runtime-dir")
-            .arg(&run)
-            .args(["--log-level", "debug"])
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(dir.path().join("login.log")).expect("log"))
-            .spawn()
-            .expect("spawn login");
-        let mut first = String::new();
-        let out = login.stdout.take().expect("login stdout");
-        BufReader::new(out)
-            .read_line(&mut first)
-            .expect("login's first line");
-        let port = first
-            .trim()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("login said {first:?}"));
-        let mut s = Stack {
-            dir,
-            run,
-            mail_root,
-            port,
-            idle,
-            tracker,
-            login,
-            mails: Vec::new(),
+        let bin = Path::new(env!("CARGO_BIN_EXE_imap-idle"))
+            .parent()
+            .expect("binaries' directory");
+        let opts = NativeOptions {
+            policy: o.policy.into(),
+            mails: o.mails,
+            spawn: o.spawn,
             park_after: o.park_after,
+            users: o.users.iter().map(|(u, id)| (u.to_string(), *id)).collect(),
+            ..NativeOptions::default()
         };
-        for _ in 0..o.mails {
-            s.add_mail();
-        }
-        s
+        Stack(NativeStack::start(bin, &opts).expect("start the native stack"))
     }
 
-    /// Start one more mail process and wait until the tracker has it.
     pub fn add_mail(&mut self) -> u32 {
-        let n = self.mails.len();
-        let child = spawn(
-            Command::new(env!("CARGO_BIN_EXE_imap-idle-lab"))
-                .args(["serve", "mail", "--runtime-dir"])
-                .arg(&self.run)
-                .arg("--maildir")
-                .arg(format!("{}/%u/Maildir", self.mail_root.display()))
-                .args(["--park-after", &self.park_after.to_string()])
-                .args(["--log-level", "debug"]),
-            &self.dir.path().join(format!("mail-{n}.log")),
-        );
-        let pid = child.id();
-        self.mails.push(child);
-        wait_for(
-            || self.tracker_log().contains(&format!("pid={pid} uid=")),
-            "the mail process to register",
-        );
-        pid
-    }
-
-    pub fn maildir(&self, user: &str) -> PathBuf {
-        self.mail_root.join(user).join("Maildir")
-    }
-
-    pub fn park_socket(&self) -> PathBuf {
-        self.run.join("park")
+        self.0.add_mail().expect("start a mail process")
     }
 
     pub fn who(&self, user: Option<&str>) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_imap-tracker"))
-            .arg("who")
-            .args(user)
-            .arg("--runtime-dir")
-            .arg(&self.run)
-            .output()
-            .expect("run imap-tracker who");
-        assert!(out.status.success(), "who failed: {out:?}");
-        String::from_utf8(out.stdout).expect("utf-8")
+        self.0.who(user).expect("imap-tracker who")
     }
 
     /// `who` rows as (user, process column, state).
@@ -199,36 +89,16 @@ impl Stack {
             .collect()
     }
 
-    pub fn parked(&self) -> u64 {
-        link::stats(&self.park_socket()).map_or(0, |s| s.parked)
-    }
-
     pub fn wait_parked(&self, n: u64, timeout: Duration) {
-        let end = std::time::Instant::now() + timeout;
-        while self.parked() != n {
-            assert!(
-                std::time::Instant::now() < end,
-                "{} parked, expected {n}; who:\n{}",
-                self.parked(),
-                self.who(None)
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        if let Err(e) = self.0.wait_parked(n, timeout) {
+            panic!("{e}; who:\n{}", self.who(None));
         }
-    }
-
-    pub fn tracker_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("imap-tracker.log")).unwrap_or_default()
-    }
-
-    pub fn kill_mail(&mut self, i: usize) {
-        let _ = self.mails[i].kill();
-        let _ = self.mails[i].wait();
     }
 }
 
 /// How many TCP connections a process holds (its IMAP clients).
 pub fn tcp_sockets_of(pid: u32) -> usize {
-    let mut tcp_inodes = std::collections::HashSet::new();
+    let mut tcp_inodes = HashSet::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         for line in std::fs::read_to_string(table)
             .unwrap_or_default()
@@ -254,15 +124,6 @@ pub fn tcp_sockets_of(pid: u32) -> usize {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        for c in self
-            .mails
-            .iter_mut()
-            .chain([&mut self.login, &mut self.tracker, &mut self.idle])
-        {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // Processes the tracker spawned end when their tracker link closes.
         if std::thread::panicking() {
             for f in [
                 "imap-tracker.log",
@@ -270,7 +131,7 @@ impl Drop for Stack {
                 "login.log",
                 "mail-0.log",
             ] {
-                let text = std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
+                let text = self.log(f);
                 let tail: Vec<&str> = text.lines().rev().take(40).collect();
                 eprintln!("--- {f} (last lines) ---");
                 for l in tail.iter().rev() {
@@ -279,8 +140,4 @@ impl Drop for Stack {
             }
         }
     }
-}
-
-pub fn wait() -> Duration {
-    WAIT
 }

@@ -1,0 +1,285 @@
+//! The whole native system as real processes in a private directory:
+//! imap-idle, imap-tracker, the reference login process and mail
+//! processes. Used by `imap-idle-lab bench` and by the tests.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{wait_until, PrivateDir};
+use crate::link;
+
+pub const PASSWORD: &str = "secret";
+
+pub struct NativeOptions {
+    pub policy: String,
+    /// Mail processes started up front.
+    pub mails: usize,
+    /// Let the tracker start mail processes itself (`--spawn`).
+    pub spawn: bool,
+    /// Seconds in IDLE before a mail process parks a client; 0 never.
+    pub park_after: u32,
+    /// (user, uid) accounts; every password is [`PASSWORD`].
+    pub users: Vec<(String, u32)>,
+    /// Clients per mail process.
+    pub capacity: u32,
+    pub log_level: String,
+}
+
+impl Default for NativeOptions {
+    fn default() -> Self {
+        NativeOptions {
+            policy: "prefer-user".into(),
+            mails: 1,
+            spawn: false,
+            park_after: 1,
+            users: ["alice", "bob", "carol"]
+                .iter()
+                .map(|u| (u.to_string(), 0))
+                .collect(),
+            capacity: 1000,
+            log_level: "debug".into(),
+        }
+    }
+}
+
+pub struct NativeStack {
+    pub dir: PathBuf,
+    pub run: PathBuf,
+    pub mail_root: PathBuf,
+    pub port: u16,
+    pub idle: Child,
+    pub tracker: Child,
+    login: Child,
+    pub mails: Vec<Child>,
+    bin: PathBuf,
+    park_after: u32,
+    capacity: u32,
+    log_level: String,
+    _private: PrivateDir,
+}
+
+fn spawn(cmd: &mut Command, log: &Path) -> Result<Child, String> {
+    let file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    cmd.env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .map_err(|e| format!("starting {cmd:?}: {e}"))
+}
+
+impl NativeStack {
+    /// Start everything from the binaries in `bin` (imap-idle,
+    /// imap-tracker, imap-idle-lab).
+    pub fn start(bin: &Path, o: &NativeOptions) -> Result<NativeStack, String> {
+        let private = PrivateDir::new("native")?;
+        let dir = private.path().to_path_buf();
+        let run = dir.join("run");
+        let mail_root = dir.join("mail");
+        let passwd = dir.join("passwd");
+        let accounts: String = o
+            .users
+            .iter()
+            .map(|(u, uid)| format!("{u}:{PASSWORD}:{uid}\n"))
+            .collect();
+        std::fs::write(&passwd, accounts).map_err(|e| e.to_string())?;
+        let mut idle = spawn(
+            Command::new(bin.join("imap-idle"))
+                .arg("--runtime-dir")
+                .arg(&run)
+                .args(["--log-level", &o.log_level]),
+            &dir.join("imap-idle.log"),
+        )?;
+        if let Err(e) = wait_until(
+            || link::stats(&run.join("park")).is_ok(),
+            "imap-idle to listen",
+            Duration::from_secs(10),
+        ) {
+            let _ = idle.kill();
+            return Err(e);
+        }
+        let lab = bin.join("imap-idle-lab");
+        let mail_cmd = format!(
+            "{} serve mail --runtime-dir {} --maildir {}/%u/Maildir --park-after {} \
+             --capacity {} --log-level {} 2>>{}/mail-spawned.log",
+            lab.display(),
+            run.display(),
+            mail_root.display(),
+            o.park_after,
+            o.capacity,
+            o.log_level,
+            dir.display()
+        );
+        let mut tracker_cmd = Command::new(bin.join("imap-tracker"));
+        tracker_cmd.arg("--runtime-dir").arg(&run).args([
+            "--policy",
+            &o.policy,
+            "--log-level",
+            &o.log_level,
+        ]);
+        if o.spawn {
+            tracker_cmd.args(["--spawn", &mail_cmd, "--max-processes", "8"]);
+        }
+        let tracker = spawn(&mut tracker_cmd, &dir.join("imap-tracker.log"))?;
+        let control = run.join("tracker-control");
+        let mut login = Command::new(&lab)
+            .args(["serve", "login", "--listen", "127.0.0.1:0", "--passwd"])
+            .arg(&passwd)
+            .arg("--runtime-dir")
+            .arg(&run)
+            .args(["--log-level", &o.log_level])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.join("login.log")).map_err(|e| e.to_string())?)
+            .spawn()
+            .map_err(|e| format!("starting the login process: {e}"))?;
+        let mut first = String::new();
+        if let Some(out) = login.stdout.take() {
+            let _ = BufReader::new(out).read_line(&mut first);
+        }
+        let port = first
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let mut s = NativeStack {
+            dir,
+            run,
+            mail_root,
+            port,
+            idle,
+            tracker,
+            login,
+            mails: Vec::new(),
+            bin: bin.to_path_buf(),
+            park_after: o.park_after,
+            capacity: o.capacity,
+            log_level: o.log_level.clone(),
+            _private: private,
+        };
+        if port == 0 {
+            return Err(format!("the login process said {first:?}"));
+        }
+        wait_until(
+            || control.exists(),
+            "imap-tracker to listen",
+            Duration::from_secs(10),
+        )?;
+        for _ in 0..o.mails {
+            s.add_mail()?;
+        }
+        Ok(s)
+    }
+
+    /// Start one more mail process and wait until the tracker has it.
+    pub fn add_mail(&mut self) -> Result<u32, String> {
+        let n = self.mails.len();
+        let child = spawn(
+            Command::new(self.bin.join("imap-idle-lab"))
+                .args(["serve", "mail", "--runtime-dir"])
+                .arg(&self.run)
+                .arg("--maildir")
+                .arg(format!("{}/%u/Maildir", self.mail_root.display()))
+                .args(["--park-after", &self.park_after.to_string()])
+                .args(["--capacity", &self.capacity.to_string()])
+                .args(["--log-level", &self.log_level]),
+            &self.dir.join(format!("mail-{n}.log")),
+        )?;
+        let pid = child.id();
+        self.mails.push(child);
+        wait_until(
+            || self.tracker_log().contains(&format!("pid={pid} uid=")),
+            "the mail process to register",
+            Duration::from_secs(10),
+        )?;
+        Ok(pid)
+    }
+
+    pub fn maildir(&self, user: &str) -> PathBuf {
+        self.mail_root.join(user).join("Maildir")
+    }
+
+    pub fn park_socket(&self) -> PathBuf {
+        self.run.join("park")
+    }
+
+    /// What `imap-tracker who [USER]` prints.
+    pub fn who(&self, user: Option<&str>) -> Result<String, String> {
+        let out = Command::new(self.bin.join("imap-tracker"))
+            .arg("who")
+            .args(user)
+            .arg("--runtime-dir")
+            .arg(&self.run)
+            .output()
+            .map_err(|e| format!("running imap-tracker who: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn stats(&self) -> Result<crate::proto::native::Stats, String> {
+        link::stats(&self.park_socket()).map_err(|e| e.to_string())
+    }
+
+    pub fn parked(&self) -> u64 {
+        self.stats().map_or(0, |s| s.parked)
+    }
+
+    pub fn wait_parked(&self, n: u64, timeout: Duration) -> Result<(), String> {
+        let end = Instant::now() + timeout;
+        loop {
+            let now = self.parked();
+            if now == n {
+                return Ok(());
+            }
+            if Instant::now() >= end {
+                return Err(format!("{now} parked after {timeout:?}, expected {n}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
+    }
+
+    pub fn tracker_log(&self) -> String {
+        self.log("imap-tracker.log")
+    }
+
+    /// Mail processes: the ones started here and the ones the tracker spawned.
+    pub fn mail_pids(&self) -> Vec<u32> {
+        let lab = self.bin.join("imap-idle-lab");
+        let mut pids: Vec<u32> = self.mails.iter().map(Child::id).collect();
+        pids.extend(super::procfs::children_named(
+            self.tracker.id(),
+            &lab.display().to_string(),
+        ));
+        pids
+    }
+
+    pub fn kill_mail(&mut self, i: usize) {
+        if let Some(c) = self.mails.get_mut(i) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NativeStack {
+    fn drop(&mut self) {
+        for c in self
+            .mails
+            .iter_mut()
+            .chain([&mut self.login, &mut self.tracker, &mut self.idle])
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Processes the tracker spawned end when their tracker link closes.
+    }
+}

@@ -1,0 +1,86 @@
+//! What /proc says about a process: memory, descriptors, wake-ups.
+
+/// Proportional set size in kB (shared pages divided among their users).
+pub fn pss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|r| {
+            r.lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Open descriptors.
+pub fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Open inotify instances.
+pub fn inotify_instances(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| {
+        d.flatten()
+            .filter(|e| {
+                std::fs::read_link(e.path())
+                    .is_ok_and(|t| t.to_string_lossy() == "anon_inode:inotify")
+            })
+            .count()
+    })
+}
+
+/// Context switches so far (voluntary + involuntary): each is the
+/// process going to sleep or being put to sleep, so their growth over an
+/// idle period counts its wake-ups.
+pub fn context_switches(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .filter(|l| l.contains("ctxt_switches:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Processes whose parent is `ppid` and whose argv[0] (up to a space) is
+/// `name`.
+pub fn children_named(ppid: u32, name: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in dir.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let rest = stat.get(stat.rfind(')').unwrap_or(0) + 2..).unwrap_or("");
+        let parent: u32 = rest
+            .split(' ')
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let argv0 = cmd.split(|&b| b == 0 || b == b' ').next().unwrap_or(&[]);
+        if parent == ppid && argv0 == name.as_bytes() {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_our_own_process() {
+        let me = std::process::id();
+        assert!(pss_kb(me) > 0);
+        assert!(fds(me) >= 3);
+        let _i = inotify::Inotify::init().unwrap();
+        assert!(inotify_instances(me) >= 1);
+        assert!(context_switches(me) > 0);
+    }
+}
