@@ -1,6 +1,7 @@
 //! Lab tools for trying imap-idle out: the reference IMAP server, the
 //! demo, statistics.
 
+pub mod bench;
 mod demo;
 pub mod load;
 pub mod rig;
@@ -14,6 +15,9 @@ Usage: imap-idle-lab COMMAND [OPTIONS]
 Commands:
   demo    park a connection in a running imap-idle and show every way it
           wakes (acts as the daemon's tracker and as a mail process)
+  bench   start our stack (and with --dovecot a private Dovecot twice),
+          hold thousands of idle clients, print one table of costs and
+          latencies; --quick takes under a minute
   load    hold N idle IMAP clients against any IMAP server, deliver mail,
           measure delivery -> EXISTS
   serve   the reference IMAP login and mail processes (a reference peer
@@ -30,6 +34,7 @@ pub fn main() -> ExitCode {
         Some("demo") => demo::main(args.collect()),
         Some("serve") => serve::main(args.collect()),
         Some("load") => load::main(args.collect()),
+        Some("bench") => bench::main(args.collect()),
         // Started by `load` itself, one per client process.
         Some("load-worker") => load::worker::main(),
         Some("stats") => stats(args.collect()),

@@ -44,6 +44,8 @@ pub enum Hibernation {
     /// Dovecot's listener disabled (`mode = 0`); our binary started on its
     /// own with `--dovecot-base-dir`, binding the listener itself.
     Standalone,
+    /// No hibernation: every idle client keeps its imap process.
+    Off,
 }
 
 pub struct Dovecot {
@@ -116,6 +118,8 @@ impl Dovecot {
                     "imap_hibernate_timeout = 1s",
                 ),
             Hibernation::Dovecot => String::new(),
+            // Later settings win in Dovecot's config: this turns it off.
+            Hibernation::Off => "imap_hibernate_timeout = 0\n".into(),
             Hibernation::Standalone => {
                 "service imap-hibernate {\n  unix_listener imap-hibernate {\n    mode = 0\n  }\n}\n"
                     .into()

@@ -112,11 +112,17 @@ impl NativeStack {
             dir.display()
         );
         let mut tracker_cmd = Command::new(bin.join("imap-tracker"));
+        // At least info: registrations are how we know a mail process is up.
+        let tracker_level = if o.log_level == "debug" {
+            "debug"
+        } else {
+            "info"
+        };
         tracker_cmd.arg("--runtime-dir").arg(&run).args([
             "--policy",
             &o.policy,
             "--log-level",
-            &o.log_level,
+            tracker_level,
         ]);
         if o.spawn {
             tracker_cmd.args(["--spawn", &mail_cmd, "--max-processes", "8"]);
@@ -194,7 +200,14 @@ impl NativeStack {
             || self.tracker_log().contains(&format!("pid={pid} uid=")),
             "the mail process to register",
             Duration::from_secs(10),
-        )?;
+        )
+        .map_err(|e| {
+            format!(
+                "{e}\nmail process log:\n{}\ntracker log:\n{}",
+                self.log(&format!("mail-{n}.log")),
+                self.tracker_log()
+            )
+        })?;
         Ok(pid)
     }
 
