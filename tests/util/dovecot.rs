@@ -43,7 +43,8 @@ impl Deref for Dovecot {
 impl Dovecot {
     pub fn start(users: &[String], hibernation: Hibernation) -> Dovecot {
         let bin = Path::new(env!("CARGO_BIN_EXE_imap-idle"));
-        Dovecot(rig::Dovecot::start(users, hibernation, bin).expect("start Dovecot"))
+        // Short keepalives, so a test sees one soon.
+        Dovecot(rig::Dovecot::start(users, hibernation, bin, 3).expect("start Dovecot"))
     }
 
     pub fn deliver(&self, user: &str, name: &str) {

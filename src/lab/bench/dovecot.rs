@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::figures::Figures;
-use super::{say, settled_fds, Sizes};
+use super::{merge_failures, say, settled_fds, Sizes, DONE_RATE};
 use crate::lab::load::{Delivery, Load, LoadOptions, Report};
 use crate::lab::rig::dovecot::{raise_inotify_instances, Dovecot, Hibernation, PASSWORD};
 use crate::lab::rig::procfs;
@@ -57,11 +57,8 @@ impl Holder {
             .sum()
     }
 
-    fn context_switches(&self) -> u64 {
-        self.pids
-            .iter()
-            .map(|&p| procfs::context_switches(p as u32))
-            .sum()
+    fn wakeups(&self) -> u64 {
+        self.pids.iter().map(|&p| procfs::wakeups(p as u32)).sum()
     }
 }
 
@@ -99,7 +96,8 @@ pub fn run(
     let split = s.n1.div_ceil(PER_USER);
     let mut all = names.clone();
     all.push("mass".into());
-    let dc = Dovecot::start(&all, how, &bin.join("imap-idle"))?;
+    // Dovecot's default keepalive interval, as in our native runs.
+    let dc = Dovecot::start(&all, how, &bin.join("imap-idle"), 120)?;
     let settle = Duration::from_secs(600);
 
     say(&format!("{name}: {} idle clients", s.n1));
@@ -135,10 +133,10 @@ pub fn run(
         "{name}: watching the idle hibernation process for {:.0} s",
         s.idle_window.as_secs_f64()
     ));
-    let before = h.context_switches();
+    let before = h.wakeups();
     std::thread::sleep(s.idle_window);
     f.wakeup_window_secs = s.idle_window.as_secs_f64();
-    f.wakeups_per_sec = Some((h.context_switches() - before) as f64 / f.wakeup_window_secs);
+    f.wakeups_per_sec = Some((h.wakeups() - before) as f64 / f.wakeup_window_secs);
 
     let maildir = Delivery::Maildir(format!("{}/mail/%u/Maildir", dc.dir.display()));
     say(&format!(
@@ -163,12 +161,13 @@ pub fn run(
     c.deliver(&maildir, 1, 0.0)?;
     c.wait_exists(Duration::from_secs(120));
 
-    let reports: Vec<Report> = vec![a.finish(), b.finish(), c.finish()];
+    let reports: Vec<Report> = vec![a.finish_paced(DONE_RATE), b.finish(), c.finish()];
     f.exists_ms = reports[0].latency_ms.clone();
     f.exists_expected = reports[0].exists_expected;
     f.mass_k = s.mass_k;
     f.mass_ms = reports[2].latency_ms.clone();
-    f.done_ms = reports.iter().flat_map(|r| r.done_ms.clone()).collect();
+    f.done_ms = reports[0].done_ms.clone();
+    f.failures = merge_failures(&reports);
     f.keepalives = reports.iter().map(|r| r.keepalives).sum();
     f.failed = reports.iter().map(Report::failed).sum();
     Ok(f)
@@ -180,7 +179,7 @@ pub fn imap_process_bytes(bin: &Path, clients: usize, progress: bool) -> Result<
     let names: Vec<String> = (1..=clients.div_ceil(PER_USER))
         .map(|i| format!("u{i}"))
         .collect();
-    let dc = Dovecot::start(&names, Hibernation::Off, &bin.join("imap-idle"))?;
+    let dc = Dovecot::start(&names, Hibernation::Off, &bin.join("imap-idle"), 120)?;
     let load = Load::connect(&load_opts(dc.port, clients, &names, progress))?;
     std::thread::sleep(Duration::from_secs(1));
     let kb: u64 = dc

@@ -33,6 +33,8 @@ pub struct Figures {
     pub wakeup_window_secs: f64,
     pub keepalives: u64,
     pub failed: usize,
+    /// Why clients failed, with counts.
+    pub failures: Vec<(String, usize)>,
 }
 
 fn q(v: &[f64], p: f64) -> Option<f64> {

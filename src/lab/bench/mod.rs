@@ -82,6 +82,23 @@ impl Sizes {
     }
 }
 
+/// DONEs per second when timing DONE -> OK: one client typing, not a
+/// stampede of thousands at once.
+pub const DONE_RATE: f64 = 500.0;
+
+/// The failure reasons of several loads, most common first.
+pub fn merge_failures(reports: &[crate::lab::load::Report]) -> Vec<(String, usize)> {
+    let mut all: Vec<(String, usize)> = Vec::new();
+    for (why, n) in reports.iter().flat_map(|r| r.failures.iter()) {
+        match all.iter_mut().find(|(w, _)| w == why) {
+            Some((_, m)) => *m += n,
+            None => all.push((why.clone(), *n)),
+        }
+    }
+    all.sort_by_key(|f| std::cmp::Reverse(f.1));
+    all
+}
+
 /// Progress on stderr.
 pub fn say(line: &str) {
     if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {
@@ -249,6 +266,12 @@ fn run(quick: bool, with_dovecot: bool, clients: Option<usize>) -> Result<bool, 
     println!("machine: {}", machine());
     println!();
     print!("{}", figures::table(&rows));
+    for r in rows.iter().filter(|r| !r.failures.is_empty()) {
+        println!("why clients failed ({}):", r.name);
+        for (why, n) in r.failures.iter().take(5) {
+            println!("  {n:>6}  {why}");
+        }
+    }
     println!();
     println!("targets:");
     print!("{}", figures::targets(&rows));

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::figures::Figures;
-use super::{say, settled_fds, Sizes};
+use super::{merge_failures, say, settled_fds, Sizes, DONE_RATE};
 use crate::lab::load::{Delivery, Load, LoadOptions, Report};
 use crate::lab::rig::native::{NativeOptions, NativeStack, PASSWORD};
 use crate::lab::rig::{procfs, wait_until, PrivateDir};
@@ -123,9 +123,9 @@ pub fn run(bin: &Path, s: &Sizes, progress: bool) -> Result<Figures, String> {
         "native: watching the idle daemon's wake-ups for {:.0} s",
         s.idle_window.as_secs_f64()
     ));
-    let before = procfs::context_switches(idle_pid);
+    let before = procfs::wakeups(idle_pid);
     std::thread::sleep(s.idle_window);
-    let after = procfs::context_switches(idle_pid);
+    let after = procfs::wakeups(idle_pid);
     f.wakeup_window_secs = s.idle_window.as_secs_f64();
     f.wakeups_per_sec = Some((after - before) as f64 / f.wakeup_window_secs);
 
@@ -152,12 +152,13 @@ pub fn run(bin: &Path, s: &Sizes, progress: bool) -> Result<Figures, String> {
     c.deliver(&maildir, 1, 0.0)?;
     c.wait_exists(Duration::from_secs(60));
 
-    let reports: Vec<Report> = vec![a.finish(), b.finish(), c.finish()];
+    let reports: Vec<Report> = vec![a.finish_paced(DONE_RATE), b.finish(), c.finish()];
     f.exists_ms = reports[0].latency_ms.clone();
     f.exists_expected = reports[0].exists_expected;
     f.mass_k = s.mass_k;
     f.mass_ms = reports[2].latency_ms.clone();
-    f.done_ms = reports.iter().flat_map(|r| r.done_ms.clone()).collect();
+    f.done_ms = reports[0].done_ms.clone();
+    f.failures = merge_failures(&reports);
     f.keepalives = reports.iter().map(|r| r.keepalives).sum();
     f.failed = reports.iter().map(Report::failed).sum();
     drop(stack);

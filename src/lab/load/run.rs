@@ -318,11 +318,25 @@ impl Load {
     }
 
     /// End IDLE everywhere (timing DONE -> OK), log out, and report.
-    pub fn finish(mut self) -> Report {
+    pub fn finish(self) -> Report {
+        self.finish_paced(0.0)
+    }
+
+    /// `finish`, sending at most `rate` DONEs a second (0: all at once), so
+    /// DONE -> OK measures a client typing rather than a stampede.
+    pub fn finish_paced(mut self, rate: f64) -> Report {
+        let per_worker = rate / self.workers.len().max(1) as f64;
         for w in &mut self.workers {
-            let _ = w.stdin.write_all(b"finish\n");
+            let _ = w
+                .stdin
+                .write_all(format!("finish {per_worker}\n").as_bytes());
         }
-        let end = Instant::now() + Duration::from_secs(self.opts.timeout_secs);
+        let pacing = if rate > 0.0 {
+            Duration::from_secs_f64(self.opts.clients as f64 / rate)
+        } else {
+            Duration::ZERO
+        };
+        let end = Instant::now() + pacing + Duration::from_secs(self.opts.timeout_secs);
         while !self.workers.iter().all(|w| w.ended) && Instant::now() < end {
             self.pump((Instant::now() + Duration::from_millis(100)).min(end));
         }

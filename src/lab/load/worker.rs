@@ -3,7 +3,8 @@
 //!
 //! Orders come on stdin, one per line: `target ADDR`, `mailbox NAME`,
 //! `timeout SECS`, `rate PER_SEC`, `client USER PASSWORD` (one per
-//! connection), `go`, later `finish`. Reports go to stdout: `progress IDLE
+//! connection), `go`, later `finish [PER_SEC]` (DONE to every idle client,
+//! at most PER_SEC a second when given). Reports go to stdout: `progress IDLE
 //! FAILED`, `ready`, `exists INDEX NS`, `fail INDEX REASON`, then after
 //! `finish`: `done INDEX NS`, `keepalives COUNT` and `end`. NS are
 //! CLOCK_MONOTONIC nanoseconds, comparable across processes.
@@ -43,6 +44,11 @@ struct Worker {
     rate: f64,
     started_at: u64,
     finishing: Option<u64>,
+    /// DONEs per second while finishing; 0 for all at once.
+    finish_rate: f64,
+    /// Clients before this index have been sent DONE (or were not idle).
+    finish_next: usize,
+    finish_sent: usize,
     out: io::BufWriter<io::Stdout>,
     buf: Vec<u8>,
 }
@@ -111,6 +117,9 @@ fn run() -> Result<(), String> {
         rate,
         started_at: now,
         finishing: None,
+        finish_rate: 0.0,
+        finish_next: 0,
+        finish_sent: 0,
         out: io::BufWriter::new(io::stdout()),
         buf: vec![0; 16 * 1024],
     };
@@ -150,7 +159,11 @@ impl Worker {
                 let _ = writeln!(self.out, "ready");
                 ready_sent = true;
             }
-            if self.finishing.is_some() && self.all_finished() {
+            self.finish_more();
+            if self.finishing.is_some()
+                && self.finish_next == self.conns.len()
+                && self.all_finished()
+            {
                 let keepalives: u64 = self.conns.iter().map(|c| c.client.keepalives as u64).sum();
                 let _ = writeln!(self.out, "keepalives {keepalives}");
                 let _ = writeln!(self.out, "end");
@@ -175,8 +188,9 @@ impl Worker {
         }
         while let Some(end) = buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = buf.drain(..=end).collect();
-            if line.starts_with(b"finish") {
-                self.finish();
+            if let Some(rest) = line.strip_prefix(b"finish") {
+                let rate = String::from_utf8_lossy(rest).trim().parse().unwrap_or(0.0);
+                self.finish(rate);
             }
         }
         true
@@ -338,13 +352,29 @@ impl Worker {
         }
     }
 
-    fn finish(&mut self) {
-        let now = mono_ns();
-        self.finishing = Some(now);
-        for i in 0..self.conns.len() {
-            if let Some(done) = self.conns[i].client.finish(now) {
+    fn finish(&mut self, rate: f64) {
+        self.finishing = Some(mono_ns());
+        self.finish_rate = rate;
+        self.finish_more();
+    }
+
+    /// Send DONE to the next clients, as many as the rate allows by now.
+    fn finish_more(&mut self) {
+        let Some(since) = self.finishing else {
+            return;
+        };
+        let allowed = if self.finish_rate > 0.0 {
+            (mono_ns().saturating_sub(since) as f64 / 1e9 * self.finish_rate) as usize + 1
+        } else {
+            usize::MAX
+        };
+        while self.finish_next < self.conns.len() && self.finish_sent < allowed {
+            let i = self.finish_next;
+            self.finish_next += 1;
+            if let Some(done) = self.conns[i].client.finish(mono_ns()) {
                 self.conns[i].out.extend_from_slice(done.as_bytes());
                 self.flush(i);
+                self.finish_sent += 1;
             }
         }
     }

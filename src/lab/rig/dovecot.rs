@@ -78,11 +78,13 @@ fn io<T>(what: impl std::fmt::Display, r: std::io::Result<T>) -> Result<T, Strin
 
 impl Dovecot {
     /// Start Dovecot (it must be installed, and we must be root); the
-    /// imap-idle binary used is `idle_bin`.
+    /// imap-idle binary used is `idle_bin`; idle clients get `* OK Still
+    /// here` every `keepalive_secs` (Dovecot's imap_idle_notify_interval).
     pub fn start(
         users: &[String],
         hibernation: Hibernation,
         idle_bin: &Path,
+        keepalive_secs: u32,
     ) -> Result<Dovecot, String> {
         let private = PrivateDir::new("dovecot")?;
         let dir = private.path().to_path_buf();
@@ -153,7 +155,7 @@ userdb {{
   args = uid=nobody gid=nogroup home={d}/mail/%u
 }}
 mail_location = maildir:{d}/mail/%u/Maildir
-imap_idle_notify_interval = 3 secs
+imap_idle_notify_interval = {keepalive_secs} secs
 service imap-login {{
   inet_listener imap {{
     address = 127.0.0.1

@@ -29,16 +29,16 @@ pub fn inotify_instances(pid: u32) -> usize {
     })
 }
 
-/// Context switches so far (voluntary + involuntary): each is the
-/// process going to sleep or being put to sleep, so their growth over an
-/// idle period counts its wake-ups.
-pub fn context_switches(pid: u32) -> u64 {
+/// Voluntary context switches so far: each is the process going back to
+/// sleep, so their growth over an idle period counts its wake-ups.
+/// (Involuntary ones are preemptions while it runs, not wake-ups.)
+pub fn wakeups(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .filter(|l| l.contains("ctxt_switches:"))
-        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .sum()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Processes whose parent is `ppid` and whose argv[0] (up to a space) is
@@ -81,6 +81,7 @@ mod tests {
         assert!(fds(me) >= 3);
         let _i = inotify::Inotify::init().unwrap();
         assert!(inotify_instances(me) >= 1);
-        assert!(context_switches(me) > 0);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(wakeups(me) > 0);
     }
 }
