@@ -90,3 +90,34 @@ fn a_refused_login_is_reported_with_its_reason() {
     assert!(json.contains("\"failed\":2"), "{json}");
     assert!(table.contains("INCOMPLETE"), "{table}");
 }
+
+#[test]
+fn deliveries_by_command_are_timed_too() {
+    let s = Stack::start(Options::default());
+    let cmd = format!(
+        "printf 'Subject: x\\r\\n\\r\\nx\\r\\n' > {}/%u/Maildir/new/$(date +%s%N).cmd",
+        s.mail_root.display()
+    );
+    let users = s.dir.as_path().join("users");
+    std::fs::write(&users, format!("alice:{PASSWORD}\nbob:{PASSWORD}\n")).unwrap();
+    let (ok, table, _) = load(
+        &s,
+        &[
+            "--clients",
+            "6",
+            "--users",
+            users.to_str().unwrap(),
+            "--deliver-cmd",
+            &cmd,
+            "--deliveries",
+            "2",
+            "--hold",
+            "2",
+        ],
+    );
+    assert!(ok, "{table}");
+    assert!(
+        table.contains("EXISTS received         6 of 6 expected"),
+        "{table}"
+    );
+}

@@ -161,7 +161,7 @@ pub fn run(
     c.deliver(&maildir, 1, 0.0)?;
     c.wait_exists(Duration::from_secs(120));
 
-    let reports: Vec<Report> = vec![a.finish_paced(DONE_RATE), b.finish(), c.finish()];
+    let reports: Vec<Report> = vec![a.finish_paced(DONE_RATE), b.hang_up(), c.hang_up()];
     f.exists_ms = reports[0].latency_ms.clone();
     f.exists_expected = reports[0].exists_expected;
     f.mass_k = s.mass_k;

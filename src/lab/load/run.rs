@@ -324,12 +324,19 @@ impl Load {
 
     /// `finish`, sending at most `rate` DONEs a second (0: all at once), so
     /// DONE -> OK measures a client typing rather than a stampede.
-    pub fn finish_paced(mut self, rate: f64) -> Report {
+    pub fn finish_paced(self, rate: f64) -> Report {
         let per_worker = rate / self.workers.len().max(1) as f64;
+        self.end(&format!("finish {per_worker}\n"), rate)
+    }
+
+    /// Close every connection without DONE or LOGOUT, and report.
+    pub fn hang_up(self) -> Report {
+        self.end("hangup\n", 0.0)
+    }
+
+    fn end(mut self, order: &str, rate: f64) -> Report {
         for w in &mut self.workers {
-            let _ = w
-                .stdin
-                .write_all(format!("finish {per_worker}\n").as_bytes());
+            let _ = w.stdin.write_all(order.as_bytes());
         }
         let pacing = if rate > 0.0 {
             Duration::from_secs_f64(self.opts.clients as f64 / rate)

@@ -4,7 +4,8 @@
 //! Orders come on stdin, one per line: `target ADDR`, `mailbox NAME`,
 //! `timeout SECS`, `rate PER_SEC`, `client USER PASSWORD` (one per
 //! connection), `go`, later `finish [PER_SEC]` (DONE to every idle client,
-//! at most PER_SEC a second when given). Reports go to stdout: `progress IDLE
+//! at most PER_SEC a second when given) or `hangup` (close them all).
+//! Reports go to stdout: `progress IDLE
 //! FAILED`, `ready`, `exists INDEX NS`, `fail INDEX REASON`, then after
 //! `finish`: `done INDEX NS`, `keepalives COUNT` and `end`. NS are
 //! CLOCK_MONOTONIC nanoseconds, comparable across processes.
@@ -188,7 +189,9 @@ impl Worker {
         }
         while let Some(end) = buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = buf.drain(..=end).collect();
-            if let Some(rest) = line.strip_prefix(b"finish") {
+            if line.starts_with(b"hangup") {
+                self.hang_up();
+            } else if let Some(rest) = line.strip_prefix(b"finish") {
                 let rate = String::from_utf8_lossy(rest).trim().parse().unwrap_or(0.0);
                 self.finish(rate);
             }
@@ -356,6 +359,17 @@ impl Worker {
         self.finishing = Some(mono_ns());
         self.finish_rate = rate;
         self.finish_more();
+    }
+
+    /// Close every connection without a word, as clients that go away.
+    fn hang_up(&mut self) {
+        self.finishing = Some(mono_ns());
+        self.finish_next = self.conns.len();
+        for c in &mut self.conns {
+            if let Some(mut s) = c.stream.take() {
+                let _ = self.poll.registry().deregister(&mut s);
+            }
+        }
     }
 
     /// Send DONE to the next clients, as many as the rate allows by now.

@@ -111,6 +111,11 @@ fn parse(role: Option<&str>, mut args: Args) -> Result<Option<Run>, String> {
         }
     }
     crate::idle::init_logging(&log_level);
+    // Each client is a descriptor: the default soft limit of 1024 would
+    // cap a process far below its --capacity.
+    if let Err(e) = crate::sys::limits::raise_nofile() {
+        log::warn!("cannot raise the open-file limit: {e}");
+    }
     let tracker_socket = tracker_socket
         .or_else(|| std::env::var_os("IMAP_TRACKER_SOCKET").map(PathBuf::from))
         .unwrap_or_else(|| runtime_dir.join("tracker"));
