@@ -28,6 +28,8 @@ const LISTENER: Token = Token(0);
 const CONTROL: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const FIRST_PEER: usize = 16;
+/// Answers kept for a peer that is slow to read, at most.
+const MAX_OUTBOX: usize = 65_536;
 
 pub(super) struct PeerConn {
     pub sock: SeqPacket,
@@ -39,6 +41,8 @@ pub(super) struct PeerConn {
     pub control: bool,
     /// We connected to imap-idle for this `who` query.
     pub query: Option<u64>,
+    /// Answers that did not fit in the socket yet, in order.
+    outbox: VecDeque<Message>,
 }
 
 impl PeerConn {
@@ -282,6 +286,7 @@ impl Tracker {
             role: None,
             control,
             query,
+            outbox: VecDeque::new(),
         });
         // Packets that came before registration raise no new edge.
         self.peer_event(key);
@@ -326,19 +331,72 @@ impl Tracker {
         self.close_peer(key);
     }
 
-    /// Send without an fd; a peer that cannot take it is closed.
+    /// Send without an fd. A peer slow to read gets it later, in order; a
+    /// peer that does not read at all, or is gone, is closed.
     pub(super) fn send(&mut self, key: usize, msg: &Message) -> bool {
-        let Some(p) = self.peers.get(key) else {
+        let Some(p) = self.peers.get_mut(key) else {
             return false;
         };
-        match native::send(&p.sock, msg, None) {
-            Ok(()) => true,
-            Err(e) => {
-                warn!("{}: cannot send ({e}); closing", p.who());
-                self.close_peer(key);
-                false
+        if p.outbox.is_empty() {
+            match native::send(&p.sock, msg, None) {
+                Ok(()) => return true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    warn!("{}: cannot send ({e}); closing", p.who());
+                    self.close_peer(key);
+                    return false;
+                }
             }
         }
+        if p.outbox.len() >= MAX_OUTBOX {
+            warn!("{}: {MAX_OUTBOX} answers unread; closing", p.who());
+            self.close_peer(key);
+            return false;
+        }
+        p.outbox.push_back(msg.clone());
+        self.update_interest(key);
+        true
+    }
+
+    /// Send what waited; true when the outbox is empty.
+    fn flush_outbox(&mut self, key: usize) {
+        loop {
+            let Some(p) = self.peers.get_mut(key) else {
+                return;
+            };
+            let Some(msg) = p.outbox.front() else {
+                break;
+            };
+            match native::send(&p.sock, msg, None) {
+                Ok(()) => {
+                    p.outbox.pop_front();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    warn!("{}: cannot send ({e}); closing", p.who());
+                    return self.close_peer(key);
+                }
+            }
+        }
+        self.update_interest(key);
+    }
+
+    /// Readable always; writable while something waits for room.
+    fn update_interest(&mut self, key: usize) {
+        let Some(p) = self.peers.get(key) else {
+            return;
+        };
+        let blocked = self.routing.procs.get(&key).is_some_and(|p| p.blocked);
+        let interest = if blocked || !p.outbox.is_empty() {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        let _ = self.poll.registry().reregister(
+            &mut SourceFd(&p.sock.as_raw_fd()),
+            Token(FIRST_PEER + key),
+            interest,
+        );
     }
 
     fn peer_event(&mut self, key: usize) {
@@ -685,16 +743,11 @@ impl Tracker {
         if let Some(p) = self.routing.procs.get_mut(&key) {
             p.blocked = true;
         }
-        if let Some(peer) = self.peers.get(key) {
-            let _ = self.poll.registry().reregister(
-                &mut SourceFd(&peer.sock.as_raw_fd()),
-                Token(FIRST_PEER + key),
-                Interest::READABLE | Interest::WRITABLE,
-            );
-        }
+        self.update_interest(key);
     }
 
     fn writable(&mut self, key: usize) {
+        self.flush_outbox(key);
         let Some(p) = self.routing.procs.get_mut(&key) else {
             return;
         };
@@ -702,13 +755,7 @@ impl Tracker {
             return;
         }
         p.blocked = false;
-        if let Some(peer) = self.peers.get(key) {
-            let _ = self.poll.registry().reregister(
-                &mut SourceFd(&peer.sock.as_raw_fd()),
-                Token(FIRST_PEER + key),
-                Interest::READABLE,
-            );
-        }
+        self.update_interest(key);
         self.place_pending();
     }
 

@@ -337,13 +337,14 @@ impl LoginServer {
                 debug!("user={user}: handed to the tracker (seq {seq})");
             }
             Err(e) => {
+                // Not sent: the client is still only ours.
                 warn!("user={user}: cannot hand over to the tracker: {e}");
                 c.inbuf = login.input;
-                self.drop_tracker();
                 self.reply(
                     key,
                     &format!("{tag} NO [UNAVAILABLE] Mail service unavailable, try later.\r\n"),
                 );
+                self.drop_tracker();
             }
         }
     }
@@ -393,8 +394,10 @@ impl LoginServer {
         }
     }
 
-    /// The tracker is gone: whoever waited on it is told, and the next
-    /// login reconnects.
+    /// The tracker is gone. Whoever waited on it may or may not have been
+    /// given to a mail process already: closing our copy is the only safe
+    /// move (a client served twice is worse than one that reconnects).
+    /// The next login reconnects.
     fn drop_tracker(&mut self) {
         if let Some(link) = self.tracker.take() {
             let _ = self
@@ -403,18 +406,16 @@ impl LoginServer {
                 .deregister(&mut SourceFd(&link.as_raw_fd()));
         }
         let waiting: Vec<(u64, usize)> = self.by_seq.drain().collect();
-        for (_, key) in waiting {
-            let tag = match self.clients.get_mut(key) {
-                Some(c) => {
-                    c.waiting = None;
-                    c.tag.clone()
-                }
-                None => continue,
-            };
-            self.reply(
-                key,
-                &format!("{tag} NO [UNAVAILABLE] Mail service unavailable, try later.\r\n"),
+        if !waiting.is_empty() {
+            warn!(
+                "tracker link lost with {} logins unanswered; closing our copies",
+                waiting.len()
             );
+        }
+        for (_, key) in waiting {
+            if let Some(mut c) = self.clients.try_remove(key) {
+                let _ = self.poll.registry().deregister(&mut c.stream);
+            }
         }
     }
 }
