@@ -17,6 +17,8 @@ use super::imap::{take_line, words};
 use crate::mail::{LoginAnswer, LoginLink};
 use crate::proto::native::Login;
 
+const EMFILE: i32 = nix::errno::Errno::EMFILE as i32;
+const ENFILE: i32 = nix::errno::Errno::ENFILE as i32;
 const LISTENER: Token = Token(0);
 const TRACKER: Token = Token(1);
 const FIRST_CLIENT: usize = 16;
@@ -143,9 +145,17 @@ impl LoginServer {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
+                Err(e) if matches!(e.raw_os_error(), Some(EMFILE | ENFILE)) => {
+                    // Out of descriptors: the rest wait in the backlog until
+                    // the next connection's edge.
                     warn!("accepting: {e}");
                     return;
+                }
+                Err(e) => {
+                    // A connection that died in the queue: the others in it
+                    // still need accepting (edges are not repeated).
+                    warn!("accepting: {e}");
+                    continue;
                 }
             };
             let entry = self.clients.vacant_entry();
