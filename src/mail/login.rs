@@ -37,8 +37,10 @@ impl LoginLink {
     }
 
     /// Hand `client` over; keep it open until the answer for `login.seq`.
+    /// Never waits: `WouldBlock` means the tracker is slow to read; try
+    /// again when the link is writable (the client is still only yours).
     pub fn hand_over(&self, client: BorrowedFd<'_>, login: &Login) -> io::Result<()> {
-        native::send_patiently(&self.sock, &Message::Login(login.clone()), Some(client))
+        native::send(&self.sock, &Message::Login(login.clone()), Some(client))
     }
 
     /// The next answer, or `None` when there is none for now.

@@ -73,6 +73,9 @@ struct Client {
     out: Vec<u8>,
     /// Handed to the tracker under this sequence number, awaiting its answer.
     waiting: Option<u64>,
+    /// The hand-over, while it waits for room on the tracker link (the
+    /// client is still only ours then).
+    unsent: Option<Login>,
     tag: String,
     closing: bool,
 }
@@ -85,6 +88,8 @@ struct LoginServer {
     tracker: Option<LoginLink>,
     clients: Slab<Client>,
     by_seq: HashMap<u64, usize>,
+    /// Clients whose hand-over waits for room, in order.
+    queue: std::collections::VecDeque<usize>,
     next_seq: u64,
     buf: Vec<u8>,
 }
@@ -113,6 +118,7 @@ pub fn run(cfg: LoginConfig) -> Result<(), String> {
         tracker: None,
         clients: Slab::new(),
         by_seq: HashMap::new(),
+        queue: std::collections::VecDeque::new(),
         next_seq: 1,
         buf: vec![0; 8192],
     };
@@ -131,7 +137,12 @@ impl LoginServer {
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(),
-                    TRACKER => self.tracker_event(),
+                    TRACKER => {
+                        if ev.is_writable() {
+                            self.send_queued();
+                        }
+                        self.tracker_event();
+                    }
                     Token(t) if t >= FIRST_CLIENT => self.client_event(t - FIRST_CLIENT),
                     _ => {}
                 }
@@ -177,6 +188,7 @@ impl LoginServer {
                 inbuf: Vec::new(),
                 out: greeting.into_bytes(),
                 waiting: None,
+                unsent: None,
                 tag: String::new(),
                 closing: false,
             });
@@ -305,7 +317,7 @@ impl LoginServer {
                     if let Err(e) = self.poll.registry().register(
                         &mut SourceFd(&fd),
                         TRACKER,
-                        Interest::READABLE,
+                        Interest::READABLE | Interest::WRITABLE,
                     ) {
                         warn!("registering the tracker link: {e}");
                     }
@@ -322,7 +334,7 @@ impl LoginServer {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let (Some(c), Some(link)) = (self.clients.get_mut(key), &self.tracker) else {
+        let Some(c) = self.clients.get_mut(key) else {
             return;
         };
         let local = c
@@ -330,7 +342,7 @@ impl LoginServer {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        let login = Login {
+        c.unsent = Some(Login {
             seq,
             user: user.to_owned(),
             uid,
@@ -338,23 +350,46 @@ impl LoginServer {
             local,
             remote: c.remote.to_string(),
             input: std::mem::take(&mut c.inbuf),
-        };
-        match link.hand_over(c.stream.as_fd(), &login) {
-            Ok(()) => {
-                c.waiting = Some(seq);
-                c.tag = tag.to_owned();
-                self.by_seq.insert(seq, key);
-                debug!("user={user}: handed to the tracker (seq {seq})");
-            }
-            Err(e) => {
-                // Not sent: the client is still only ours.
-                warn!("user={user}: cannot hand over to the tracker: {e}");
-                c.inbuf = login.input;
-                self.reply(
-                    key,
-                    &format!("{tag} NO [UNAVAILABLE] Mail service unavailable, try later.\r\n"),
-                );
-                self.drop_tracker();
+        });
+        c.waiting = Some(seq);
+        c.tag = tag.to_owned();
+        self.by_seq.insert(seq, key);
+        self.queue.push_back(key);
+        self.send_queued();
+    }
+
+    /// Hand over queued clients in order, while the tracker link has room.
+    /// Never waits: a slow tracker must not stop us accepting and greeting.
+    fn send_queued(&mut self) {
+        while let Some(&key) = self.queue.front() {
+            let Some(link) = &self.tracker else {
+                return;
+            };
+            let Some(c) = self.clients.get_mut(key) else {
+                self.queue.pop_front();
+                continue;
+            };
+            let Some(login) = c.unsent.take() else {
+                self.queue.pop_front();
+                continue;
+            };
+            match link.hand_over(c.stream.as_fd(), &login) {
+                Ok(()) => {
+                    self.queue.pop_front();
+                    debug!(
+                        "user={}: handed to the tracker (seq {})",
+                        login.user, login.seq
+                    );
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    c.unsent = Some(login);
+                    return;
+                }
+                Err(e) => {
+                    warn!("user={}: cannot hand over to the tracker: {e}", login.user);
+                    c.unsent = Some(login);
+                    return self.drop_tracker();
+                }
             }
         }
     }
@@ -404,10 +439,10 @@ impl LoginServer {
         }
     }
 
-    /// The tracker is gone. Whoever waited on it may or may not have been
+    /// The tracker is gone. A client handed over may or may not have been
     /// given to a mail process already: closing our copy is the only safe
-    /// move (a client served twice is worse than one that reconnects).
-    /// The next login reconnects.
+    /// move (a client served twice is worse than one that reconnects). One
+    /// not yet sent is told to try later. The next login reconnects.
     fn drop_tracker(&mut self) {
         if let Some(link) = self.tracker.take() {
             let _ = self
@@ -415,17 +450,29 @@ impl LoginServer {
                 .registry()
                 .deregister(&mut SourceFd(&link.as_raw_fd()));
         }
+        self.queue.clear();
         let waiting: Vec<(u64, usize)> = self.by_seq.drain().collect();
-        if !waiting.is_empty() {
-            warn!(
-                "tracker link lost with {} logins unanswered; closing our copies",
-                waiting.len()
-            );
-        }
+        let mut closed = 0;
         for (_, key) in waiting {
-            if let Some(mut c) = self.clients.try_remove(key) {
+            let Some(c) = self.clients.get_mut(key) else {
+                continue;
+            };
+            c.waiting = None;
+            if let Some(login) = c.unsent.take() {
+                // Never sent: still only ours, and the client can be told.
+                c.inbuf = login.input;
+                let tag = c.tag.clone();
+                self.reply(
+                    key,
+                    &format!("{tag} NO [UNAVAILABLE] Mail service unavailable, try later.\r\n"),
+                );
+            } else if let Some(mut c) = self.clients.try_remove(key) {
                 let _ = self.poll.registry().deregister(&mut c.stream);
+                closed += 1;
             }
+        }
+        if closed > 0 {
+            warn!("tracker link lost with {closed} logins unanswered; closed our copies");
         }
     }
 }
