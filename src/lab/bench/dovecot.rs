@@ -5,8 +5,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::figures::Figures;
-use super::{merge_failures, say, settled_fds, Sizes, DONE_RATE};
-use crate::lab::load::{Delivery, Load, LoadOptions, Report};
+use super::{from_reports, say, Sizes, DONE_RATE};
+use crate::lab::load::{Delivery, Load, LoadOptions};
 use crate::lab::rig::dovecot::{raise_inotify_instances, Dovecot, Hibernation, PASSWORD};
 use crate::lab::rig::procfs;
 
@@ -47,7 +47,10 @@ impl Holder {
     }
 
     fn fds(&self) -> usize {
-        self.pids.iter().map(|&p| settled_fds(p as u32)).sum()
+        self.pids
+            .iter()
+            .map(|&p| procfs::settled_fds(p as u32))
+            .sum()
     }
 
     fn inotify(&self) -> usize {
@@ -161,15 +164,8 @@ pub fn run(
     c.deliver(&maildir, 1, 0.0)?;
     c.wait_exists(Duration::from_secs(120));
 
-    let reports: Vec<Report> = vec![a.finish_paced(DONE_RATE), b.hang_up(), c.hang_up()];
-    f.exists_ms = reports[0].latency_ms.clone();
-    f.exists_expected = reports[0].exists_expected;
-    f.mass_k = s.mass_k;
-    f.mass_ms = reports[2].latency_ms.clone();
-    f.done_ms = reports[0].done_ms.clone();
-    f.failures = merge_failures(&reports);
-    f.keepalives = reports.iter().map(|r| r.keepalives).sum();
-    f.failed = reports.iter().map(Report::failed).sum();
+    let reports = [a.finish_paced(DONE_RATE), b.hang_up(), c.hang_up()];
+    from_reports(&mut f, &reports, s.mass_k);
     Ok(f)
 }
 

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use crate::args::Args;
 use crate::lab::rig::dovecot::{installed, Hibernation};
-use crate::lab::rig::procfs;
 pub use figures::Figures;
 
 const USAGE: &str = "\
@@ -87,6 +86,19 @@ impl Sizes {
 /// thousands at once, which would measure queueing in Dovecot.
 pub const DONE_RATE: f64 = 100.0;
 
+/// What the three loads of a run (timed DONE, bulk, mass wake) saw.
+pub fn from_reports(f: &mut Figures, reports: &[crate::lab::load::Report; 3], mass_k: usize) {
+    let [timed, _, mass] = reports;
+    f.exists_ms = timed.latency_ms.clone();
+    f.exists_expected = timed.exists_expected;
+    f.done_ms = timed.done_ms.clone();
+    f.mass_k = mass_k;
+    f.mass_ms = mass.latency_ms.clone();
+    f.failures = merge_failures(reports);
+    f.keepalives = reports.iter().map(|r| r.keepalives).sum();
+    f.failed = reports.iter().map(|r| r.failed()).sum();
+}
+
 /// The failure reasons of several loads, most common first.
 pub fn merge_failures(reports: &[crate::lab::load::Report]) -> Vec<(String, usize)> {
     let mut all: Vec<(String, usize)> = Vec::new();
@@ -108,20 +120,6 @@ pub fn say(line: &str) {
 }
 
 static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// The descriptor count once it stops moving (a stats connection may still
-/// be closing).
-pub fn settled_fds(pid: u32) -> usize {
-    let mut last = procfs::fds(pid);
-    loop {
-        std::thread::sleep(Duration::from_millis(150));
-        let now = procfs::fds(pid);
-        if now == last {
-            return now;
-        }
-        last = now;
-    }
-}
 
 /// Parked connections one daemon can hold here, rounded down to 1,000.
 fn default_size(fds_per_client: u64) -> usize {

@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::figures::Figures;
-use super::{merge_failures, say, settled_fds, Sizes, DONE_RATE};
-use crate::lab::load::{Delivery, Load, LoadOptions, Report};
+use super::{from_reports, say, Sizes, DONE_RATE};
+use crate::lab::load::{Delivery, Load, LoadOptions};
 use crate::lab::rig::native::{NativeOptions, NativeStack, PASSWORD};
 use crate::lab::rig::{procfs, wait_until, PrivateDir};
 use crate::mail::{IdleLink, Parking};
@@ -49,7 +49,7 @@ struct Size {
 
 fn measure(pid: u32) -> Size {
     Size {
-        fds: settled_fds(pid),
+        fds: procfs::settled_fds(pid),
         pss_kb: procfs::pss_kb(pid),
         inotify: procfs::inotify_instances(pid),
     }
@@ -154,15 +154,8 @@ pub fn run(bin: &Path, s: &Sizes, progress: bool) -> Result<Figures, String> {
     c.deliver(&maildir, 1, 0.0)?;
     c.wait_exists(Duration::from_secs(60));
 
-    let reports: Vec<Report> = vec![a.finish_paced(DONE_RATE), b.hang_up(), c.hang_up()];
-    f.exists_ms = reports[0].latency_ms.clone();
-    f.exists_expected = reports[0].exists_expected;
-    f.mass_k = s.mass_k;
-    f.mass_ms = reports[2].latency_ms.clone();
-    f.done_ms = reports[0].done_ms.clone();
-    f.failures = merge_failures(&reports);
-    f.keepalives = reports.iter().map(|r| r.keepalives).sum();
-    f.failed = reports.iter().map(Report::failed).sum();
+    let reports = [a.finish_paced(DONE_RATE), b.hang_up(), c.hang_up()];
+    from_reports(&mut f, &reports, s.mass_k);
     drop(stack);
 
     say(&format!(

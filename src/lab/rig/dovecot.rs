@@ -265,15 +265,7 @@ imap_hibernate_timeout = 1s
     /// The fd count once it stops moving (our own stats connection may
     /// still be closing).
     pub fn settled_fds(pid: i32) -> usize {
-        let mut last = Dovecot::fds(pid);
-        loop {
-            std::thread::sleep(Duration::from_millis(150));
-            let now = Dovecot::fds(pid);
-            if now == last {
-                return now;
-            }
-            last = now;
-        }
+        procfs::settled_fds(pid as u32)
     }
 
     pub fn wait_for(

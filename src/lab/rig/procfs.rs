@@ -17,6 +17,20 @@ pub fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
+/// The descriptor count once it stops moving (a stats connection may
+/// still be closing).
+pub fn settled_fds(pid: u32) -> usize {
+    let mut last = fds(pid);
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        let now = fds(pid);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
 /// Open inotify instances.
 pub fn inotify_instances(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| {
