@@ -61,6 +61,10 @@ fn stats(args: Vec<String>) -> ExitCode {
     let mut socket = crate::idle::config::default_runtime_dir().join("park");
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
+        if a == "-h" || a == "--help" {
+            println!("Usage: imap-idle-lab stats [--runtime-dir DIR | --park-socket PATH]\n\nPrints a running imap-idle's counters and a summary of its latest wake\nlatencies. DIR defaults to imap-idle's default runtime directory.");
+            return ExitCode::SUCCESS;
+        }
         match (a.as_str(), it.next()) {
             ("--runtime-dir", Some(d)) => socket = std::path::PathBuf::from(d).join("park"),
             ("--park-socket", Some(p)) => socket = std::path::PathBuf::from(p),
