@@ -264,17 +264,6 @@ impl NativeStack {
         self.log("imap-tracker.log")
     }
 
-    /// Mail processes: the ones started here and the ones the tracker spawned.
-    pub fn mail_pids(&self) -> Vec<u32> {
-        let lab = self.bin.join("imap-idle-lab");
-        let mut pids: Vec<u32> = self.mails.iter().map(Child::id).collect();
-        pids.extend(super::procfs::children_named(
-            self.tracker.id(),
-            &lab.display().to_string(),
-        ));
-        pids
-    }
-
     pub fn kill_mail(&mut self, i: usize) {
         if let Some(c) = self.mails.get_mut(i) {
             let _ = c.kill();
