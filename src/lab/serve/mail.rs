@@ -308,10 +308,13 @@ impl Mail {
             return;
         }
         // Last look at the mailbox: a change the client has not been told
-        // about yet would otherwise only be noticed at the next one.
+        // about yet would otherwise only be noticed at the next one. The
+        // directories' times are taken first, to catch what lands after.
         let Some(c) = self.clients.get_mut(key) else {
             return;
         };
+        let paths = watched(&c.session);
+        let before: Vec<Option<SystemTime>> = paths.iter().map(|p| mtime(p)).collect();
         c.session.catch_up();
         if !c.session.out.is_empty() || c.session.closing {
             self.remember_dirs(key);
@@ -352,6 +355,15 @@ impl Mail {
                 }
                 debug!("user={user} conn={conn}: parked in imap-idle as {idle_id}");
                 self.release(conn, &user, Release::Parked { idle_id, mailbox });
+                // imap-idle watches from before its answer. A change between
+                // our last look and then would go unnoticed: poke a watched
+                // directory so it wakes the client (at worst needlessly).
+                let after: Vec<Option<SystemTime>> = paths.iter().map(|p| mtime(p)).collect();
+                if after != before {
+                    if let Some(dir) = paths.first() {
+                        poke(dir);
+                    }
+                }
             }
             Err(kept) => {
                 if kept.kind.is_none() {
@@ -450,7 +462,40 @@ fn mtime(p: &Path) -> Option<SystemTime> {
     std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
+/// Touch a directory's times: its watchers see IN_ATTRIB (setting both
+/// times is what the kernel reports as an attribute change).
+fn poke(dir: &Path) {
+    let now = SystemTime::now();
+    let times = std::fs::FileTimes::new()
+        .set_accessed(now)
+        .set_modified(now);
+    let touched = std::fs::File::open(dir).and_then(|f| f.set_times(times));
+    if let Err(e) = touched {
+        warn!("touching {} to wake its watchers: {e}", dir.display());
+    }
+}
+
 fn dirs_changed(c: &Client) -> bool {
     let now: Vec<Option<SystemTime>> = watched(&c.session).iter().map(|p| mtime(p)).collect();
     now != c.seen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_poke_wakes_a_directory_watcher() {
+        let t = tempfile::tempdir().unwrap();
+        let mut ino = inotify::Inotify::init().unwrap();
+        ino.watches()
+            .add(t.path(), inotify::WatchMask::ATTRIB)
+            .unwrap();
+        poke(t.path());
+        let mut buf = [0u8; 1024];
+        let events: Vec<_> = ino.read_events(&mut buf).unwrap().collect();
+        assert!(events
+            .iter()
+            .any(|e| e.mask.contains(inotify::EventMask::ATTRIB)));
+    }
 }
