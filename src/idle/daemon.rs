@@ -1,117 +1,71 @@
-//! The event loop: one thread, one `mio::Poll`, dispatch on the token and
-//! nothing else. Set-up errors leave `run`; errors inside the loop are
-//! logged where the connection they concern is closed, and the loop goes on.
+//! The event loop: one thread, one `mio::Poll`. Each event goes to the
+//! adapter that owns its token; adapters call the core; the loop then
+//! carries out what the core asked for. Set-up errors leave `run`; errors
+//! inside the loop are logged where the connection they concern is
+//! closed, and the loop goes on.
 
-use std::collections::VecDeque;
 use std::fs;
 use std::io;
-use std::os::fd::OwnedFd;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-use log::{error, info, warn};
+use inotify::WatchDescriptor;
+use log::{info, warn};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use nix::sys::signal::Signal;
-use slab::Slab;
+use nix::sys::socket::{self, Shutdown};
 
+use super::accept::PAUSE_MS;
+use super::clients::{self, Clients, IdleCore};
 use super::config::Config;
-use super::control::Control;
-use super::dovecot_in::HibernateConn;
-use super::dovecot_out::MasterConn;
-use super::parked::{parked_in, Conn, Phase};
+use super::core::{Action, Core};
+use super::hand_off::HandOff;
+use super::inotify::Inotify;
+use super::master_return::Masters;
+use super::park_socket::{Held, ParkSocket};
 use super::service::{self, Service};
-use super::timers::{Millis, Timers};
-use super::tracker::Tracker;
-use super::users::Users;
-use super::watches::{Watcher, Watches};
-use crate::proto::native::{Activity, ConnInfo, Stats, WakeReason, MAX_PACKET};
+use super::signals::{Command, SignalAdapter};
+use super::tokens::{source, token, Source};
+use super::tracker_link::TrackerLink;
 pub use crate::setup::SetupError;
 use crate::setup::{ensure_dir, setup};
-use crate::sys::signals::Signals;
-use crate::sys::{limits, SeqPacket};
+use crate::sys::{self, limits, SeqPacket};
 
-pub(super) const LISTENER: Token = Token(0);
-pub(super) const SIGNALS: Token = Token(1);
-pub(super) const INOTIFY: Token = Token(2);
-pub(super) const TRACKER: Token = Token(3);
-/// Dovecot mode: the imap-hibernate listener and the master's death pipe.
-pub(super) const HIBERNATE_LISTENER: Token = Token(4);
-pub(super) const MASTER_DEAD: Token = Token(5);
-pub(super) const FIRST_CONTROL: usize = 16;
-/// Dovecot hand-off connections (imap -> us).
-pub(super) const FIRST_HIBERNATE: usize = 1 << 20;
-/// Dovecot return connections (us -> imap-master).
-pub(super) const FIRST_MASTER: usize = 1 << 24;
-pub(super) const FIRST_CONN: usize = 1 << 32;
-/// Dovecot notify fds: `FIRST_NOTIFY + key` of the connection they wake.
-pub(super) const FIRST_NOTIFY: usize = 1 << 40;
-
-/// Control connections (mail processes, admin tools) at most; accepting
-/// pauses at this count and resumes below 90% of it.
-pub(super) const MAX_CONTROLS: usize = 512;
 /// Descriptors kept free for control connections, the listener, inotify,
 /// the tracker link and logging: a sixteenth of the limit, at least 32,
-/// at most what MAX_CONTROLS control connections need.
+/// at most what the control connections need.
 fn fd_reserve(limit: usize) -> usize {
-    (limit / 16).clamp(32, MAX_CONTROLS + 64)
+    (limit / 16).clamp(32, super::park_socket::MAX_CONTROLS + 64)
 }
-/// How long accepting pauses after EMFILE/ENFILE.
-pub(super) const ACCEPT_PAUSE_MS: Millis = 100;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Shutdown {
-    Running,
-    /// Returning every connection to the tracker.
-    Draining,
+const BYE: &[u8] = b"* BYE [UNAVAILABLE] Server is busy, please reconnect.\r\n";
+
+/// Dovecot mode's adapters: hand-offs in, returns out, and the master's
+/// pipes when it started us.
+struct Dovecot {
+    hand_off: HandOff,
+    masters: Masters,
+    service: Option<Service>,
 }
 
 pub struct Daemon {
-    pub(super) poll: Poll,
-    pub(super) conns: Slab<Conn>,
-    pub(super) controls: Slab<Control>,
-    pub(super) listener: SeqPacket,
-    pub(super) accept_paused_until: Option<Millis>,
-    pub(super) watches: Watches,
-    pub(super) timers: Timers,
-    pub(super) tracker: Tracker,
-    /// Woken connections waiting for their turn to go back, in order
-    /// (key, serial); entries that went stale are skipped.
-    pub(super) return_queue: VecDeque<(u32, u32)>,
-    pub(super) users: Users,
-    pub(super) stats: Stats,
-    /// Shared by every read: packets from control connections, client input.
-    pub(super) scratch: Box<[u8]>,
-    pub(super) woken: Vec<Watcher>,
-    /// When the loop woke for the events it is handling.
-    pub(super) event_at: Instant,
-    /// Latest wake latencies (watched change noticed -> descriptor sent
-    /// back), in microseconds, for the stats.
-    pub(super) wake_us: VecDeque<u32>,
-    epoch: Instant,
-    pub(super) max_parked: usize,
-    pub(super) next_serial: u32,
-    pub(super) shutdown: Shutdown,
-    signals: Signals,
-    pub(super) cfg: Config,
-    /// Dovecot mode: hand-offs in progress, returns in progress, where
-    /// returns go, and the master's pipes when it started us.
-    pub(super) hibernate_listener: Option<OwnedFd>,
-    pub(super) hibernating: Slab<HibernateConn>,
-    pub(super) masters: Slab<MasterConn>,
-    pub(super) master_socket: PathBuf,
-    pub(super) service: Option<Service>,
-    /// Wall-clock time at `epoch`, for Dovecot's hibernation_started.
-    pub(super) started_wall: SystemTime,
+    poll: Poll,
+    core: IdleCore,
+    clients: Clients,
+    inotify: Inotify,
+    park: ParkSocket,
+    /// Native mode's return path.
+    tracker: Option<TrackerLink>,
+    dovecot: Option<Dovecot>,
+    signals: SignalAdapter,
+    accept_paused_until: Option<Instant>,
+    park_socket: PathBuf,
 }
 
 impl Daemon {
     pub fn new(cfg: Config) -> Result<Daemon, SetupError> {
-        let signals = setup(
-            "setting up signals",
-            Signals::new(&[Signal::SIGTERM, Signal::SIGINT, Signal::SIGUSR1]),
-        )?;
+        let mut signals = setup("setting up signals", SignalAdapter::new(false))?;
         let fd_limit = setup("raising the open-file limit", limits::raise_nofile())?;
         // Under Dovecot a parked client also holds Dovecot's notify fd.
         let fds_per_client = if cfg.dovecot { 2 } else { 1 };
@@ -136,37 +90,31 @@ impl Daemon {
             format_args!("listening on {}", cfg.park_socket.display()),
             SeqPacket::listen(&cfg.park_socket, 0o660),
         )?;
-        let watches = setup("creating the inotify instance", Watches::new())?;
+        let inotify = setup("creating the inotify instance", Inotify::new())?;
         let poll = setup("creating the poll", Poll::new())?;
         let reg = poll.registry();
-        for (fd, token) in [
-            (listener.as_raw_fd(), LISTENER),
-            (signals.as_fd().as_raw_fd(), SIGNALS),
-            (watches.as_fd().as_raw_fd(), INOTIFY),
+        for (fd, source) in [
+            (listener.as_raw_fd(), Source::ParkListener),
+            (signals.as_fd().as_raw_fd(), Source::Signals),
+            (inotify.as_fd().as_raw_fd(), Source::Inotify),
         ] {
             setup(
                 "registering with the poll",
-                reg.register(&mut SourceFd(&fd), token, Interest::READABLE),
+                reg.register(&mut SourceFd(&fd), token(source), Interest::READABLE),
             )?;
         }
-        let (hibernate_listener, service, master_socket) = if cfg.dovecot {
+        let epoch = Instant::now();
+        let (tracker, dovecot) = if cfg.dovecot {
             let (listener, service, base_dir) = dovecot_listener(&cfg)?;
-            setup(
-                "registering with the poll",
-                reg.register(
-                    &mut SourceFd(&listener.as_raw_fd()),
-                    HIBERNATE_LISTENER,
-                    Interest::READABLE,
-                ),
-            )?;
+            let mut sources = vec![(listener.as_raw_fd(), Source::HandOffListener)];
             if let Some(s) = &service {
+                sources.push((s.master_dead.as_raw_fd(), Source::MasterDead));
+                signals.set_under_master();
+            }
+            for (fd, source) in sources {
                 setup(
                     "registering with the poll",
-                    reg.register(
-                        &mut SourceFd(&s.master_dead.as_raw_fd()),
-                        MASTER_DEAD,
-                        Interest::READABLE,
-                    ),
+                    reg.register(&mut SourceFd(&fd), token(source), Interest::READABLE),
                 )?;
             }
             info!(
@@ -182,7 +130,12 @@ impl Daemon {
                 base_dir.join("imap-master").display(),
                 cfg.park_socket.display(),
             );
-            (Some(listener), service, base_dir.join("imap-master"))
+            let dovecot = Dovecot {
+                hand_off: HandOff::new(listener),
+                masters: Masters::new(base_dir.join("imap-master"), SystemTime::now()),
+                service,
+            };
+            (None, Some(dovecot))
         } else {
             info!(
                 "imap-idle {} listening on {}, returning to {}, up to {max_parked} parked",
@@ -190,302 +143,251 @@ impl Daemon {
                 cfg.park_socket.display(),
                 cfg.tracker_socket.display()
             );
-            (None, None, PathBuf::new())
+            (Some(TrackerLink::new(cfg.tracker_socket.clone())), None)
         };
         Ok(Daemon {
             poll,
-            conns: Slab::new(),
-            controls: Slab::new(),
-            listener,
-            accept_paused_until: None,
-            watches,
-            timers: Timers::default(),
-            tracker: Tracker::new(),
-            return_queue: VecDeque::new(),
-            users: Users::default(),
-            stats: Stats::default(),
-            scratch: vec![0; MAX_PACKET + 1].into_boxed_slice(),
-            woken: Vec::new(),
-            event_at: Instant::now(),
-            wake_us: VecDeque::new(),
-            epoch: Instant::now(),
-            max_parked,
-            next_serial: 0,
-            shutdown: Shutdown::Running,
+            core: Core::new(max_parked, !cfg.dovecot, epoch),
+            clients: Clients::new(),
+            inotify,
+            park: ParkSocket::new(listener, cfg.dovecot),
+            tracker,
+            dovecot,
             signals,
-            cfg,
-            hibernate_listener,
-            hibernating: Slab::new(),
-            masters: Slab::new(),
-            master_socket,
-            service,
-            started_wall: SystemTime::now(),
+            accept_paused_until: None,
+            park_socket: cfg.park_socket,
         })
-    }
-
-    /// Dovecot's master wants to know how many more clients we take.
-    pub(super) fn report_capacity(&mut self) {
-        if let Some(s) = &mut self.service {
-            s.report(self.conns.len() + self.hibernating.len(), self.max_parked);
-        }
-    }
-
-    pub(super) fn now(&self) -> Millis {
-        self.epoch.elapsed().as_millis() as Millis
     }
 
     pub fn run(mut self) -> Result<(), SetupError> {
         self.report_capacity();
         let mut events = Events::with_capacity(1024);
         loop {
-            let now = self.now();
-            let status_at = self
-                .service
-                .as_ref()
-                .and_then(|s| s.pending_until)
-                .map(|at| at.saturating_duration_since(Instant::now()).as_millis() as Millis + now);
-            let timeout = [
-                self.timers.next_deadline(),
-                self.tracker.retry_at,
-                self.accept_paused_until,
-                status_at,
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|at| Duration::from_millis(at.saturating_sub(now)));
+            let timeout = if self.clients.has_ready() {
+                Some(Duration::ZERO)
+            } else {
+                self.next_deadline()
+                    .map(|at| at.saturating_duration_since(Instant::now()))
+            };
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(SetupError(format!("poll failed: {e}"))),
             }
-            self.event_at = Instant::now();
+            let now = Instant::now();
             for event in events.iter() {
-                self.dispatch(event.token());
+                self.dispatch(event.token(), now);
+                self.carry_out();
             }
-            self.fire_timers();
-            if self.cfg.dovecot {
-                self.pump_masters();
-            } else {
-                self.pump_tracker();
-            }
-            if self.shutdown == Shutdown::Draining && self.conns.is_empty() {
-                self.tracker.flush_before_exit();
+            self.clients.turn(&mut self.core, now);
+            self.carry_out();
+            self.fire_timers(Instant::now());
+            self.pump(Instant::now());
+            if self.core.done() {
+                if let Some(t) = &mut self.tracker {
+                    t.flush_before_exit();
+                }
                 break;
             }
         }
         info!("all connections handed back; exiting");
-        let _ = fs::remove_file(&self.cfg.park_socket);
+        let _ = fs::remove_file(&self.park_socket);
         Ok(())
     }
 
-    fn dispatch(&mut self, token: Token) {
-        match token {
-            LISTENER => self.accept_controls(),
-            SIGNALS => self.handle_signals(),
-            INOTIFY => self.watch_events(),
-            TRACKER => self.tracker_event(),
-            HIBERNATE_LISTENER => self.accept_hibernates(),
-            MASTER_DEAD => {
-                warn!("Dovecot's master is gone");
-                self.stop(Signal::SIGTERM);
-            }
-            Token(t) if t >= FIRST_NOTIFY => self.notify_event((t - FIRST_NOTIFY) as u32),
-            Token(t) if t >= FIRST_CONN => self.client_event((t - FIRST_CONN) as u32),
-            Token(t) if t >= FIRST_MASTER => self.master_event(t - FIRST_MASTER),
-            Token(t) if t >= FIRST_HIBERNATE => self.hibernate_event(t - FIRST_HIBERNATE),
-            Token(t) if t >= FIRST_CONTROL => self.control_event(t - FIRST_CONTROL),
+    fn next_deadline(&self) -> Option<Instant> {
+        let service = self.service().and_then(|s| s.pending_until);
+        let tracker = self.tracker.as_ref().and_then(|t| t.retry_at());
+        [
+            self.core.next_deadline(),
+            tracker,
+            self.accept_paused_until,
+            service,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn service(&self) -> Option<&Service> {
+        self.dovecot.as_ref().and_then(|d| d.service.as_ref())
+    }
+
+    fn held(&mut self, now: Instant) -> (Held<'_>, &mut ParkSocket, Option<&mut HandOff>) {
+        let held = Held {
+            core: &mut self.core,
+            clients: &mut self.clients,
+            inotify: &mut self.inotify,
+            reg: self.poll.registry(),
+            now,
+        };
+        let hand_off = self.dovecot.as_mut().map(|d| &mut d.hand_off);
+        (held, &mut self.park, hand_off)
+    }
+
+    fn dispatch(&mut self, token: Token, now: Instant) {
+        let Some(source) = source(token) else {
             // Spurious events happen; ignore tokens we do not know.
-            _ => {}
+            return;
+        };
+        let reg = self.poll.registry();
+        match source {
+            Source::ParkListener | Source::HandOffListener => self.accept(now),
+            Source::Signals => self.signals(now),
+            Source::Inotify => self.inotify.readable(&mut self.core, now),
+            Source::TrackerLink => {
+                if let Some(t) = &mut self.tracker {
+                    t.event(&mut self.core, reg, now);
+                }
+            }
+            Source::MasterDead => {
+                warn!("Dovecot's master is gone");
+                self.core.shutdown("SIGTERM", now);
+            }
+            Source::Control(key) => {
+                let (mut held, park, _) = self.held(now);
+                if park.event(key, &mut held) {
+                    self.accept(now);
+                }
+            }
+            Source::HandOff(key) => {
+                let (mut held, _, hand_off) = self.held(now);
+                let resume = hand_off.is_some_and(|h| h.event(key, &mut held));
+                self.report_capacity();
+                if resume {
+                    self.accept(now);
+                }
+            }
+            Source::Master(m) => {
+                if let Some(d) = &mut self.dovecot {
+                    d.masters.event(m, &mut self.core, reg, now);
+                }
+            }
+            Source::Client(key) => self.clients.readable(&mut self.core, key, now),
+            Source::Notify(key) => {
+                if let Some(id) = self.core.parked_at_key(key) {
+                    self.core.notify_ready(id, now);
+                }
+            }
         }
     }
 
-    fn handle_signals(&mut self) {
-        loop {
-            match self.signals.pending() {
-                Ok(Some(Signal::SIGUSR1)) => info!("{}", self.summary()),
-                Ok(Some(Signal::SIGINT)) if self.service.is_some() => {
-                    // Dovecot's master asks an idle-looking process to go.
-                    if self.conns.is_empty() && self.hibernating.is_empty() {
-                        self.stop(Signal::SIGINT);
+    /// Both listeners, unless out of descriptors a moment ago.
+    fn accept(&mut self, now: Instant) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        let (mut held, park, hand_off) = self.held(now);
+        let mut result = park.accept(&mut held);
+        if let Some(h) = hand_off {
+            result = result.and(h.accept(&mut held));
+        }
+        self.carry_out();
+        self.report_capacity();
+        if let Err(e) = result {
+            warn!("accepting: {e}; pausing for {PAUSE_MS} ms");
+            self.accept_paused_until = Some(Instant::now() + Duration::from_millis(PAUSE_MS));
+        }
+    }
+
+    fn signals(&mut self, now: Instant) {
+        for command in self.signals.commands() {
+            match command {
+                Command::Summary => info!("{}", self.core.summary()),
+                Command::Stop(sig) => self.core.shutdown(&sig.to_string(), now),
+                Command::IdleExit => {
+                    let hand_offs = self.dovecot.as_ref().map_or(0, |d| d.hand_off.len());
+                    if self.core.is_empty() && hand_offs == 0 {
+                        self.core.shutdown("SIGINT", now);
                     } else {
                         info!(
                             "SIGINT from Dovecot's master ignored: {} clients parked",
-                            self.conns.len()
+                            self.core.len()
                         );
                     }
                 }
-                Ok(Some(sig)) => self.stop(sig),
-                Ok(None) => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    error!("reading signals: {e}");
-                    break;
-                }
             }
         }
     }
 
-    /// First signal: hand everyone back. Second: stop waiting for the tracker.
-    pub(super) fn stop(&mut self, sig: Signal) {
-        if self.shutdown == Shutdown::Running {
-            self.shutdown = Shutdown::Draining;
-            let keys: Vec<u32> = self
-                .conns
-                .iter()
-                .filter(|(_, c)| c.phase == Phase::Parked)
-                .map(|(k, _)| k as u32)
-                .collect();
-            info!(
-                "{sig}: returning {} parked connections to the tracker, then exiting",
-                keys.len()
-            );
-            for key in keys {
-                self.wake(key, WakeReason::Shutdown);
-            }
-        } else {
-            let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
-            warn!(
-                "{sig} again: giving up on {} connections not yet taken back",
-                keys.len()
-            );
-            for key in keys {
-                self.give_up(key, "the server is shutting down");
-            }
-        }
-    }
-
-    fn watch_events(&mut self) {
-        let mut woken = std::mem::take(&mut self.woken);
-        if let Err(e) = self.watches.read(&mut woken) {
-            error!("reading inotify events: {e}");
-        }
-        for &(key, serial) in &woken {
-            if parked_in(&self.conns, (key, serial)) {
-                self.wake(key, WakeReason::Changed);
-            }
-        }
-        woken.clear();
-        self.woken = woken;
-    }
-
-    fn fire_timers(&mut self) {
-        let now = self.now();
+    fn fire_timers(&mut self, now: Instant) {
         if self
-            .service
-            .as_ref()
+            .service()
             .and_then(|s| s.pending_until)
-            .is_some_and(|at| at <= Instant::now())
+            .is_some_and(|at| at <= now)
         {
             self.report_capacity();
         }
         if self.accept_paused_until.is_some_and(|at| at <= now) {
             self.accept_paused_until = None;
-            self.accept_controls();
-            self.accept_hibernates();
+            self.accept(now);
         }
-        while let Some((key, gen)) = self.timers.pop_due(now) {
-            let Some(conn) = self.conns.get(key as usize) else {
-                continue;
-            };
-            if conn.timer_gen != gen {
-                continue;
+        self.core.expire(now);
+        self.carry_out();
+    }
+
+    fn pump(&mut self, now: Instant) {
+        let reg = self.poll.registry();
+        if let Some(t) = &mut self.tracker {
+            t.pump(&mut self.core, reg, now);
+        }
+        if let Some(d) = &mut self.dovecot {
+            d.masters.pump(&mut self.core, reg, now);
+        }
+        self.carry_out();
+    }
+
+    /// Dovecot's master wants to know how many more clients we take.
+    fn report_capacity(&mut self) {
+        let used = self.core.len();
+        let max = self.core.max_parked();
+        if let Some(d) = &mut self.dovecot {
+            let used = used + d.hand_off.len();
+            if let Some(s) = &mut d.service {
+                s.report(used, max);
             }
-            match conn.phase {
-                Phase::Parked => self.keepalive(key, now),
-                Phase::Waiting => self.retry_return(key, now),
-                Phase::Queued | Phase::InFlight => {
-                    self.give_up(key, "the session could not be resumed in time")
+        }
+    }
+
+    /// Everything the core asked for, in order; a write that fails goes
+    /// back to the core, which may ask for more.
+    fn carry_out(&mut self) {
+        while let Some(action) = self.core.next_action() {
+            self.carry_out_one(action);
+        }
+    }
+
+    fn carry_out_one(&mut self, action: Action<OwnedFd, WatchDescriptor>) {
+        let reg = self.poll.registry();
+        match action {
+            Action::Unpoll { fd, notify } => clients::unpoll(reg, fd, notify),
+            Action::Write { id, bytes, what } => {
+                // A connection that left since has nothing to write to.
+                let Some(fd) = self.core.fd(id) else {
+                    return;
+                };
+                if let Err(e) = sys::write_now(fd.as_fd(), &bytes) {
+                    let full = e.kind() == io::ErrorKind::WouldBlock;
+                    self.core.write_failed(id, full, what, &e.to_string());
                 }
             }
-        }
-        let conns = &self.conns;
-        self.timers.compact(conns.len(), |key, gen| {
-            conns.get(key as usize).is_some_and(|c| c.timer_gen == gen)
-        });
-    }
-
-    pub(super) fn summary(&self) -> String {
-        let s = self.current_stats();
-        format!(
-            "parked={} returning={} watches={} users={} parks={} refused={} \
-             wakes: done={} bad-done={} input={} changed={} shutdown={}; \
-             idle-restarted={} returned={} hung-up={} gave-up={} keepalives={}",
-            s.parked,
-            s.returning,
-            s.watches,
-            self.users.len(),
-            s.parks,
-            s.refused,
-            s.wake_done,
-            s.wake_bad_done,
-            s.wake_input,
-            s.wake_changed,
-            s.wake_shutdown,
-            s.idle_restarted,
-            s.returned,
-            s.hung_up,
-            s.gave_up,
-            s.keepalives
-        )
-    }
-
-    /// A connection's descriptor was just sent back: note how long after
-    /// the change that woke it (once per connection).
-    pub(super) fn sample_wake(&mut self, key: u32) {
-        const KEEP: usize = 4096;
-        let Some(w) = self
-            .conns
-            .get_mut(key as usize)
-            .and_then(|c| c.waking_mut())
-        else {
-            return;
-        };
-        if w.reason != WakeReason::Changed {
-            return;
-        }
-        if let Some(at) = w.woken_at.take() {
-            if self.wake_us.len() == KEEP {
-                self.wake_us.pop_front();
+            Action::Close(fd) => drop(fd),
+            Action::Bye(fd) => {
+                let _ = sys::write_now(fd.as_fd(), BYE);
+                let _ = socket::shutdown(fd.as_raw_fd(), Shutdown::Both);
             }
-            self.wake_us
-                .push_back(at.elapsed().as_micros().min(u32::MAX as u128) as u32);
-        }
-    }
-
-    /// Every connection held (of `user`, or all), for the tracker's `who`.
-    pub(super) fn describe(&self, user: Option<&str>) -> Vec<ConnInfo> {
-        let now_secs = (self.now() / 1000) as u32;
-        self.conns
-            .iter()
-            .filter(|(_, c)| user.is_none_or(|u| self.users.name(c.user) == u))
-            .map(|(key, c)| ConnInfo {
-                id: c.id(key as u32),
-                user: self.users.name(c.user).to_owned(),
-                // The state is opaque to us: the tracker knows the mailbox.
-                mailbox: String::new(),
-                activity: if c.phase == Phase::Parked {
-                    Activity::Parked
-                } else {
-                    Activity::Returning
-                },
-                secs: now_secs.saturating_sub(c.parked_at),
-            })
-            .collect()
-    }
-
-    pub(super) fn current_stats(&self) -> Stats {
-        let returning = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.phase != Phase::Parked)
-            .count() as u64;
-        Stats {
-            parked: self.conns.len() as u64 - returning,
-            returning,
-            watches: self.watches.count() as u64,
-            wake_us: self.wake_us.iter().copied().collect(),
-            ..self.stats.clone()
+            Action::Unwatch(wd) => self.inotify.remove(wd),
+            Action::Gone(g) => {
+                if let Some(t) = &mut self.tracker {
+                    t.tell_gone(g);
+                }
+            }
+            Action::Abandon(id) => {
+                if let Some(d) = &mut self.dovecot {
+                    d.masters.abandon(id, reg);
+                }
+            }
+            Action::Capacity => self.report_capacity(),
         }
     }
 }

@@ -1,18 +1,26 @@
 //! The imap-idle daemon: parks idle IMAP connections in one event loop.
+//!
+//! [`core`] holds every connection and decides every change, with no I/O.
+//! Around it, one adapter per transport reads its own sockets, calls the
+//! core and carries out what it asks: the park socket, the tracker link,
+//! Dovecot's hand-off listener and imap-master return, the clients'
+//! sockets, inotify and signals. [`daemon`] is the loop that dispatches
+//! each event to the adapter owning its token.
 
+mod accept;
+mod clients;
 pub mod config;
-mod control;
+pub mod core;
 mod daemon;
-mod dovecot_in;
-mod dovecot_out;
-mod idle_input;
+mod hand_off;
+mod inotify;
 mod main;
-mod parked;
+mod master_return;
+mod park_socket;
 mod service;
-mod timers;
-mod tracker;
-mod users;
-mod watches;
+mod signals;
+mod tokens;
+mod tracker_link;
 
 pub use daemon::{Daemon, SetupError};
 pub use main::{init_logging, main};

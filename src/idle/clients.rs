@@ -1,0 +1,213 @@
+//! Parked clients' sockets: taking a client in (check the descriptor, add
+//! its watches, poll it), and reading what it says. Each readiness report
+//! gets one read of at most what the core wants; a client that may have
+//! more waits in the ready queue for the next loop turn, so one client
+//! streaming input cannot starve the others.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use inotify::WatchDescriptor;
+use mio::unix::SourceFd;
+use mio::{Interest, Registry};
+use nix::errno::Errno;
+use nix::sys::socket::{self, MsgFlags};
+
+use super::core::{Arrival, ConnId, Core};
+use super::inotify::{Inotify, WatchError};
+use super::tokens::{token, Source};
+use crate::proto::native::{Cookie, RefuseKind, MAX_INPUT};
+use crate::sys;
+
+pub type IdleCore = Core<OwnedFd, WatchDescriptor>;
+
+/// A client arriving to be parked, as an adapter decoded it.
+pub struct Incoming<'a> {
+    pub fd: OwnedFd,
+    pub notify: Option<OwnedFd>,
+    pub user: &'a str,
+    pub cookie: Cookie,
+    pub tag: &'a str,
+    pub in_idle: bool,
+    pub keepalive_secs: u32,
+    pub watch: &'a [PathBuf],
+    pub state: &'a [u8],
+    pub from_pid: i32,
+}
+
+/// A refused client, with its descriptor back.
+pub struct Refusal {
+    pub fd: OwnedFd,
+    pub kind: RefuseKind,
+    pub reason: String,
+}
+
+pub struct Clients {
+    scratch: Box<[u8]>,
+    /// Clients whose last read filled the budget: read again next turn.
+    ready: VecDeque<ConnId>,
+}
+
+impl Clients {
+    pub fn new() -> Clients {
+        Clients {
+            scratch: vec![0; MAX_INPUT].into_boxed_slice(),
+            ready: VecDeque::new(),
+        }
+    }
+
+    /// Whether the next poll must not wait: some client has unread input.
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    /// Make a client ours. Shared by every way a client arrives.
+    pub fn adopt(
+        &mut self,
+        core: &mut IdleCore,
+        inotify: &mut Inotify,
+        reg: &Registry,
+        c: Incoming<'_>,
+        now: Instant,
+    ) -> Result<ConnId, Refusal> {
+        let refuse = |core: &mut IdleCore, fd, kind, reason: String| {
+            core.refuse(c.user, c.from_pid, &reason);
+            Err(Refusal { fd, kind, reason })
+        };
+        if let Err((kind, reason)) = core.admit(0) {
+            return refuse(core, c.fd, kind, reason);
+        }
+        if let Err(why) = sys::check_stream_socket(&c.fd) {
+            return refuse(core, c.fd, RefuseKind::BadFd, why.into());
+        }
+        let mut watches = Vec::with_capacity(c.watch.len());
+        for path in c.watch {
+            match inotify.add(path) {
+                Ok(wd) => watches.push((wd, path.as_path())),
+                Err(e) => {
+                    let kind = match e {
+                        WatchError::Limit => RefuseKind::WatchLimit,
+                        WatchError::Path(..) => RefuseKind::BadWatch,
+                    };
+                    core.discard_watches(watches.into_iter().map(|(wd, _)| wd).collect());
+                    return refuse(core, c.fd, kind, e.to_string());
+                }
+            }
+        }
+        let key = core.next_key();
+        if let Err(e) = register(reg, key, &c.fd, c.notify.as_ref()) {
+            core.discard_watches(watches.into_iter().map(|(wd, _)| wd).collect());
+            let reason = format!("cannot poll the descriptor: {e}");
+            return refuse(core, c.fd, RefuseKind::BadFd, reason);
+        }
+        let arrival = Arrival {
+            fd: c.fd,
+            notify: c.notify,
+            user: c.user,
+            cookie: c.cookie,
+            tag: c.tag,
+            in_idle: c.in_idle,
+            keepalive_secs: c.keepalive_secs,
+            watches,
+            state: c.state,
+            from_pid: c.from_pid,
+        };
+        core.adopt(arrival, now).map_err(|r| {
+            unregister(reg, &r.fd, r.notify.as_ref());
+            Refusal {
+                fd: r.fd,
+                kind: r.kind,
+                reason: r.reason,
+            }
+        })
+    }
+
+    /// The client polled under `key` is readable (or may have been before
+    /// we polled it: edges are not repeated, so look now).
+    pub fn readable(&mut self, core: &mut IdleCore, key: u32, now: Instant) {
+        if let Some(id) = core.parked_at_key(key) {
+            self.read_once(core, id, now);
+        }
+    }
+
+    /// One read for each client that may have more, in turn.
+    pub fn turn(&mut self, core: &mut IdleCore, now: Instant) {
+        for _ in 0..self.ready.len() {
+            let Some(id) = self.ready.pop_front() else {
+                return;
+            };
+            self.read_once(core, id, now);
+        }
+    }
+
+    fn read_once(&mut self, core: &mut IdleCore, id: ConnId, now: Instant) {
+        let Some(budget) = core.read_budget(id) else {
+            return;
+        };
+        let Some(fd) = core.fd(id).map(|f| f.as_raw_fd()) else {
+            return;
+        };
+        let budget = budget.min(self.scratch.len());
+        match read_some(fd, &mut self.scratch[..budget]) {
+            Ok(0) => core.hung_up(id, "connection closed by client"),
+            Ok(n) => {
+                core.input(id, &self.scratch[..n], now);
+                if n == budget {
+                    self.ready.push_back(id);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => core.hung_up(id, &format!("read failed: {e}")),
+        }
+    }
+}
+
+fn register(reg: &Registry, key: u32, fd: &OwnedFd, notify: Option<&OwnedFd>) -> io::Result<()> {
+    sys::set_nonblocking(fd.as_fd(), true)?;
+    reg.register(
+        &mut SourceFd(&fd.as_raw_fd()),
+        token(Source::Client(key)),
+        Interest::READABLE,
+    )?;
+    if let Some(n) = notify {
+        let r = sys::set_nonblocking(n.as_fd(), true).and_then(|()| {
+            reg.register(
+                &mut SourceFd(&n.as_raw_fd()),
+                token(Source::Notify(key)),
+                Interest::READABLE,
+            )
+        });
+        if let Err(e) = r {
+            let _ = reg.deregister(&mut SourceFd(&fd.as_raw_fd()));
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Stop polling a client's descriptors. Deregistering a registered fd
+/// cannot fail; if it somehow did, events for a connection that is not
+/// parked are ignored anyway.
+pub fn unregister(reg: &Registry, fd: &impl AsRawFd, notify: Option<&impl AsRawFd>) {
+    unpoll(reg, fd.as_raw_fd(), notify.map(|n| n.as_raw_fd()));
+}
+
+pub fn unpoll(reg: &Registry, fd: std::os::fd::RawFd, notify: Option<std::os::fd::RawFd>) {
+    let _ = reg.deregister(&mut SourceFd(&fd));
+    if let Some(n) = notify {
+        let _ = reg.deregister(&mut SourceFd(&n));
+    }
+}
+
+fn read_some(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match socket::recv(fd, buf, MsgFlags::MSG_DONTWAIT) {
+            Ok(n) => return Ok(n),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! What the core asks the event loop to do. The core never touches a
+//! socket: it says what to write, what to close and whom to tell, and the
+//! loop carries it out in order.
+
+use std::borrow::Cow;
+use std::os::fd::RawFd;
+
+use super::conn::ConnId;
+use crate::proto::native::Gone;
+
+#[derive(Debug)]
+pub enum Action<F, W> {
+    /// Stop polling these descriptors (still open at this point).
+    Unpoll { fd: RawFd, notify: Option<RawFd> },
+    /// Write `bytes` to the client of `id`, whole and without blocking;
+    /// if that fails the loop calls [`super::Core::write_failed`].
+    Write {
+        id: ConnId,
+        bytes: Cow<'static, [u8]>,
+        what: &'static str,
+    },
+    /// The connection left us: close its descriptor.
+    Close(F),
+    /// The connection is given up: `* BYE`, shut the socket down for every
+    /// holder (it may sit in a peer's queue too), then close.
+    Bye(F),
+    /// The last watcher of this kernel watch left.
+    Unwatch(W),
+    /// Tell the tracker a parked client is gone (native mode).
+    Gone(Gone),
+    /// A connection left while its return was under way: drop that return.
+    Abandon(ConnId),
+    /// The number of connections held changed.
+    Capacity,
+}

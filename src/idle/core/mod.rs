@@ -1,0 +1,612 @@
+//! The connection core: every connection imap-idle holds, and every change
+//! of its phase, with no I/O. It owns the slab of connections, interned
+//! users, the watch table, the timer heap and the return queue. Events go
+//! in (adopted, input, changed, accepted, rejected, expired, shutdown);
+//! [`Action`]s come out for the event loop to carry out. The client
+//! descriptor type `F` and the kernel watch type `W` are parameters, so
+//! tests drive the core with stand-ins and count every close.
+//!
+//! A connection is parked, then woken (queued for the return path), then
+//! in flight, and leaves exactly once: returned, gone (hung up, output
+//! full) or given up with a BYE. [`leave`] holds the ways out, [`returns`]
+//! the way back.
+
+mod action;
+mod conn;
+pub mod idle_input;
+mod leave;
+mod returns;
+mod timers;
+mod users;
+mod watch_refs;
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::hash::Hash;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use log::{debug, info};
+use slab::Slab;
+
+pub use action::Action;
+pub use conn::{conn_id, split_id, ConnId, Phase, Waking};
+use conn::{Conn, Extra, Fields};
+use idle_input::{IdleInput, MAX_IDLE_INPUT};
+pub use returns::Returning;
+pub use timers::{next_keepalive, Millis};
+use timers::Timers;
+use users::Users;
+use watch_refs::{WatchRefs, Watcher};
+
+use crate::proto::native::{
+    Activity, ConnInfo, Cookie, GoneReason, RefuseKind, Stats, WakeReason, MAX_INPUT,
+};
+
+/// Give-up deadlines, as Dovecot's imap-hibernate: a client that typed is
+/// waiting for an answer; one with only a mailbox change can wait longer.
+const GIVE_UP_WITH_INPUT_MS: Millis = 10_000;
+const GIVE_UP_WITHOUT_INPUT_MS: Millis = 5 * 60_000;
+/// At shutdown, how long the return path gets to take everyone back.
+const GIVE_UP_AT_SHUTDOWN_MS: Millis = 30_000;
+
+const STILL_HERE: &[u8] = b"* OK Still here\r\n";
+
+/// A client arriving to be parked, however it came, with its watched
+/// paths already resolved to kernel watches by the inotify adapter.
+pub struct Arrival<'a, F, W> {
+    pub fd: F,
+    /// Dovecot's inotify instance for this client: readable means wake.
+    pub notify: Option<F>,
+    pub user: &'a str,
+    pub cookie: Cookie,
+    pub tag: &'a str,
+    pub in_idle: bool,
+    pub keepalive_secs: u32,
+    pub watches: Vec<(W, &'a Path)>,
+    pub state: &'a [u8],
+    pub from_pid: i32,
+}
+
+/// A refused arrival: its descriptors go back to the caller.
+pub struct Refused<F> {
+    pub fd: F,
+    pub notify: Option<F>,
+    pub kind: RefuseKind,
+    pub reason: String,
+}
+
+pub struct Core<F, W> {
+    conns: Slab<Conn<F>>,
+    users: Users,
+    watches: WatchRefs<W>,
+    timers: Timers,
+    /// Woken connections waiting for their turn to go back, in order
+    /// (key, serial); entries that went stale are skipped.
+    queue: VecDeque<(u32, u32)>,
+    in_flight: usize,
+    next_serial: u32,
+    max_parked: usize,
+    draining: bool,
+    /// Native mode: the tracker hears of every parked client that leaves
+    /// other than by a return (Dovecot's imap-master counts nothing).
+    tell_gone: bool,
+    stats: Stats,
+    /// Latest wake latencies (change noticed -> descriptor sent back), µs.
+    wake_us: VecDeque<u32>,
+    epoch: Instant,
+    out: VecDeque<Action<F, W>>,
+    woken: Vec<Watcher>,
+}
+
+impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
+    pub fn new(max_parked: usize, tell_gone: bool, epoch: Instant) -> Core<F, W> {
+        Core {
+            conns: Slab::new(),
+            users: Users::default(),
+            watches: WatchRefs::new(),
+            timers: Timers::default(),
+            queue: VecDeque::new(),
+            in_flight: 0,
+            next_serial: 0,
+            max_parked,
+            draining: false,
+            tell_gone,
+            stats: Stats::default(),
+            wake_us: VecDeque::new(),
+            epoch,
+            out: VecDeque::new(),
+            woken: Vec::new(),
+        }
+    }
+
+    pub fn millis(&self, now: Instant) -> Millis {
+        now.saturating_duration_since(self.epoch).as_millis() as Millis
+    }
+
+    /// The next action for the loop to carry out, in order.
+    pub fn next_action(&mut self) -> Option<Action<F, W>> {
+        self.out.pop_front()
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    pub fn max_parked(&self) -> usize {
+        self.max_parked
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining
+    }
+
+    /// Shutting down and holding nothing: the loop may exit.
+    pub fn done(&self) -> bool {
+        self.draining && self.conns.is_empty()
+    }
+
+    pub fn holds(&self, id: ConnId) -> bool {
+        self.get(id).is_some()
+    }
+
+    fn get(&self, id: ConnId) -> Option<&Conn<F>> {
+        let (key, serial) = split_id(id);
+        self.conns
+            .get(key as usize)
+            .filter(|c| c.serial == serial)
+    }
+
+    fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn<F>> {
+        let (key, serial) = split_id(id);
+        self.conns
+            .get_mut(key as usize)
+            .filter(|c| c.serial == serial)
+    }
+
+    /// The client socket of `id`, while it is ours.
+    pub fn fd(&self, id: ConnId) -> Option<&F> {
+        self.get(id).map(|c| &c.fd)
+    }
+
+    /// The slab key the next adopted connection gets (its poll token).
+    pub fn next_key(&self) -> u32 {
+        self.conns.vacant_key() as u32
+    }
+
+    /// The parked connection whose descriptors are polled under `key`.
+    pub fn parked_at_key(&self, key: u32) -> Option<ConnId> {
+        let c = self.conns.get(key as usize)?;
+        (c.phase == Phase::Parked).then(|| c.id(key))
+    }
+
+    /// `user=… conn=…` for log lines.
+    pub fn who(&self, id: ConnId) -> String {
+        match self.get(id) {
+            Some(c) => format!("user={} conn={}", self.users.name(c.user), c.serial),
+            None => format!("conn {id:#x}"),
+        }
+    }
+
+    /// Whether one more connection may come in, with `pending` hand-offs
+    /// already promised room.
+    pub fn admit(&self, pending: usize) -> Result<(), (RefuseKind, String)> {
+        if self.draining {
+            return Err((RefuseKind::ShuttingDown, "imap-idle is shutting down".into()));
+        }
+        let used = self.conns.len() + pending;
+        if used >= self.max_parked {
+            let why = format!("imap-idle is full ({used} connections parked)");
+            return Err((RefuseKind::Full, why));
+        }
+        Ok(())
+    }
+
+    /// Count and log a refusal made before the core saw the descriptors.
+    pub fn refuse(&mut self, user: &str, from_pid: i32, reason: &str) {
+        self.stats.refused += 1;
+        info!("user={user}: park refused from pid {from_pid}: {reason}");
+    }
+
+    /// Kernel watches that were added for an arrival that never came in:
+    /// any that no parked connection shares are removed again.
+    pub fn discard_watches(&mut self, wds: Vec<W>) {
+        for wd in wds {
+            if !self.watches.knows(&wd) {
+                self.out.push_back(Action::Unwatch(wd));
+            }
+        }
+    }
+
+    /// Make a client ours: it watches its paths and gets its keepalive.
+    pub fn adopt(&mut self, a: Arrival<'_, F, W>, now: Instant) -> Result<ConnId, Refused<F>> {
+        if let Err((kind, reason)) = self.admit(0) {
+            self.refuse(a.user, a.from_pid, &reason);
+            self.discard_watches(a.watches.into_iter().map(|(wd, _)| wd).collect());
+            return Err(Refused {
+                fd: a.fd,
+                notify: a.notify,
+                kind,
+                reason,
+            });
+        }
+        let key = self.conns.vacant_key() as u32;
+        self.next_serial = self.next_serial.wrapping_add(1);
+        let serial = self.next_serial;
+        let watches: Vec<u32> = a
+            .watches
+            .iter()
+            .map(|(wd, path)| self.watches.add(wd.clone(), path, (key, serial)))
+            .collect();
+        let ms = self.millis(now);
+        let user = self.users.intern(a.user);
+        let notify = a.notify.is_some();
+        let conn = Conn::new(
+            a.fd,
+            a.notify,
+            Fields {
+                serial,
+                user,
+                keepalive_secs: a.keepalive_secs,
+                parked_at: (ms / 1000) as u32,
+                in_idle: a.in_idle,
+                cookie: a.cookie,
+                watches: &watches,
+                tag: a.tag,
+                state: a.state,
+            },
+        );
+        let inserted = self.conns.insert(conn) as u32;
+        debug_assert_eq!(inserted, key);
+        self.schedule_keepalive(key, ms);
+        self.stats.parks += 1;
+        self.out.push_back(Action::Capacity);
+        let id = conn_id(key, serial);
+        debug!(
+            "{}: parked from pid {} ({} watches{}, keepalive {}s)",
+            self.who(id),
+            a.from_pid,
+            watches.len(),
+            if notify { ", notify fd" } else { "" },
+            a.keepalive_secs
+        );
+        Ok(id)
+    }
+
+    fn schedule_keepalive(&mut self, key: u32, ms: Millis) {
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        conn.timer_gen = self.timers.new_gen();
+        if conn.keepalive_secs > 0 {
+            let hash = self.users.hash(conn.user);
+            let at = next_keepalive(ms, conn.keepalive_secs as u64 * 1000, hash);
+            self.timers.schedule(at, key, conn.timer_gen);
+        }
+    }
+
+    /// How many bytes the client of `id` may send us in one read, if it
+    /// is parked: enough for `DONE\r\n<tag> IDLE\r\n` inside IDLE.
+    pub fn read_budget(&self, id: ConnId) -> Option<usize> {
+        let c = self.get(id).filter(|c| c.phase == Phase::Parked)?;
+        Some(if c.in_idle {
+            MAX_IDLE_INPUT.saturating_sub(c.partial_len())
+        } else {
+            MAX_INPUT
+        })
+    }
+
+    /// The client of a parked connection sent `bytes` (one read, at most
+    /// [`Core::read_budget`]).
+    pub fn input(&mut self, id: ConnId, bytes: &[u8], now: Instant) {
+        let (key, _) = split_id(id);
+        let Some(conn) = self.get_mut(id).filter(|c| c.phase == Phase::Parked) else {
+            return;
+        };
+        if !conn.in_idle {
+            // Anything at all wakes it; forward what we read.
+            return self.wake_with(key, WakeReason::Input, bytes.to_vec(), false, now);
+        }
+        let mut data = conn.take_partial();
+        data.extend_from_slice(bytes);
+        match idle_input::parse(&data) {
+            IdleInput::Partial => conn.extra = Some(Box::new(Extra::Partial(data.into()))),
+            IdleInput::Bad => self.wake_with(key, WakeReason::BadDone, data, false, now),
+            IdleInput::Done { rest } => {
+                let rest = rest.to_vec();
+                self.wake_with(key, WakeReason::Done, rest, false, now)
+            }
+            IdleInput::Restart { tag } => {
+                // Tags are printable ASCII (checked by the parser).
+                let mut answer = Vec::with_capacity(conn.tag().len() + 32);
+                answer.extend_from_slice(conn.tag().as_bytes());
+                answer.extend_from_slice(b" OK Idle completed.\r\n+ idling\r\n");
+                conn.set_tag(tag);
+                self.stats.idle_restarted += 1;
+                debug!("{}: IDLE restarted in place", self.who(id));
+                self.out.push_back(Action::Write {
+                    id,
+                    bytes: Cow::Owned(answer),
+                    what: "IDLE restart",
+                });
+            }
+        }
+    }
+
+    /// The client of `id` closed its connection, or reading it failed.
+    pub fn hung_up(&mut self, id: ConnId, detail: &str) {
+        self.drop_conn(id, GoneReason::HungUp, detail);
+    }
+
+    /// A [`Action::Write`] could not be carried out.
+    pub fn write_failed(&mut self, id: ConnId, full: bool, what: &str, error: &str) {
+        if full {
+            let detail = format!("client output buffer is full ({what})");
+            self.drop_conn(id, GoneReason::OutputFull, &detail);
+        } else {
+            let detail = format!("{what} failed: {error}");
+            self.drop_conn(id, GoneReason::HungUp, &detail);
+        }
+    }
+
+    /// The file behind kernel watch `wd` changed; `gone`: the kernel
+    /// dropped the watch (deleted, unmounted).
+    pub fn watch_fired(&mut self, wd: &W, gone: bool, now: Instant) {
+        let mut woken = std::mem::take(&mut self.woken);
+        self.watches.fired(wd, gone, &mut woken);
+        self.wake_watchers(&mut woken, now);
+        self.woken = woken;
+    }
+
+    /// The kernel's event queue overflowed: every watcher may have missed
+    /// a change.
+    pub fn overflowed(&mut self, now: Instant) {
+        let mut woken = std::mem::take(&mut self.woken);
+        self.watches.overflowed(&mut woken);
+        self.wake_watchers(&mut woken, now);
+        self.woken = woken;
+    }
+
+    fn wake_watchers(&mut self, woken: &mut Vec<Watcher>, now: Instant) {
+        for &(key, serial) in woken.iter() {
+            if parked_in(&self.conns, (key, serial)) {
+                self.wake(key, WakeReason::Changed, now);
+            }
+        }
+        woken.clear();
+    }
+
+    /// Dovecot's inotify instance for the client of `id` became readable.
+    pub fn notify_ready(&mut self, id: ConnId, now: Instant) {
+        if self.get(id).is_some_and(|c| c.phase == Phase::Parked) {
+            self.wake(split_id(id).0, WakeReason::Changed, now);
+        }
+    }
+
+    /// When the next timer is due.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let at = self.timers.next_deadline()?;
+        Some(self.epoch + Duration::from_millis(at))
+    }
+
+    /// Keepalives, return retries and give-up deadlines due at `now`.
+    pub fn expire(&mut self, now: Instant) {
+        let ms = self.millis(now);
+        while let Some((key, gen)) = self.timers.pop_due(ms) {
+            let Some(conn) = self.conns.get(key as usize) else {
+                continue;
+            };
+            if conn.timer_gen != gen {
+                continue;
+            }
+            let id = conn.id(key);
+            match conn.phase {
+                Phase::Parked => {
+                    self.stats.keepalives += 1;
+                    self.out.push_back(Action::Write {
+                        id,
+                        bytes: Cow::Borrowed(STILL_HERE),
+                        what: "keepalive",
+                    });
+                    self.schedule_keepalive(key, ms);
+                }
+                Phase::Waiting => self.retry_due(id, ms),
+                Phase::Queued | Phase::InFlight => {
+                    self.give_up(id, "the session could not be resumed in time")
+                }
+            }
+        }
+        let conns = &self.conns;
+        self.timers.compact(conns.len(), |key, gen| {
+            conns.get(key as usize).is_some_and(|c| c.timer_gen == gen)
+        });
+    }
+
+    /// First call: hand every parked connection back. Second: give up on
+    /// whatever was not taken back yet.
+    pub fn shutdown(&mut self, why: &str, now: Instant) {
+        if !self.draining {
+            self.draining = true;
+            let keys: Vec<u32> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.phase == Phase::Parked)
+                .map(|(k, _)| k as u32)
+                .collect();
+            info!(
+                "{why}: returning {} parked connections, then exiting",
+                keys.len()
+            );
+            for key in keys {
+                self.wake(key, WakeReason::Shutdown, now);
+            }
+        } else {
+            let ids: Vec<ConnId> = self.conns.iter().map(|(k, c)| c.id(k as u32)).collect();
+            log::warn!(
+                "{why} again: giving up on {} connections not yet taken back",
+                ids.len()
+            );
+            for id in ids {
+                self.give_up(id, "the server is shutting down");
+            }
+        }
+    }
+
+    /// Wake a parked connection for `reason` (a mailbox change, shutdown):
+    /// any partial input already read travels with it.
+    fn wake(&mut self, key: u32, reason: WakeReason, now: Instant) {
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        let input = conn.take_partial();
+        let idle_running = conn.in_idle;
+        self.wake_with(key, reason, input, idle_running, now);
+    }
+
+    /// Stop watching, and queue the connection for the return path.
+    fn wake_with(
+        &mut self,
+        key: u32,
+        reason: WakeReason,
+        input: Vec<u8>,
+        idle_running: bool,
+        now: Instant,
+    ) {
+        let ms = self.millis(now);
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        if conn.phase != Phase::Parked {
+            return;
+        }
+        let watch_idx = conn.take_watches();
+        // The notify fd has done its job, but it stays open until the
+        // connection leaves us: closing an inotify instance waits for the
+        // kernel to retire its marks (milliseconds), which would delay the
+        // return. Dovecot's imap-hibernate closes it at the same point.
+        self.out.push_back(Action::Unpoll {
+            fd: conn.fd.as_raw_fd(),
+            notify: conn.notify.as_ref().map(|n| n.as_raw_fd()),
+        });
+        let give_up_after = match reason {
+            WakeReason::Shutdown => GIVE_UP_AT_SHUTDOWN_MS,
+            _ if !input.is_empty() => GIVE_UP_WITH_INPUT_MS,
+            WakeReason::Changed => GIVE_UP_WITHOUT_INPUT_MS,
+            _ => GIVE_UP_WITH_INPUT_MS,
+        };
+        let gen = self.timers.new_gen();
+        let watch = watch_idx
+            .iter()
+            .filter_map(|&i| self.watches.path(i).map(Path::to_path_buf))
+            .collect();
+        conn.phase = Phase::Queued;
+        conn.extra = Some(Box::new(Extra::Waking(Waking {
+            reason,
+            input,
+            idle_running,
+            give_up_at: ms + give_up_after,
+            attempts: 0,
+            watch,
+            woken_at: Some(now),
+        })));
+        conn.timer_gen = gen;
+        let serial = conn.serial;
+        self.timers.schedule(ms + give_up_after, key, gen);
+        self.leave_watches(&watch_idx);
+        match reason {
+            WakeReason::Done => self.stats.wake_done += 1,
+            WakeReason::BadDone => self.stats.wake_bad_done += 1,
+            WakeReason::Input => self.stats.wake_input += 1,
+            WakeReason::Changed => self.stats.wake_changed += 1,
+            WakeReason::Shutdown => self.stats.wake_shutdown += 1,
+        }
+        debug!("{}: woken ({reason:?})", self.who(conn_id(key, serial)));
+        self.queue.push_back((key, serial));
+    }
+
+    fn leave_watches(&mut self, idx: &[u32]) {
+        for &i in idx {
+            let conns = &self.conns;
+            if let Some(wd) = self.watches.leave(i, |w| parked_in(conns, w)) {
+                self.out.push_back(Action::Unwatch(wd));
+            }
+        }
+    }
+
+    /// Every connection held (of `user`, or all), for the tracker's `who`.
+    pub fn describe(&self, user: Option<&str>, now: Instant) -> Vec<ConnInfo> {
+        let now_secs = (self.millis(now) / 1000) as u32;
+        self.conns
+            .iter()
+            .filter(|(_, c)| user.is_none_or(|u| self.users.name(c.user) == u))
+            .map(|(key, c)| ConnInfo {
+                id: c.id(key as u32),
+                user: self.users.name(c.user).to_owned(),
+                // The state is opaque to us: the tracker knows the mailbox.
+                mailbox: String::new(),
+                activity: if c.phase == Phase::Parked {
+                    Activity::Parked
+                } else {
+                    Activity::Returning
+                },
+                secs: now_secs.saturating_sub(c.parked_at),
+            })
+            .collect()
+    }
+
+    pub fn stats(&self) -> Stats {
+        let returning = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.phase != Phase::Parked)
+            .count() as u64;
+        Stats {
+            parked: self.conns.len() as u64 - returning,
+            returning,
+            watches: self.watches.count() as u64,
+            wake_us: self.wake_us.iter().copied().collect(),
+            ..self.stats.clone()
+        }
+    }
+
+    pub fn summary(&self) -> String {
+        let s = self.stats();
+        format!(
+            "parked={} returning={} watches={} users={} parks={} refused={} \
+             wakes: done={} bad-done={} input={} changed={} shutdown={}; \
+             idle-restarted={} returned={} hung-up={} gave-up={} keepalives={}",
+            s.parked,
+            s.returning,
+            s.watches,
+            self.users.len(),
+            s.parks,
+            s.refused,
+            s.wake_done,
+            s.wake_bad_done,
+            s.wake_input,
+            s.wake_changed,
+            s.wake_shutdown,
+            s.idle_restarted,
+            s.returned,
+            s.hung_up,
+            s.gave_up,
+            s.keepalives
+        )
+    }
+}
+
+/// Whether the watcher `(key, serial)` is still a parked connection (slab
+/// keys are reused, serials are not).
+fn parked_in<F>(conns: &Slab<Conn<F>>, (key, serial): Watcher) -> bool {
+    conns
+        .get(key as usize)
+        .is_some_and(|c| c.serial == serial && c.phase == Phase::Parked)
+}
+
+#[cfg(test)]
+mod tests;
