@@ -105,7 +105,7 @@ impl Daemon {
         }
         let epoch = Instant::now();
         let (tracker, dovecot) = if cfg.dovecot {
-            let (listener, service, base_dir) = dovecot_listener(&cfg)?;
+            let (listener, service, base_dir) = service::listener(&cfg)?;
             let mut sources = vec![(listener.as_raw_fd(), Source::HandOffListener)];
             if let Some(s) = &service {
                 sources.push((s.master_dead.as_raw_fd(), Source::MasterDead));
@@ -390,55 +390,4 @@ impl Daemon {
             Action::Capacity => self.report_capacity(),
         }
     }
-}
-
-/// The imap-hibernate listener: the master's, or our own bound in
-/// `--dovecot-base-dir`. Returns it with the base_dir returns go to.
-fn dovecot_listener(cfg: &Config) -> Result<(OwnedFd, Option<Service>, PathBuf), SetupError> {
-    if let Some((service, listener)) = service::from_master() {
-        let base_dir = match &cfg.dovecot_base_dir {
-            Some(d) => d.clone(),
-            None => {
-                let addr: nix::sys::socket::UnixAddr = setup(
-                    "reading the listener's address",
-                    nix::sys::socket::getsockname(listener.as_raw_fd()).map_err(io::Error::from),
-                )?;
-                addr.path()
-                    .and_then(|p| p.parent())
-                    .map(PathBuf::from)
-                    .ok_or_else(|| {
-                        SetupError(
-                            "the listener from Dovecot's master has no path; \
-                             give --dovecot-base-dir"
-                                .into(),
-                        )
-                    })?
-            }
-        };
-        return Ok((listener, Some(service), base_dir));
-    }
-    let Some(base_dir) = cfg.dovecot_base_dir.clone() else {
-        return Err(SetupError(
-            "--dovecot needs --dovecot-base-dir when not started by Dovecot's master".into(),
-        ));
-    };
-    let path = base_dir.join("imap-hibernate");
-    let listener = setup(
-        format_args!("listening on {}", path.display()),
-        crate::sys::listen_unix(&path, nix::sys::socket::SockType::Stream, 0o660),
-    )?;
-    // As Dovecot's own listener: 0660 with its internal group, which its
-    // imap processes carry as an extra group.
-    match nix::unistd::Group::from_name(&cfg.dovecot_group) {
-        Ok(Some(g)) => setup(
-            format_args!("setting the group of {}", path.display()),
-            nix::unistd::chown(&path, None, Some(g.gid)).map_err(io::Error::from),
-        )?,
-        _ => warn!(
-            "group {} not found: {} keeps our group, so imap processes may not reach it",
-            cfg.dovecot_group,
-            path.display()
-        ),
-    }
-    Ok((listener, None, base_dir))
 }

@@ -1,11 +1,18 @@
 //! Running as Dovecot's own imap-hibernate service: the descriptors the
-//! master leaves open, the status record it expects, and its death pipe.
+//! master leaves open, the status record it expects, its death pipe, and
+//! the imap-hibernate listener (the master's, or our own standalone).
 
 use std::io::Write;
 use std::os::fd::OwnedFd;
 
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+
 use log::warn;
 
+use super::config::Config;
+use crate::setup::{setup, SetupError};
 use crate::sys::fdpass;
 
 /// `MASTER_LISTEN_FD_FIRST`, status and death pipes (master-interface.h).
@@ -88,4 +95,55 @@ impl Service {
             }
         }
     }
+}
+
+/// The imap-hibernate listener: the master's, or our own bound in
+/// `--dovecot-base-dir`. Returns it with the base_dir returns go to.
+pub(super) fn listener(cfg: &Config) -> Result<(OwnedFd, Option<Service>, PathBuf), SetupError> {
+    if let Some((service, listener)) = from_master() {
+        let base_dir = match &cfg.dovecot_base_dir {
+            Some(d) => d.clone(),
+            None => {
+                let addr: nix::sys::socket::UnixAddr = setup(
+                    "reading the listener's address",
+                    nix::sys::socket::getsockname(listener.as_raw_fd()).map_err(io::Error::from),
+                )?;
+                addr.path()
+                    .and_then(|p| p.parent())
+                    .map(PathBuf::from)
+                    .ok_or_else(|| {
+                        SetupError(
+                            "the listener from Dovecot's master has no path; \
+                             give --dovecot-base-dir"
+                                .into(),
+                        )
+                    })?
+            }
+        };
+        return Ok((listener, Some(service), base_dir));
+    }
+    let Some(base_dir) = cfg.dovecot_base_dir.clone() else {
+        return Err(SetupError(
+            "--dovecot needs --dovecot-base-dir when not started by Dovecot's master".into(),
+        ));
+    };
+    let path = base_dir.join("imap-hibernate");
+    let listener = setup(
+        format_args!("listening on {}", path.display()),
+        crate::sys::listen_unix(&path, nix::sys::socket::SockType::Stream, 0o660),
+    )?;
+    // As Dovecot's own listener: 0660 with its internal group, which its
+    // imap processes carry as an extra group.
+    match nix::unistd::Group::from_name(&cfg.dovecot_group) {
+        Ok(Some(g)) => setup(
+            format_args!("setting the group of {}", path.display()),
+            nix::unistd::chown(&path, None, Some(g.gid)).map_err(io::Error::from),
+        )?,
+        _ => warn!(
+            "group {} not found: {} keeps our group, so imap processes may not reach it",
+            cfg.dovecot_group,
+            path.display()
+        ),
+    }
+    Ok((listener, None, base_dir))
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use super::timers::Millis;
-use crate::proto::native::{Cookie, WakeReason};
+use crate::proto::native::{Cookie, Park, Return, WakeReason};
 
 /// The daemon's id for a connection: its serial (which tells a reused slab
 /// key apart) in the high half, its slab key in the low half.
@@ -192,4 +192,40 @@ fn pack(watches: &[u32], tag: &[u8], state: &[u8]) -> Box<[u8]> {
     data.extend_from_slice(tag);
     data.extend_from_slice(state);
     data.into_boxed_slice()
+}
+
+/// A woken connection as the return path sees it.
+pub struct Returning<'a, F> {
+    pub fd: &'a F,
+    pub user: &'a str,
+    pub cookie: Cookie,
+    pub tag: &'a str,
+    pub in_idle: bool,
+    pub keepalive_secs: u32,
+    pub state: &'a [u8],
+    pub waking: &'a Waking,
+    /// Seconds since the daemon started, when it was parked.
+    pub parked_at: u32,
+}
+
+impl<F> Returning<'_, F> {
+    /// The native return message for the tracker.
+    pub fn message(&self, id: ConnId, now_secs: u32) -> Return {
+        Return {
+            id,
+            park: Park {
+                user: self.user.to_owned(),
+                cookie: self.cookie,
+                tag: self.tag.to_owned(),
+                in_idle: self.in_idle,
+                keepalive_secs: self.keepalive_secs,
+                watch: self.waking.watch.clone(),
+                state: self.state.to_vec(),
+            },
+            reason: self.waking.reason,
+            input: self.waking.input.clone(),
+            idle_running: self.waking.idle_running,
+            parked_secs: now_secs.saturating_sub(self.parked_at),
+        }
+    }
 }

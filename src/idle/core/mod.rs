@@ -8,16 +8,18 @@
 //!
 //! A connection is parked, then woken (queued for the return path), then
 //! in flight, and leaves exactly once: returned, gone (hung up, output
-//! full) or given up with a BYE. [`leave`] holds the ways out, [`returns`]
-//! the way back.
+//! full) or given up with a BYE. `wake` holds what wakes it, `returns` the
+//! way back, `leave` the ways out, `report` what the core tells about itself.
 
 mod action;
 mod conn;
 pub mod idle_input;
 mod leave;
+mod report;
 mod returns;
 mod timers;
 mod users;
+mod wake;
 mod watch_refs;
 
 use std::borrow::Cow;
@@ -31,25 +33,16 @@ use log::{debug, info};
 use slab::Slab;
 
 pub use action::Action;
-pub use conn::{conn_id, split_id, ConnId, Phase, Waking};
-use conn::{Conn, Extra, Fields};
-use idle_input::{IdleInput, MAX_IDLE_INPUT};
-pub use returns::Returning;
+pub use conn::{conn_id, split_id, ConnId, Phase, Returning, Waking};
+use conn::{Conn, Fields};
 pub use timers::{next_keepalive, Millis};
 use timers::Timers;
 use users::Users;
 use watch_refs::{WatchRefs, Watcher};
 
 use crate::proto::native::{
-    Activity, ConnInfo, Cookie, GoneReason, RefuseKind, Stats, WakeReason, MAX_INPUT,
+    Cookie, RefuseKind, Stats, WakeReason,
 };
-
-/// Give-up deadlines, as Dovecot's imap-hibernate: a client that typed is
-/// waiting for an answer; one with only a mailbox change can wait longer.
-const GIVE_UP_WITH_INPUT_MS: Millis = 10_000;
-const GIVE_UP_WITHOUT_INPUT_MS: Millis = 5 * 60_000;
-/// At shutdown, how long the return path gets to take everyone back.
-const GIVE_UP_AT_SHUTDOWN_MS: Millis = 30_000;
 
 const STILL_HERE: &[u8] = b"* OK Still here\r\n";
 
@@ -290,104 +283,6 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
         }
     }
 
-    /// How many bytes the client of `id` may send us in one read, if it
-    /// is parked: enough for `DONE\r\n<tag> IDLE\r\n` inside IDLE.
-    pub fn read_budget(&self, id: ConnId) -> Option<usize> {
-        let c = self.get(id).filter(|c| c.phase == Phase::Parked)?;
-        Some(if c.in_idle {
-            MAX_IDLE_INPUT.saturating_sub(c.partial_len())
-        } else {
-            MAX_INPUT
-        })
-    }
-
-    /// The client of a parked connection sent `bytes` (one read, at most
-    /// [`Core::read_budget`]).
-    pub fn input(&mut self, id: ConnId, bytes: &[u8], now: Instant) {
-        let (key, _) = split_id(id);
-        let Some(conn) = self.get_mut(id).filter(|c| c.phase == Phase::Parked) else {
-            return;
-        };
-        if !conn.in_idle {
-            // Anything at all wakes it; forward what we read.
-            return self.wake_with(key, WakeReason::Input, bytes.to_vec(), false, now);
-        }
-        let mut data = conn.take_partial();
-        data.extend_from_slice(bytes);
-        match idle_input::parse(&data) {
-            IdleInput::Partial => conn.extra = Some(Box::new(Extra::Partial(data.into()))),
-            IdleInput::Bad => self.wake_with(key, WakeReason::BadDone, data, false, now),
-            IdleInput::Done { rest } => {
-                let rest = rest.to_vec();
-                self.wake_with(key, WakeReason::Done, rest, false, now)
-            }
-            IdleInput::Restart { tag } => {
-                // Tags are printable ASCII (checked by the parser).
-                let mut answer = Vec::with_capacity(conn.tag().len() + 32);
-                answer.extend_from_slice(conn.tag().as_bytes());
-                answer.extend_from_slice(b" OK Idle completed.\r\n+ idling\r\n");
-                conn.set_tag(tag);
-                self.stats.idle_restarted += 1;
-                debug!("{}: IDLE restarted in place", self.who(id));
-                self.out.push_back(Action::Write {
-                    id,
-                    bytes: Cow::Owned(answer),
-                    what: "IDLE restart",
-                });
-            }
-        }
-    }
-
-    /// The client of `id` closed its connection, or reading it failed.
-    pub fn hung_up(&mut self, id: ConnId, detail: &str) {
-        self.drop_conn(id, GoneReason::HungUp, detail);
-    }
-
-    /// A [`Action::Write`] could not be carried out.
-    pub fn write_failed(&mut self, id: ConnId, full: bool, what: &str, error: &str) {
-        if full {
-            let detail = format!("client output buffer is full ({what})");
-            self.drop_conn(id, GoneReason::OutputFull, &detail);
-        } else {
-            let detail = format!("{what} failed: {error}");
-            self.drop_conn(id, GoneReason::HungUp, &detail);
-        }
-    }
-
-    /// The file behind kernel watch `wd` changed; `gone`: the kernel
-    /// dropped the watch (deleted, unmounted).
-    pub fn watch_fired(&mut self, wd: &W, gone: bool, now: Instant) {
-        let mut woken = std::mem::take(&mut self.woken);
-        self.watches.fired(wd, gone, &mut woken);
-        self.wake_watchers(&mut woken, now);
-        self.woken = woken;
-    }
-
-    /// The kernel's event queue overflowed: every watcher may have missed
-    /// a change.
-    pub fn overflowed(&mut self, now: Instant) {
-        let mut woken = std::mem::take(&mut self.woken);
-        self.watches.overflowed(&mut woken);
-        self.wake_watchers(&mut woken, now);
-        self.woken = woken;
-    }
-
-    fn wake_watchers(&mut self, woken: &mut Vec<Watcher>, now: Instant) {
-        for &(key, serial) in woken.iter() {
-            if parked_in(&self.conns, (key, serial)) {
-                self.wake(key, WakeReason::Changed, now);
-            }
-        }
-        woken.clear();
-    }
-
-    /// Dovecot's inotify instance for the client of `id` became readable.
-    pub fn notify_ready(&mut self, id: ConnId, now: Instant) {
-        if self.get(id).is_some_and(|c| c.phase == Phase::Parked) {
-            self.wake(split_id(id).0, WakeReason::Changed, now);
-        }
-    }
-
     /// When the next timer is due.
     pub fn next_deadline(&self) -> Option<Instant> {
         let at = self.timers.next_deadline()?;
@@ -457,147 +352,6 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
         }
     }
 
-    /// Wake a parked connection for `reason` (a mailbox change, shutdown):
-    /// any partial input already read travels with it.
-    fn wake(&mut self, key: u32, reason: WakeReason, now: Instant) {
-        let Some(conn) = self.conns.get_mut(key as usize) else {
-            return;
-        };
-        let input = conn.take_partial();
-        let idle_running = conn.in_idle;
-        self.wake_with(key, reason, input, idle_running, now);
-    }
-
-    /// Stop watching, and queue the connection for the return path.
-    fn wake_with(
-        &mut self,
-        key: u32,
-        reason: WakeReason,
-        input: Vec<u8>,
-        idle_running: bool,
-        now: Instant,
-    ) {
-        let ms = self.millis(now);
-        let Some(conn) = self.conns.get_mut(key as usize) else {
-            return;
-        };
-        if conn.phase != Phase::Parked {
-            return;
-        }
-        let watch_idx = conn.take_watches();
-        // The notify fd has done its job, but it stays open until the
-        // connection leaves us: closing an inotify instance waits for the
-        // kernel to retire its marks (milliseconds), which would delay the
-        // return. Dovecot's imap-hibernate closes it at the same point.
-        self.out.push_back(Action::Unpoll {
-            fd: conn.fd.as_raw_fd(),
-            notify: conn.notify.as_ref().map(|n| n.as_raw_fd()),
-        });
-        let give_up_after = match reason {
-            WakeReason::Shutdown => GIVE_UP_AT_SHUTDOWN_MS,
-            _ if !input.is_empty() => GIVE_UP_WITH_INPUT_MS,
-            WakeReason::Changed => GIVE_UP_WITHOUT_INPUT_MS,
-            _ => GIVE_UP_WITH_INPUT_MS,
-        };
-        let gen = self.timers.new_gen();
-        let watch = watch_idx
-            .iter()
-            .filter_map(|&i| self.watches.path(i).map(Path::to_path_buf))
-            .collect();
-        conn.phase = Phase::Queued;
-        conn.extra = Some(Box::new(Extra::Waking(Waking {
-            reason,
-            input,
-            idle_running,
-            give_up_at: ms + give_up_after,
-            attempts: 0,
-            watch,
-            woken_at: Some(now),
-        })));
-        conn.timer_gen = gen;
-        let serial = conn.serial;
-        self.timers.schedule(ms + give_up_after, key, gen);
-        self.leave_watches(&watch_idx);
-        match reason {
-            WakeReason::Done => self.stats.wake_done += 1,
-            WakeReason::BadDone => self.stats.wake_bad_done += 1,
-            WakeReason::Input => self.stats.wake_input += 1,
-            WakeReason::Changed => self.stats.wake_changed += 1,
-            WakeReason::Shutdown => self.stats.wake_shutdown += 1,
-        }
-        debug!("{}: woken ({reason:?})", self.who(conn_id(key, serial)));
-        self.queue.push_back((key, serial));
-    }
-
-    fn leave_watches(&mut self, idx: &[u32]) {
-        for &i in idx {
-            let conns = &self.conns;
-            if let Some(wd) = self.watches.leave(i, |w| parked_in(conns, w)) {
-                self.out.push_back(Action::Unwatch(wd));
-            }
-        }
-    }
-
-    /// Every connection held (of `user`, or all), for the tracker's `who`.
-    pub fn describe(&self, user: Option<&str>, now: Instant) -> Vec<ConnInfo> {
-        let now_secs = (self.millis(now) / 1000) as u32;
-        self.conns
-            .iter()
-            .filter(|(_, c)| user.is_none_or(|u| self.users.name(c.user) == u))
-            .map(|(key, c)| ConnInfo {
-                id: c.id(key as u32),
-                user: self.users.name(c.user).to_owned(),
-                // The state is opaque to us: the tracker knows the mailbox.
-                mailbox: String::new(),
-                activity: if c.phase == Phase::Parked {
-                    Activity::Parked
-                } else {
-                    Activity::Returning
-                },
-                secs: now_secs.saturating_sub(c.parked_at),
-            })
-            .collect()
-    }
-
-    pub fn stats(&self) -> Stats {
-        let returning = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.phase != Phase::Parked)
-            .count() as u64;
-        Stats {
-            parked: self.conns.len() as u64 - returning,
-            returning,
-            watches: self.watches.count() as u64,
-            wake_us: self.wake_us.iter().copied().collect(),
-            ..self.stats.clone()
-        }
-    }
-
-    pub fn summary(&self) -> String {
-        let s = self.stats();
-        format!(
-            "parked={} returning={} watches={} users={} parks={} refused={} \
-             wakes: done={} bad-done={} input={} changed={} shutdown={}; \
-             idle-restarted={} returned={} hung-up={} gave-up={} keepalives={}",
-            s.parked,
-            s.returning,
-            s.watches,
-            self.users.len(),
-            s.parks,
-            s.refused,
-            s.wake_done,
-            s.wake_bad_done,
-            s.wake_input,
-            s.wake_changed,
-            s.wake_shutdown,
-            s.idle_restarted,
-            s.returned,
-            s.hung_up,
-            s.gave_up,
-            s.keepalives
-        )
-    }
 }
 
 /// Whether the watcher `(key, serial)` is still a parked connection (slab

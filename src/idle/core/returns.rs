@@ -5,57 +5,19 @@
 
 use std::hash::Hash;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use log::{debug, warn};
 
-use super::conn::{split_id, ConnId, Phase, Waking};
+use super::conn::{split_id, ConnId, Phase, Returning};
 use super::timers::Millis;
 use super::Core;
-use crate::proto::native::{Cookie, Park, Return};
 
 /// Refused returns are retried with backoff between these.
 const BACKOFF_MIN_MS: Millis = 100;
 const BACKOFF_MAX_MS: Millis = 2000;
 /// Wake latencies kept for the stats.
 const KEEP_WAKE_SAMPLES: usize = 4096;
-
-/// A woken connection as the return path sees it.
-pub struct Returning<'a, F> {
-    pub fd: &'a F,
-    pub user: &'a str,
-    pub cookie: Cookie,
-    pub tag: &'a str,
-    pub in_idle: bool,
-    pub keepalive_secs: u32,
-    pub state: &'a [u8],
-    pub waking: &'a Waking,
-    /// Seconds since the daemon started, when it was parked.
-    pub parked_at: u32,
-}
-
-impl<F> Returning<'_, F> {
-    /// The native return message for the tracker.
-    pub fn message(&self, id: ConnId, now_secs: u32) -> Return {
-        Return {
-            id,
-            park: Park {
-                user: self.user.to_owned(),
-                cookie: self.cookie,
-                tag: self.tag.to_owned(),
-                in_idle: self.in_idle,
-                keepalive_secs: self.keepalive_secs,
-                watch: self.waking.watch.iter().map(PathBuf::clone).collect(),
-                state: self.state.to_vec(),
-            },
-            reason: self.waking.reason,
-            input: self.waking.input.clone(),
-            idle_running: self.waking.idle_running,
-            parked_secs: now_secs.saturating_sub(self.parked_at),
-        }
-    }
-}
 
 impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
     /// Returns under way (sent, not answered).

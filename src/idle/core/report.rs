@@ -1,0 +1,73 @@
+//! What the core tells about itself: statistics, the one-line summary,
+//! and the connections it holds for `who`.
+
+use std::hash::Hash;
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use super::conn::Phase;
+use super::Core;
+use crate::proto::native::{Activity, ConnInfo, Stats};
+
+impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
+    /// Every connection held (of `user`, or all), for the tracker's `who`.
+    pub fn describe(&self, user: Option<&str>, now: Instant) -> Vec<ConnInfo> {
+        let now_secs = (self.millis(now) / 1000) as u32;
+        self.conns
+            .iter()
+            .filter(|(_, c)| user.is_none_or(|u| self.users.name(c.user) == u))
+            .map(|(key, c)| ConnInfo {
+                id: c.id(key as u32),
+                user: self.users.name(c.user).to_owned(),
+                // The state is opaque to us: the tracker knows the mailbox.
+                mailbox: String::new(),
+                activity: if c.phase == Phase::Parked {
+                    Activity::Parked
+                } else {
+                    Activity::Returning
+                },
+                secs: now_secs.saturating_sub(c.parked_at),
+            })
+            .collect()
+    }
+
+    pub fn stats(&self) -> Stats {
+        let returning = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.phase != Phase::Parked)
+            .count() as u64;
+        Stats {
+            parked: self.conns.len() as u64 - returning,
+            returning,
+            watches: self.watches.count() as u64,
+            wake_us: self.wake_us.iter().copied().collect(),
+            ..self.stats.clone()
+        }
+    }
+
+    pub fn summary(&self) -> String {
+        let s = self.stats();
+        format!(
+            "parked={} returning={} watches={} users={} parks={} refused={} \
+             wakes: done={} bad-done={} input={} changed={} shutdown={}; \
+             idle-restarted={} returned={} hung-up={} gave-up={} keepalives={}",
+            s.parked,
+            s.returning,
+            s.watches,
+            self.users.len(),
+            s.parks,
+            s.refused,
+            s.wake_done,
+            s.wake_bad_done,
+            s.wake_input,
+            s.wake_changed,
+            s.wake_shutdown,
+            s.idle_restarted,
+            s.returned,
+            s.hung_up,
+            s.gave_up,
+            s.keepalives
+        )
+    }
+}
