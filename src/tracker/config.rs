@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::routing::Policy;
+use super::policy::Policy;
 use crate::args::Args;
 use crate::idle::config::default_runtime_dir;
 

@@ -4,11 +4,16 @@
 pub mod config;
 mod cookie;
 mod daemon;
+mod handler;
 mod main;
+mod peers;
+mod pending;
+mod policy;
+mod report;
 mod routing;
 mod spawn;
 pub mod who;
 
 pub use daemon::Tracker;
 pub use main::main;
-pub use routing::Policy;
+pub use policy::Policy;

@@ -6,34 +6,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::cookie;
+use super::policy::{Bound, Policy};
 use crate::proto::native::{Cookie, Release};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Policy {
-    /// A process serves one user only.
-    User,
-    /// A process serves one UNIX uid only.
-    Uid,
-    /// Prefer a process that already serves the user, else the least loaded.
-    PreferUser,
-}
-
-impl Policy {
-    pub fn parse(s: &str) -> Option<Policy> {
-        match s {
-            "user" => Some(Policy::User),
-            "uid" => Some(Policy::Uid),
-            "prefer-user" => Some(Policy::PreferUser),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Bound {
-    User(String),
-    Uid(u32),
-}
 
 pub struct Process {
     pub pid: u32,
@@ -401,6 +375,22 @@ impl Routing {
 
     pub fn parked_count(&self) -> usize {
         self.parked.len()
+    }
+
+    /// The parked connections of `user` (all when `None`), for `who`.
+    pub fn parked_of<'a>(
+        &'a self,
+        user: Option<&'a str>,
+    ) -> impl Iterator<Item = (u64, &'a ConnEntry)> + 'a {
+        self.conns.iter().filter_map(move |(&id, c)| {
+            let wanted = user.is_none_or(|u| u == c.user);
+            (wanted && matches!(c.place, Place::Parked { .. })).then_some((id, c))
+        })
+    }
+
+    /// Is process `key`'s socket full (see [`Process::blocked`])?
+    pub fn blocked(&self, key: usize) -> bool {
+        self.procs.get(&key).is_some_and(|p| p.blocked)
     }
 }
 

@@ -1,22 +1,27 @@
 //! `imap-tracker who`: the tracker asks the mail processes concerned and
 //! imap-idle what each connection is doing, and answers with one table.
+//! `Who` owns the queries in flight; the connections it talks over and
+//! the routing tables it reports on are lent to it by the daemon, which
+//! also undoes what a peer closed here leaves behind.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use log::warn;
+use mio::Registry;
 
-use super::daemon::{parked_of, Tracker};
-use super::routing::Place;
-use crate::link::{Link, LinkError};
-use crate::proto::native::{chunks, Activity, ConnInfo, Message, Role, WhoRow};
+use super::peers::Peers;
+use super::routing::{Place, Routing};
+use crate::proto::native::{self, chunks, Activity, ConnInfo, Message, Role, WhoRow};
 use crate::sys::{Peer, SeqPacket};
+
+pub use super::report::{ask, table};
 
 /// How long the peers have to answer.
 const ANSWER_WITHIN: Duration = Duration::from_secs(2);
 
-pub struct WhoQuery {
+struct WhoQuery {
     id: u64,
     admin: usize,
     user: Option<String>,
@@ -28,77 +33,131 @@ pub struct WhoQuery {
     idle: HashMap<u64, ConnInfo>,
     idle_pid: u32,
     missing: Vec<String>,
-    pub deadline: Instant,
+    deadline: Instant,
 }
 
-impl Tracker {
-    pub(super) fn start_who(&mut self, admin: usize, user: Option<String>) {
+/// What the daemon does after an answer: close our connection to
+/// imap-idle, and answer the admin.
+pub(super) struct Answer {
+    pub close: bool,
+    pub done: bool,
+}
+
+pub(super) struct Who {
+    queries: Vec<WhoQuery>,
+    next_query: u64,
+}
+
+impl Default for Who {
+    fn default() -> Who {
+        Who {
+            queries: Vec::new(),
+            next_query: 1,
+        }
+    }
+}
+
+impl Who {
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.queries.iter().map(|q| q.deadline).min()
+    }
+
+    fn query(&mut self, id: u64) -> Option<&mut WhoQuery> {
+        self.queries.iter_mut().find(|q| q.id == id)
+    }
+
+    /// Open a query for `admin`; returns its id and the mail processes to
+    /// [`Who::ask`], then the caller tries [`Who::connect_idle`].
+    pub fn open(
+        &mut self,
+        admin: usize,
+        user: Option<String>,
+        routing: &Routing,
+    ) -> (u64, Vec<usize>) {
         let id = self.next_query;
         self.next_query += 1;
-        let mut q = WhoQuery {
+        let ask: Vec<usize> = routing
+            .procs
+            .iter()
+            .filter(|(_, p)| user.as_deref().is_none_or(|u| p.serves(u)))
+            .map(|(&k, _)| k)
+            .collect();
+        self.queries.push(WhoQuery {
             id,
             admin,
-            user: user.clone(),
+            user,
             waiting: HashSet::new(),
             mail: HashMap::new(),
             idle: HashMap::new(),
             idle_pid: 0,
             missing: Vec::new(),
             deadline: Instant::now() + ANSWER_WITHIN,
+        });
+        (id, ask)
+    }
+
+    /// Ask mail process `key` for query `id`.
+    pub fn ask(
+        &mut self,
+        id: u64,
+        key: usize,
+        peers: &mut Peers,
+        routing: &Routing,
+        registry: &Registry,
+    ) {
+        let Some(q) = self.query(id) else {
+            return;
         };
-        let ask: Vec<usize> = self
-            .routing
-            .procs
-            .iter()
-            .filter(|(_, p)| user.as_deref().is_none_or(|u| p.serves(u)))
-            .map(|(&k, _)| k)
-            .collect();
         let describe = Message::Describe {
             query: id,
-            user: user.clone(),
+            user: q.user.clone(),
         };
-        for key in ask {
-            if self.send(key, &describe) {
+        if peers.send(registry, key, &describe, routing.blocked(key)) {
+            q.waiting.insert(key);
+        }
+    }
+
+    /// If query `id` concerns parked connections, connect to imap-idle for
+    /// it; returns the new peer, which the caller reads once.
+    pub fn connect_idle(
+        &mut self,
+        id: u64,
+        idle_socket: &Path,
+        peers: &mut Peers,
+        routing: &Routing,
+        registry: &Registry,
+    ) -> Option<usize> {
+        let q = self.query(id)?;
+        routing.parked_of(q.user.as_deref()).next()?;
+        match connect_idle(id, idle_socket, peers, registry) {
+            Ok(key) => {
                 q.waiting.insert(key);
+                Some(key)
             }
-        }
-        if parked_of(&self.routing, user.as_deref()).next().is_some() {
-            match self.connect_idle(id) {
-                Ok(key) => {
-                    q.waiting.insert(key);
-                }
-                Err(e) => q.missing.push(format!(
-                    "imap-idle ({}): {e}",
-                    self.cfg.idle_socket.display()
-                )),
+            Err(e) => {
+                q.missing
+                    .push(format!("imap-idle ({}): {e}", idle_socket.display()));
+                None
             }
-        }
-        let done = q.waiting.is_empty();
-        self.queries.push(q);
-        if done {
-            self.finish_who(id);
         }
     }
 
-    fn connect_idle(&mut self, query: u64) -> Result<usize, String> {
-        let sock = SeqPacket::connect(&self.cfg.idle_socket, true).map_err(|e| e.to_string())?;
-        let hello = Message::Hello {
-            role: Role::Admin,
-            pid: std::process::id(),
-        };
-        crate::proto::native::send(&sock, &hello, None).map_err(|e| e.to_string())?;
-        let cred = Peer {
-            pid: 0,
-            uid: 0,
-            gid: 0,
-        };
-        self.add_peer(sock, cred, false, Some(query))
-            .ok_or_else(|| "cannot register the connection".to_owned())
+    /// Has every peer asked for query `id` answered (or failed)?
+    pub fn answered(&self, id: u64) -> bool {
+        self.queries
+            .iter()
+            .any(|q| q.id == id && q.waiting.is_empty())
     }
 
-    /// imap-idle said hello on a query connection: ask it.
-    pub(super) fn ask_idle(&mut self, key: usize) -> bool {
-        let Some(query) = self.peers.get(key).and_then(|p| p.query) else {
+    /// imap-idle said hello on query connection `key`: ask it.
+    pub fn ask_idle(
+        &self,
+        key: usize,
+        peers: &mut Peers,
+        routing: &Routing,
+        registry: &Registry,
+    ) -> bool {
+        let Some(query) = peers.get(key).and_then(|p| p.query()) else {
             return false;
         };
         let user = self
@@ -106,24 +165,39 @@ impl Tracker {
             .iter()
             .find(|q| q.id == query)
             .and_then(|q| q.user.clone());
-        self.send(key, &Message::Describe { query, user })
+        peers.send(
+            registry,
+            key,
+            &Message::Describe { query, user },
+            routing.blocked(key),
+        )
     }
 
-    pub(super) fn described(&mut self, key: usize, query: u64, conns: Vec<ConnInfo>, last: bool) {
-        let Some(peer) = self.peers.get(key) else {
-            return;
+    /// Peer `key` answered query `query`.
+    pub fn described(
+        &mut self,
+        key: usize,
+        query: u64,
+        conns: Vec<ConnInfo>,
+        last: bool,
+        peers: &Peers,
+    ) -> Answer {
+        let mut answer = Answer {
+            close: false,
+            done: false,
         };
-        let from_idle = peer.query.is_some();
-        let pid = peer.pid;
-        let Some(q) = self.queries.iter_mut().find(|q| q.id == query) else {
+        let Some(peer) = peers.get(key) else {
+            return answer;
+        };
+        let from_idle = peer.query().is_some();
+        let pid = peer.pid();
+        let Some(q) = self.query(query) else {
             // Too late: the query was answered without this peer.
-            if from_idle {
-                self.close_peer(key);
-            }
-            return;
+            answer.close = from_idle;
+            return answer;
         };
         if !q.waiting.contains(&key) {
-            return;
+            return answer;
         }
         for c in conns {
             if from_idle {
@@ -137,18 +211,15 @@ impl Tracker {
         }
         if last {
             q.waiting.remove(&key);
-            let done = q.waiting.is_empty();
-            if from_idle {
-                self.close_peer(key);
-            }
-            if done {
-                self.finish_who(query);
-            }
+            answer.close = from_idle;
+            answer.done = q.waiting.is_empty();
         }
+        answer
     }
 
-    /// A peer closed: queries stop waiting for it; its own query goes.
-    pub(super) fn who_peer_gone(&mut self, key: usize) {
+    /// Peer `key` closed: queries stop waiting for it; its own query goes.
+    /// Returns the queries now complete, for [`Who::finish`].
+    pub fn peer_gone(&mut self, key: usize) -> Vec<u64> {
         self.queries.retain(|q| q.admin != key);
         let mut done = Vec::new();
         for q in &mut self.queries {
@@ -160,56 +231,54 @@ impl Tracker {
                 }
             }
         }
-        for id in done {
-            self.finish_who(id);
-        }
+        done
     }
 
-    pub(super) fn expire_queries(&mut self, now: Instant) {
-        let late: Vec<u64> = self
-            .queries
+    /// The queries out of time at `now`, for [`Who::expire`].
+    pub fn late(&self, now: Instant) -> Vec<u64> {
+        self.queries
             .iter()
             .filter(|q| q.deadline <= now)
             .map(|q| q.id)
-            .collect();
-        for id in late {
-            let Some(q) = self.queries.iter_mut().find(|q| q.id == id) else {
-                continue;
-            };
-            let waiting: Vec<usize> = q.waiting.drain().collect();
-            for key in &waiting {
-                let name = match self.peers.get(*key) {
-                    Some(p) if p.query.is_some() => "imap-idle".to_owned(),
-                    Some(p) => format!("mail process pid={}", p.pid),
-                    None => format!("peer #{key}"),
-                };
-                warn!("who: {name} did not answer within {ANSWER_WITHIN:?}");
-                q.missing.push(format!("{name}: no answer in time"));
-            }
-            for key in waiting {
-                if self.peers.get(key).is_some_and(|p| p.query.is_some()) {
-                    self.close_peer(key);
-                }
-            }
-            self.finish_who(id);
-        }
+            .collect()
     }
 
-    fn finish_who(&mut self, id: u64) {
+    /// Stop waiting for query `id`: the peers that did not answer are noted
+    /// and returned (the caller closes those that are our connections to
+    /// imap-idle, then finishes the query).
+    pub fn expire(&mut self, id: u64, peers: &Peers) -> Vec<usize> {
+        let Some(q) = self.query(id) else {
+            return Vec::new();
+        };
+        let waiting: Vec<usize> = q.waiting.drain().collect();
+        for key in &waiting {
+            let name = match peers.get(*key) {
+                Some(p) if p.query().is_some() => "imap-idle".to_owned(),
+                Some(p) => format!("mail process pid={}", p.pid()),
+                None => format!("peer #{key}"),
+            };
+            warn!("who: {name} did not answer within {ANSWER_WITHIN:?}");
+            q.missing.push(format!("{name}: no answer in time"));
+        }
+        waiting
+    }
+
+    /// Answer query `id`'s admin with the table, and forget the query.
+    pub fn finish(&mut self, id: u64, peers: &mut Peers, routing: &Routing, registry: &Registry) {
         let Some(i) = self.queries.iter().position(|q| q.id == id) else {
             return;
         };
         let q = self.queries.swap_remove(i);
         let now = Instant::now();
         let mut rows = Vec::new();
-        for (&conn, c) in &self.routing.conns {
+        for (&conn, c) in &routing.conns {
             if q.user.as_deref().is_some_and(|u| u != c.user) {
                 continue;
             }
             let since = now.saturating_duration_since(c.since).as_secs() as u32;
             let row = match &c.place {
                 Place::Mail(key) => {
-                    let pid = self.routing.procs.get(key).map_or(0, |p| p.pid);
+                    let pid = routing.procs.get(key).map_or(0, |p| p.pid);
                     let info = q.mail.get(&conn);
                     WhoRow {
                         user: c.user.clone(),
@@ -249,106 +318,31 @@ impl Tracker {
                 },
                 last: i + 1 == n,
             };
-            if !self.send(q.admin, &msg) {
+            if !peers.send(registry, q.admin, &msg, routing.blocked(q.admin)) {
                 return;
             }
         }
     }
 }
 
-/// The client side: ask the tracker at `control` and collect every row.
-pub fn ask(control: &Path, user: Option<String>) -> Result<(Vec<WhoRow>, Vec<String>), LinkError> {
-    let mut link = Link::connect(control, Role::Admin)?;
-    let mut rows = Vec::new();
-    let mut missing = Vec::new();
-    let mut msg = link.request(&Message::WhoRequest { user }, None)?;
-    loop {
-        match msg {
-            Message::Who {
-                rows: r,
-                missing: m,
-                last,
-            } => {
-                rows.extend(r);
-                missing.extend(m);
-                if last {
-                    return Ok((rows, missing));
-                }
-            }
-            _ => return Err(LinkError::Unexpected("expected Who")),
-        }
-        msg = link.next_message()?;
-    }
-}
-
-fn activity(a: Activity) -> &'static str {
-    match a {
-        Activity::Active => "active",
-        Activity::Idle => "idle",
-        Activity::Parked => "parked",
-        Activity::Returning => "returning",
-    }
-}
-
-fn duration(secs: u32) -> String {
-    match secs {
-        s if s < 60 => format!("{s}s"),
-        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
-        s => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
-    }
-}
-
-/// The table `imap-tracker who` prints.
-pub fn table(rows: &[WhoRow], missing: &[String]) -> String {
-    let head = [
-        "USER", "CONN", "PROCESS", "STATE", "MAILBOX", "FOR", "CLIENT",
-    ];
-    let mut lines: Vec<[String; 7]> = vec![head.map(String::from)];
-    for r in rows {
-        let process = match r.activity {
-            Activity::Parked | Activity::Returning => format!("imap-idle {}", r.pid),
-            _ => format!("mail {}", r.pid),
-        };
-        lines.push([
-            r.user.clone(),
-            r.conn.to_string(),
-            process,
-            activity(r.activity).to_owned(),
-            r.mailbox.clone(),
-            duration(r.secs),
-            r.remote.clone(),
-        ]);
-    }
-    let mut widths = [0; 7];
-    for l in &lines {
-        for (w, cell) in widths.iter_mut().zip(l) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for l in &lines {
-        let cells: Vec<String> = l
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    let mut users: Vec<&str> = rows.iter().map(|r| r.user.as_str()).collect();
-    users.dedup();
-    let count = |a: Activity| rows.iter().filter(|r| r.activity == a).count();
-    out.push_str(&format!(
-        "{} users, {} connections: {} active, {} idle, {} parked, {} returning\n",
-        users.len(),
-        rows.len(),
-        count(Activity::Active),
-        count(Activity::Idle),
-        count(Activity::Parked),
-        count(Activity::Returning)
-    ));
-    for m in missing {
-        out.push_str(&format!("not answered: {m}\n"));
-    }
-    out
+fn connect_idle(
+    query: u64,
+    idle_socket: &Path,
+    peers: &mut Peers,
+    registry: &Registry,
+) -> Result<usize, String> {
+    let sock = SeqPacket::connect(idle_socket, true).map_err(|e| e.to_string())?;
+    let hello = Message::Hello {
+        role: Role::Admin,
+        pid: std::process::id(),
+    };
+    native::send(&sock, &hello, None).map_err(|e| e.to_string())?;
+    let cred = Peer {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    peers
+        .insert(registry, sock, cred, false, Some(query))
+        .ok_or_else(|| "cannot register the connection".to_owned())
 }
