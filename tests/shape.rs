@@ -73,7 +73,11 @@ fn edges(name: &str, src: &str, mods: &BTreeMap<String, String>) -> BTreeSet<Str
             continue;
         }
         // A sibling module, or else an item of the parent (mod.rs).
-        to.insert(if mods.contains_key(&n) { n } else { "mod".into() });
+        to.insert(if mods.contains_key(&n) {
+            n
+        } else {
+            "mod".into()
+        });
     }
     to.remove(name);
     to
@@ -157,7 +161,9 @@ fn no_file_over_400_lines_before_its_tests() {
                 // A test module of its own.
                 continue;
             }
-            let before = src.find("#[cfg(test)]\nmod").map_or(&src[..], |i| &src[..i]);
+            let before = src
+                .find("#[cfg(test)]\nmod")
+                .map_or(&src[..], |i| &src[..i]);
             let lines = before.lines().count();
             assert!(lines <= MAX_LINES, "{dir}/{name}.rs: {lines} lines");
         }
@@ -169,7 +175,10 @@ fn every_file_says_what_it_owns() {
     for dir in DIRS {
         for (name, src) in modules(Path::new(dir)) {
             let is_dir = src.is_empty();
-            assert!(is_dir || src.starts_with("//!"), "{dir}/{name}.rs has no module doc");
+            assert!(
+                is_dir || src.starts_with("//!"),
+                "{dir}/{name}.rs has no module doc"
+            );
         }
     }
 }

@@ -294,7 +294,7 @@ impl Daemon {
         for command in self.signals.commands() {
             match command {
                 Command::Summary => info!("{}", self.core.summary()),
-                Command::Stop(sig) => self.core.shutdown(&sig.to_string(), now),
+                Command::Stop(sig) => self.core.shutdown(sig.as_ref(), now),
                 Command::IdleExit => {
                     let hand_offs = self.dovecot.as_ref().map_or(0, |d| d.hand_off.len());
                     if self.core.is_empty() && hand_offs == 0 {

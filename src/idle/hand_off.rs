@@ -61,7 +61,6 @@ impl HandOff {
         }
     }
 
-
     /// Hand-offs in progress: each has been promised room.
     pub fn len(&self) -> usize {
         self.conns.len()
@@ -272,7 +271,9 @@ impl HandOff {
         };
         match h.clients.adopt(h.core, h.inotify, h.reg, incoming, h.now) {
             // Input may have arrived during the hand-off.
-            Ok(id) => h.clients.readable(h.core, super::core::split_id(id).0, h.now),
+            Ok(id) => h
+                .clients
+                .readable(h.core, super::core::split_id(id).0, h.now),
             Err(r) => {
                 // We said `+` and the imap process is gone: nobody else
                 // will ever answer this client, so tell it before closing.

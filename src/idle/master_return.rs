@@ -143,9 +143,7 @@ impl Masters {
                 } else {
                     return match dovecot::parse_answer(line) {
                         Ok(()) => self.accepted(m, core, reg),
-                        Err(reason) => {
-                            self.failed(m, core, reg, &format!("imap-master: {reason}"))
-                        }
+                        Err(reason) => self.failed(m, core, reg, &format!("imap-master: {reason}")),
                     };
                 }
             }

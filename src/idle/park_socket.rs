@@ -69,7 +69,6 @@ impl ParkSocket {
         }
     }
 
-
     /// Accept what waits. `Err` carries the error that should pause
     /// accepting (out of descriptors).
     pub fn accept(&mut self, h: &mut Held<'_>) -> Result<(), io::Error> {
@@ -155,10 +154,7 @@ impl ParkSocket {
     /// A control connection is readable. Returns whether accepting should
     /// resume (a connection closed below the cap).
     pub fn event(&mut self, key: usize, h: &mut Held<'_>) -> bool {
-        loop {
-            let Some(c) = self.controls.get(key) else {
-                break;
-            };
+        while let Some(c) = self.controls.get(key) {
             let incoming = match native::recv(&c.sock, &mut self.scratch) {
                 Ok(i) => i,
                 Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -186,13 +182,7 @@ impl ParkSocket {
     }
 
     /// Handle one message; false when the connection was closed.
-    fn message(
-        &mut self,
-        key: usize,
-        msg: Message,
-        fd: Option<OwnedFd>,
-        h: &mut Held<'_>,
-    ) -> bool {
+    fn message(&mut self, key: usize, msg: Message, fd: Option<OwnedFd>, h: &mut Held<'_>) -> bool {
         let Some(c) = self.controls.get_mut(key) else {
             return false;
         };
@@ -272,7 +262,8 @@ impl ParkSocket {
                 if self.answer(key, &Message::Parked { id }, h.reg) {
                     // Input may have arrived during the hand-off; edges are
                     // not repeated, so look now.
-                    h.clients.readable(h.core, super::core::split_id(id).0, h.now);
+                    h.clients
+                        .readable(h.core, super::core::split_id(id).0, h.now);
                     true
                 } else {
                     // The mail process never heard "Parked": it still serves

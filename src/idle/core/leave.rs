@@ -114,7 +114,10 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
         if !self.holds(id) {
             return;
         }
-        warn!("{}: park not confirmed to the mail process; dropped", self.who(id));
+        warn!(
+            "{}: park not confirmed to the mail process; dropped",
+            self.who(id)
+        );
         if let Some(conn) = self.remove_conn(id, true) {
             self.stats.parks -= 1;
             self.close(conn);

@@ -35,14 +35,12 @@ use slab::Slab;
 pub use action::Action;
 pub use conn::{conn_id, split_id, ConnId, Phase, Returning, Waking};
 use conn::{Conn, Fields};
-pub use timers::{next_keepalive, Millis};
 use timers::Timers;
+pub use timers::{next_keepalive, Millis};
 use users::Users;
 use watch_refs::{WatchRefs, Watcher};
 
-use crate::proto::native::{
-    Cookie, RefuseKind, Stats, WakeReason,
-};
+use crate::proto::native::{Cookie, RefuseKind, Stats, WakeReason};
 
 const STILL_HERE: &[u8] = b"* OK Still here\r\n";
 
@@ -150,9 +148,7 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
 
     fn get(&self, id: ConnId) -> Option<&Conn<F>> {
         let (key, serial) = split_id(id);
-        self.conns
-            .get(key as usize)
-            .filter(|c| c.serial == serial)
+        self.conns.get(key as usize).filter(|c| c.serial == serial)
     }
 
     fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn<F>> {
@@ -190,7 +186,10 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
     /// already promised room.
     pub fn admit(&self, pending: usize) -> Result<(), (RefuseKind, String)> {
         if self.draining {
-            return Err((RefuseKind::ShuttingDown, "imap-idle is shutting down".into()));
+            return Err((
+                RefuseKind::ShuttingDown,
+                "imap-idle is shutting down".into(),
+            ));
         }
         let used = self.conns.len() + pending;
         if used >= self.max_parked {
@@ -351,7 +350,6 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
             }
         }
     }
-
 }
 
 /// Whether the watcher `(key, serial)` is still a parked connection (slab

@@ -71,7 +71,10 @@ enum Step {
     WatchGone(u32),
     Overflow,
     Notify(usize),
-    Advance { ms: u64, fail_writes: bool },
+    Advance {
+        ms: u64,
+        fail_writes: bool,
+    },
     Pump(usize),
     Accept(usize),
     Reject(usize),
@@ -250,7 +253,11 @@ impl Model {
             self.kernel.insert(p);
         }
         let pbufs: Vec<PathBuf> = paths.iter().map(|&p| path(p)).collect();
-        let watches = paths.iter().zip(&pbufs).map(|(&p, b)| (p, b.as_path())).collect();
+        let watches = paths
+            .iter()
+            .zip(&pbufs)
+            .map(|(&p, b)| (p, b.as_path()))
+            .collect();
         self.parks += 1;
         let state = format!("state-{}", self.parks).into_bytes();
         let tag = format!("T{}", self.parks);
@@ -514,6 +521,6 @@ fn a_streaming_client_is_read_one_budget_at_a_time() {
         m.drain(false);
     }
     assert_eq!(m.core.stats().idle_restarted, 1000);
-    assert!(m.core.read_budget(id).unwrap() <= super::MAX_IDLE_INPUT);
+    assert!(m.core.read_budget(id).unwrap() <= super::idle_input::MAX_IDLE_INPUT);
     m.finish();
 }
