@@ -10,10 +10,10 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use inotify::WatchDescriptor;
 use mio::unix::SourceFd;
 use mio::{Interest, Registry};
 use nix::errno::Errno;
+use nix::sys::inotify::WatchDescriptor;
 use nix::sys::socket::{self, MsgFlags};
 
 use super::core::{Arrival, ConnId, Core};

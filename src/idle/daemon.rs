@@ -10,10 +10,10 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-use inotify::WatchDescriptor;
 use log::{info, warn};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
+use nix::sys::inotify::WatchDescriptor;
 use nix::sys::socket::{self, Shutdown};
 
 use super::accept::PAUSE_MS;

@@ -8,8 +8,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use inotify::{EventMask, WatchDescriptor, WatchMask};
 use log::error;
+use nix::errno::Errno;
+use nix::sys::inotify::{AddWatchFlags, InitFlags, WatchDescriptor};
 
 use super::core::Core;
 
@@ -33,28 +34,29 @@ impl fmt::Display for WatchError {
 }
 
 /// What the kernel reports that makes a mailbox worth looking at again.
-fn mask() -> WatchMask {
-    WatchMask::MODIFY
-        | WatchMask::ATTRIB
-        | WatchMask::CREATE
-        | WatchMask::DELETE
-        | WatchMask::MOVED_FROM
-        | WatchMask::MOVED_TO
-        | WatchMask::DELETE_SELF
-        | WatchMask::MOVE_SELF
+fn mask() -> AddWatchFlags {
+    AddWatchFlags::IN_MODIFY
+        | AddWatchFlags::IN_ATTRIB
+        | AddWatchFlags::IN_CREATE
+        | AddWatchFlags::IN_DELETE
+        | AddWatchFlags::IN_MOVED_FROM
+        | AddWatchFlags::IN_MOVED_TO
+        | AddWatchFlags::IN_DELETE_SELF
+        | AddWatchFlags::IN_MOVE_SELF
 }
 
+/// A kernel watch is a plain 4-byte number here: the core keys its watch
+/// table by it, once per watched file.
 pub struct Inotify {
-    inotify: inotify::Inotify,
-    buf: Box<[u8]>,
+    inotify: nix::sys::inotify::Inotify,
     fired: Vec<(WatchDescriptor, bool)>,
 }
 
 impl Inotify {
     pub fn new() -> io::Result<Inotify> {
+        let flags = InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC;
         Ok(Inotify {
-            inotify: inotify::Inotify::init()?,
-            buf: vec![0; 64 * 1024].into_boxed_slice(),
+            inotify: nix::sys::inotify::Inotify::init(flags)?,
             fired: Vec::new(),
         })
     }
@@ -62,35 +64,32 @@ impl Inotify {
     /// A kernel watch on `path`. Two paths naming the same file get the
     /// same watch back, which is how the core shares it.
     pub fn add(&mut self, path: &Path) -> Result<WatchDescriptor, WatchError> {
-        self.inotify.watches().add(path, mask()).map_err(|e| {
-            if e.raw_os_error() == Some(nix::libc::ENOSPC) {
-                WatchError::Limit
-            } else {
-                WatchError::Path(path.to_owned(), e)
-            }
+        self.inotify.add_watch(path, mask()).map_err(|e| match e {
+            Errno::ENOSPC => WatchError::Limit,
+            e => WatchError::Path(path.to_owned(), e.into()),
         })
     }
 
     pub fn remove(&mut self, wd: WatchDescriptor) {
         // Fails only if the kernel already dropped it.
-        let _ = self.inotify.watches().remove(wd);
+        let _ = self.inotify.rm_watch(wd);
     }
 
     /// Read every pending event and hand it to the core.
     pub fn readable(&mut self, core: &mut Core<OwnedFd, WatchDescriptor>, now: Instant) {
         loop {
-            let events = match self.inotify.read_events(&mut self.buf) {
+            let events = match self.inotify.read_events() {
                 Ok(events) => events,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(Errno::EAGAIN) => return,
+                Err(Errno::EINTR) => continue,
                 Err(e) => return error!("reading inotify events: {e}"),
             };
             let mut overflow = false;
             for ev in events {
-                if ev.mask.contains(EventMask::Q_OVERFLOW) {
+                if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
                     overflow = true;
                 } else {
-                    let gone = ev.mask.contains(EventMask::IGNORED);
+                    let gone = ev.mask.contains(AddWatchFlags::IN_IGNORED);
                     self.fired.push((ev.wd, gone));
                 }
             }

@@ -20,7 +20,8 @@ pub struct NativeOptions {
     pub spawn: bool,
     /// Seconds in IDLE before a mail process parks a client; 0 never.
     pub park_after: u32,
-    /// (user, uid) accounts; every password is [`PASSWORD`].
+    /// (user, uid) accounts, uid 0 meaning the caller's; every password is
+    /// [`PASSWORD`].
     pub users: Vec<(String, u32)>,
     /// Clients per mail process.
     pub capacity: u32,
@@ -69,6 +70,17 @@ fn spawn(cmd: &mut Command, log: &Path) -> Result<Child, String> {
         .map_err(|e| format!("starting {cmd:?}: {e}"))
 }
 
+/// The uid a user's mail belongs to: 0 in the options means the caller's
+/// own, so that the mail processes we start (which run as the caller) may
+/// serve them whether or not the caller is root.
+fn mail_uid(uid: u32) -> u32 {
+    if uid == 0 {
+        nix::unistd::getuid().as_raw()
+    } else {
+        uid
+    }
+}
+
 impl NativeStack {
     /// Start everything from the binaries in `bin` (imap-idle,
     /// imap-tracker, imap-idle-lab).
@@ -81,7 +93,7 @@ impl NativeStack {
         let accounts: String = o
             .users
             .iter()
-            .map(|(u, uid)| format!("{u}:{PASSWORD}:{uid}\n"))
+            .map(|(u, uid)| format!("{u}:{PASSWORD}:{}\n", mail_uid(*uid)))
             .collect();
         std::fs::write(&passwd, accounts).map_err(|e| e.to_string())?;
         let mut idle = spawn(

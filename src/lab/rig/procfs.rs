@@ -93,7 +93,8 @@ mod tests {
         let me = std::process::id();
         assert!(pss_kb(me) > 0);
         assert!(fds(me) >= 3);
-        let _i = inotify::Inotify::init().unwrap();
+        let _i =
+            nix::sys::inotify::Inotify::init(nix::sys::inotify::InitFlags::IN_CLOEXEC).unwrap();
         assert!(inotify_instances(me) >= 1);
         std::thread::sleep(std::time::Duration::from_millis(2));
         assert!(wakeups(me) > 0);
