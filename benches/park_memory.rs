@@ -110,7 +110,7 @@ fn scenario(home: &Path, from: usize, to: usize, per_mailbox: usize) -> Figures 
             let (client, server) = UnixStream::pair().expect("socketpair");
             let parking = Parking::idle(&format!("user{m}"), [7; 16], &states[m]);
             if let Err(kept) = idle.park(OwnedFd::from(server), &parking) {
-                panic!("park refused: {}", kept.reason);
+                panic!("park refused: {kept}");
             }
             clients.push(client);
         }

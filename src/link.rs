@@ -77,6 +77,11 @@ impl Link {
         self.sock
     }
 
+    /// Send one message without waiting.
+    pub fn send(&mut self, msg: &Message, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+        native::send(&self.sock, msg, fd)
+    }
+
     /// Send one message and wait for the one answer.
     pub fn request(
         &mut self,

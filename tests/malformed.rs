@@ -73,8 +73,12 @@ fn garbage_bad_versions_and_truncated_messages() {
     let d = Daemon::start(&[]);
     let baseline = d.settled_fds();
     error_mentions(send_raw(&d, true, &[7, 1, 2, 3], &[]), "version 7");
-    error_mentions(send_raw(&d, true, &[1, 250, 250, 250], &[]), "malformed");
-    let park = Message::Park(idle_park("alice", vec![])).encode();
+    error_mentions(send_raw(&d, true, &[2, 250, 250, 250], &[]), "malformed");
+    let park = Message::Park {
+        req: 1,
+        park: idle_park("alice", vec![]),
+    }
+    .encode();
     error_mentions(
         send_raw(&d, true, &park[..park.len() / 2], &[]),
         "malformed",
@@ -90,7 +94,11 @@ fn oversize_packets_are_refused_and_their_fds_closed() {
     let d = Daemon::start(&[]);
     let baseline = d.settled_fds();
     let (a, _b) = UnixStream::pair().unwrap();
-    let mut big = Message::Park(idle_park("alice", vec![])).encode();
+    let mut big = Message::Park {
+        req: 1,
+        park: idle_park("alice", vec![]),
+    }
+    .encode();
     big.resize(MAX_PACKET + 5000, 0);
     error_mentions(send_raw(&d, true, &big, &[a.as_fd()]), "larger than");
     still_serving(&d, baseline);
@@ -101,7 +109,11 @@ fn wrong_fd_counts_close_every_fd() {
     let d = Daemon::start(&[]);
     let baseline = d.settled_fds();
     let (a, b) = UnixStream::pair().unwrap();
-    let park = Message::Park(idle_park("alice", vec![])).encode();
+    let park = Message::Park {
+        req: 1,
+        park: idle_park("alice", vec![]),
+    }
+    .encode();
     error_mentions(send_raw(&d, true, &park, &[]), "carries 0 fds, expected 1");
     error_mentions(
         send_raw(&d, true, &park, &[a.as_fd(), b.as_fd(), a.as_fd()]),
@@ -122,7 +134,11 @@ fn protocol_order_and_roles_are_enforced() {
     let d = Daemon::start(&[]);
     let baseline = d.settled_fds();
     let (a, _b) = UnixStream::pair().unwrap();
-    let park = Message::Park(idle_park("alice", vec![])).encode();
+    let park = Message::Park {
+        req: 1,
+        park: idle_park("alice", vec![]),
+    }
+    .encode();
     error_mentions(
         send_raw(&d, false, &park, &[a.as_fd()]),
         "first message must be Hello",
@@ -137,7 +153,11 @@ fn protocol_order_and_roles_are_enforced() {
     error_mentions(send_raw(&d, true, &accepted, &[]), "unexpected Accepted");
     let mut bad_tag = idle_park("alice", vec![]);
     bad_tag.tag = "has space".into();
-    let bad = Message::Park(bad_tag).encode();
+    let bad = Message::Park {
+        req: 1,
+        park: bad_tag,
+    }
+    .encode();
     error_mentions(send_raw(&d, true, &bad, &[a.as_fd()]), "tag");
     still_serving(&d, baseline);
 }
@@ -147,9 +167,13 @@ fn a_regular_file_or_datagram_socket_is_refused_not_parked() {
     let d = Daemon::start(&[]);
     let baseline = d.settled_fds();
     let file = tempfile::tempfile().unwrap();
-    let park = Message::Park(idle_park("alice", vec![])).encode();
+    let park = Message::Park {
+        req: 1,
+        park: idle_park("alice", vec![]),
+    }
+    .encode();
     match send_raw(&d, true, &park, &[file.as_fd()]) {
-        Some(Message::Refused { kind, reason }) => {
+        Some(Message::Refused { kind, reason, .. }) => {
             assert_eq!(kind, RefuseKind::BadFd);
             assert!(reason.contains("not a socket"), "{reason}");
         }
@@ -177,7 +201,10 @@ fn a_peer_vanishing_mid_park_leaves_nothing_behind() {
         native::send(&sock, &h, None).unwrap();
         native::send(
             &sock,
-            &Message::Park(idle_park("alice", vec![])),
+            &Message::Park {
+                req: 1,
+                park: idle_park("alice", vec![]),
+            },
             Some(a.as_fd()),
         )
         .unwrap();

@@ -213,14 +213,14 @@ impl ParkSocket {
                 self.fail(key, "the first message must be Hello", h.reg);
                 false
             }
-            (Some(Role::MailProcess), Message::Park(park)) => {
+            (Some(Role::MailProcess), Message::Park { req, park }) => {
                 let Some(fd) = fd else {
                     // native::recv guarantees the fd; stay defensive anyway.
                     self.fail(key, "Park without a descriptor", h.reg);
                     return false;
                 };
                 let pid = c.peer.pid;
-                self.park(key, park, fd, pid, h)
+                self.park(key, req, park, fd, pid, h)
             }
             (Some(_), Message::StatsRequest) => {
                 let stats = Message::Stats(h.core.stats());
@@ -244,7 +244,15 @@ impl ParkSocket {
     }
 
     /// Take over a client for a mail process, and answer it.
-    fn park(&mut self, key: usize, park: Park, fd: OwnedFd, pid: i32, h: &mut Held<'_>) -> bool {
+    fn park(
+        &mut self,
+        key: usize,
+        req: u64,
+        park: Park,
+        fd: OwnedFd,
+        pid: i32,
+        h: &mut Held<'_>,
+    ) -> bool {
         let incoming = Incoming {
             fd,
             notify: None,
@@ -259,7 +267,7 @@ impl ParkSocket {
         };
         match h.clients.adopt(h.core, h.inotify, h.reg, incoming, h.now) {
             Ok(id) => {
-                if self.answer(key, &Message::Parked { id }, h.reg) {
+                if self.answer(key, &Message::Parked { req, id }, h.reg) {
                     // Input may have arrived during the hand-off; edges are
                     // not repeated, so look now.
                     h.clients
@@ -274,6 +282,7 @@ impl ParkSocket {
             }
             Err(r) => {
                 let msg = Message::Refused {
+                    req,
                     kind: r.kind,
                     reason: r.reason,
                 };

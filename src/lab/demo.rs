@@ -186,7 +186,7 @@ impl Demo {
         let id = self
             .idle
             .park(OwnedFd::from(server), park)
-            .map_err(|k| format!("park refused: {}", k.reason))?;
+            .map_err(|k| format!("park refused: {k}"))?;
         Ok((client, id))
     }
 

@@ -7,14 +7,15 @@
 //!
 //! ```no_run
 //! use std::os::fd::OwnedFd;
-//! use imap_idle::mail::{IdleLink, Parking};
+//! use imap_idle::mail::{IdleLink, NotParked, Parking};
 //! use imap_idle::proto::state::SessionState;
 //!
 //! fn park(client: OwnedFd, user: &str, cookie: [u8; 16], state: &SessionState) -> Option<OwnedFd> {
 //!     let mut idle = IdleLink::connect("/run/imap-idle/park".as_ref()).ok()?;
 //!     match idle.park(client, &Parking::idle(user, cookie, state)) {
-//!         Ok(_id) => None,                  // imap-idle owns the client now
-//!         Err(kept) => Some(kept.client),   // keep serving it; kept.reason says why
+//!         Ok(_id) => None,                          // imap-idle owns the client now
+//!         Err(NotParked::Kept(kept)) => Some(kept.client), // keep serving it; kept.reason says why
+//!         Err(NotParked::Lost { .. }) => None,      // fate unknown: forget it, never serve it twice
 //!     }
 //! }
 //! ```
@@ -24,5 +25,5 @@ mod park;
 mod tracker;
 
 pub use login::{LoginAnswer, LoginLink};
-pub use park::{IdleLink, Kept, Parking};
+pub use park::{IdleLink, Kept, NotParked, Parking};
 pub use tracker::{FromTracker, TrackerLink};

@@ -26,6 +26,37 @@ impl Park {
     }
 }
 
+/// Why a park did not transfer the client.
+#[derive(Debug)]
+pub enum NotParked {
+    /// imap-idle did not take it: keep serving it.
+    Kept(Kept),
+    /// Whether imap-idle took it is unknown (no answer in time, the link
+    /// died after the request went out, or the answer was for another
+    /// request). Our descriptor is closed and the client must be forgotten:
+    /// serving it on could mean two processes serve one client. The link
+    /// is closed too, so no late answer can be misread.
+    Lost { reason: String },
+}
+
+impl NotParked {
+    pub fn reason(&self) -> &str {
+        match self {
+            NotParked::Kept(k) => &k.reason,
+            NotParked::Lost { reason } => reason,
+        }
+    }
+}
+
+impl std::fmt::Display for NotParked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotParked::Kept(k) => write!(f, "kept: {}", k.reason),
+            NotParked::Lost { reason } => write!(f, "lost: {reason}"),
+        }
+    }
+}
+
 /// The client was not parked: it is handed back to keep serving.
 #[derive(Debug)]
 pub struct Kept {
@@ -37,7 +68,9 @@ pub struct Kept {
 
 /// A connection to imap-idle's park socket, reusable for many parks.
 pub struct IdleLink {
-    link: Link,
+    /// `None` once closed after a failure.
+    link: Option<Link>,
+    next_req: u64,
 }
 
 impl IdleLink {
@@ -46,34 +79,75 @@ impl IdleLink {
         if link.peer_role() != Role::Idle {
             return Err(LinkError::Unexpected("the peer is not imap-idle"));
         }
-        Ok(IdleLink { link })
+        Ok(IdleLink {
+            link: Some(link),
+            next_req: 1,
+        })
+    }
+
+    /// Whether the link still works; after a lost park it is closed and a
+    /// new one must be made.
+    pub fn is_open(&self) -> bool {
+        self.link.is_some()
     }
 
     /// Park `client`. On success imap-idle owns it and our descriptor is
-    /// closed; otherwise it comes back in `Kept`. When the answer is lost
-    /// (daemon died mid-request) the client is kept: the daemon drops a
-    /// park it could not confirm, so exactly one side ever serves it.
-    pub fn park(&mut self, client: OwnedFd, park: &Park) -> Result<u64, Kept> {
-        let answer = self
-            .link
-            .request(&Message::Park(park.clone()), Some(client.as_fd()));
-        match answer {
-            Ok(Message::Parked { id }) => Ok(id),
-            Ok(Message::Refused { kind, reason }) => Err(Kept {
-                client,
-                kind: Some(kind),
-                reason,
-            }),
-            Ok(_) => Err(Kept {
+    /// closed. `Kept` gives it back when imap-idle refused it or the
+    /// request could not be sent; `Lost` when its fate is unknown.
+    pub fn park(&mut self, client: OwnedFd, park: &Park) -> Result<u64, NotParked> {
+        let req = self.next_req;
+        self.next_req += 1;
+        let Some(link) = &mut self.link else {
+            return Err(NotParked::Kept(Kept {
                 client,
                 kind: None,
-                reason: "unexpected answer from imap-idle".into(),
-            }),
-            Err(e) => Err(Kept {
+                reason: "the link to imap-idle is closed".into(),
+            }));
+        };
+        let msg = Message::Park {
+            req,
+            park: park.clone(),
+        };
+        if let Err(e) = link.send(&msg, Some(client.as_fd())) {
+            // A packet goes whole or not at all: imap-idle never saw it.
+            self.link = None;
+            return Err(NotParked::Kept(Kept {
                 client,
                 kind: None,
                 reason: e.to_string(),
-            }),
+            }));
+        }
+        match link.next_message() {
+            Ok(Message::Parked { req: r, id }) if r == req => Ok(id),
+            Ok(Message::Refused {
+                req: r,
+                kind,
+                reason,
+            }) if r == req => Err(NotParked::Kept(Kept {
+                client,
+                kind: Some(kind),
+                reason,
+            })),
+            Ok(other) => {
+                self.link = None;
+                let reason = format!("imap-idle answered another request ({other:?})");
+                Err(NotParked::Lost { reason })
+            }
+            // imap-idle closes with Error before reading a park it rejects
+            // as malformed, so the client is surely ours.
+            Err(LinkError::Peer(reason)) => {
+                self.link = None;
+                Err(NotParked::Kept(Kept {
+                    client,
+                    kind: None,
+                    reason,
+                }))
+            }
+            Err(e) => {
+                self.link = None;
+                let reason = format!("no answer from imap-idle: {e}");
+                Err(NotParked::Lost { reason })
+            }
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Native protocol v1: what our processes say to each other.
+//! Native protocol v2: what our processes say to each other.
 //!
 //! Every packet on a UNIX `SOCK_SEQPACKET` socket is one message: a version
 //! byte, then a postcard-encoded [`Message`]. A message that hands over a
@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::sys::SeqPacket;
 
-pub const VERSION: u8 = 1;
+/// 2: parks carry a request id that their answer echoes.
+pub const VERSION: u8 = 2;
 /// Largest packet either side accepts; larger ones are an error.
 pub const MAX_PACKET: usize = 64 * 1024;
 pub const MAX_USER: usize = 256;
@@ -249,12 +250,18 @@ pub enum Message {
     Hello { role: Role, pid: u32 },
     /// The sender found a problem and closes the connection.
     Error { reason: String },
-    /// mail process -> daemon, with the client fd.
-    Park(Park),
+    /// mail process -> daemon, with the client fd. `req` is the sender's
+    /// request id; the answer carries it back, so an answer can never be
+    /// taken for another park's.
+    Park { req: u64, park: Park },
     /// daemon -> mail process: the daemon owns the client now; close yours.
-    Parked { id: u64 },
+    Parked { req: u64, id: u64 },
     /// daemon -> mail process: keep the client.
-    Refused { kind: RefuseKind, reason: String },
+    Refused {
+        req: u64,
+        kind: RefuseKind,
+        reason: String,
+    },
     /// daemon -> tracker, with the client fd.
     Return(Return),
     /// tracker -> daemon: the tracker owns the client now.
@@ -343,7 +350,7 @@ impl Message {
     pub fn fds_expected(&self) -> usize {
         matches!(
             self,
-            Message::Park(_) | Message::Return(_) | Message::Login(_) | Message::Assign(_)
+            Message::Park { .. } | Message::Return(_) | Message::Login(_) | Message::Assign(_)
         ) as usize
     }
 
@@ -380,7 +387,7 @@ impl Message {
             Ok(())
         }
         match self {
-            Message::Park(p) => p.check_limits(),
+            Message::Park { park, .. } => park.check_limits(),
             Message::Return(r) => {
                 r.park.check_limits()?;
                 input(&r.input)
@@ -599,9 +606,16 @@ mod tests {
                 pid: 42,
             },
             Message::Error { reason: "x".into() },
-            Message::Park(sample_park()),
-            Message::Parked { id: 1 << 40 },
+            Message::Park {
+                req: 7,
+                park: sample_park(),
+            },
+            Message::Parked {
+                req: 7,
+                id: 1 << 40,
+            },
             Message::Refused {
+                req: 7,
                 kind: RefuseKind::Full,
                 reason: "full".into(),
             },
@@ -724,7 +738,7 @@ mod tests {
         p.watch = vec![PathBuf::from(std::ffi::OsString::from_vec(
             b"/tmp/\xff".to_vec(),
         ))];
-        let m = Message::Park(p);
+        let m = Message::Park { req: 1, park: p };
         assert_eq!(Message::decode(&m.encode()).unwrap(), m);
     }
 
@@ -741,7 +755,11 @@ mod tests {
         extra.push(0);
         assert_eq!(Message::decode(&extra), Err(ProtoError::TrailingBytes(1)));
         // Every prefix of a real message, and every single-byte corruption.
-        let full = Message::Park(sample_park()).encode();
+        let full = Message::Park {
+            req: 1,
+            park: sample_park(),
+        }
+        .encode();
         for n in 0..full.len() {
             let _ = Message::decode(&full[..n]);
             for v in [0u8, 0x7f, 0x80, 0xff] {
@@ -757,19 +775,19 @@ mod tests {
         let mut p = sample_park();
         p.tag = "a b".into();
         assert!(matches!(
-            Message::decode(&Message::Park(p).encode()),
+            Message::decode(&Message::Park { req: 1, park: p }.encode()),
             Err(ProtoError::Limit(_))
         ));
         let mut p = sample_park();
         p.watch = vec![PathBuf::from("relative")];
         assert!(matches!(
-            Message::decode(&Message::Park(p).encode()),
+            Message::decode(&Message::Park { req: 1, park: p }.encode()),
             Err(ProtoError::Limit(_))
         ));
         let mut p = sample_park();
         p.state = vec![0; MAX_STATE + 1];
         assert!(matches!(
-            Message::decode(&Message::Park(p).encode()),
+            Message::decode(&Message::Park { req: 1, park: p }.encode()),
             Err(ProtoError::Limit(_))
         ));
     }
@@ -779,7 +797,15 @@ mod tests {
         let (a, b) = SeqPacket::pair().unwrap();
         let mut buf = vec![0u8; MAX_PACKET + 1];
         // A Park without its fd.
-        a.send(&Message::Park(sample_park()).encode(), &[]).unwrap();
+        a.send(
+            &Message::Park {
+                req: 1,
+                park: sample_park(),
+            }
+            .encode(),
+            &[],
+        )
+        .unwrap();
         assert!(matches!(
             recv(&b, &mut buf),
             Err(RecvError::Proto(ProtoError::FdCount {
@@ -799,7 +825,15 @@ mod tests {
                 got: 1
             }))
         ));
-        send(&a, &Message::Park(sample_park()), Some(x.as_fd())).unwrap();
+        send(
+            &a,
+            &Message::Park {
+                req: 1,
+                park: sample_park(),
+            },
+            Some(x.as_fd()),
+        )
+        .unwrap();
         let inc = recv(&b, &mut buf).unwrap();
         assert!(inc.fd.is_some());
         drop(a);

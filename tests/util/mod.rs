@@ -18,7 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use imap_idle::link;
-use imap_idle::mail::{IdleLink, Kept};
+use imap_idle::mail::{IdleLink, Kept, NotParked};
 use imap_idle::proto::native::{
     self, Gone, Message, Park, RecvError, Return, Role, Stats, MAX_PACKET,
 };
@@ -205,7 +205,8 @@ impl Mail {
                 client.set_read_timeout(Some(WAIT)).expect("timeout");
                 Ok((client, id))
             }
-            Err(kept) => Err((client, kept)),
+            Err(NotParked::Kept(kept)) => Err((client, kept)),
+            Err(lost) => panic!("park {lost}"),
         }
     }
 
@@ -215,7 +216,11 @@ impl Mail {
     }
 
     pub fn park_server_end_with(&mut self, server: UnixStream, park: &Park) -> Result<u64, Kept> {
-        self.link.park(OwnedFd::from(server), park)
+        match self.link.park(OwnedFd::from(server), park) {
+            Ok(id) => Ok(id),
+            Err(NotParked::Kept(kept)) => Err(kept),
+            Err(lost) => panic!("park {lost}"),
+        }
     }
 
     pub fn park_ok(&mut self, park: &Park) -> (UnixStream, u64) {

@@ -212,7 +212,7 @@ fn raw_park_rate(bin: &Path, n: usize) -> Result<f64, String> {
         for (i, (ours, theirs)) in pairs.into_iter().enumerate() {
             let park = Parking::idle(&format!("user{}", i % 1000), [7; 16], &state);
             link.park(OwnedFd::from(theirs), &park)
-                .map_err(|k| format!("park refused: {}", k.reason))?;
+                .map_err(|k| format!("park refused: {k}"))?;
             kept.push(ours);
         }
         Ok(n as f64 / t.elapsed().as_secs_f64())

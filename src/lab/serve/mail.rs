@@ -14,7 +14,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use super::session::{Session, CAPABILITY};
-use crate::mail::{FromTracker, IdleLink, Parking, TrackerLink};
+use crate::mail::{FromTracker, IdleLink, NotParked, Parking, TrackerLink};
 use crate::proto::native::{Assign, Assignment, Release, Return, WakeReason};
 use crate::proto::state::SessionState;
 
@@ -365,8 +365,8 @@ impl Mail {
                     }
                 }
             }
-            Err(kept) => {
-                if kept.kind.is_none() {
+            Err(NotParked::Kept(kept)) => {
+                if !idle.is_open() {
                     self.idle = None;
                 }
                 info!(
@@ -374,6 +374,19 @@ impl Mail {
                     kept.reason
                 );
                 self.park_refused(key);
+            }
+            Err(NotParked::Lost { reason }) => {
+                // imap-idle may have it: serving it on could mean two
+                // processes serve one client, so we let it go.
+                self.idle = None;
+                warn!("user={user} conn={conn}: park {reason}; closing our copy");
+                if let Some(c) = self.clients.try_remove(key) {
+                    let _ = self
+                        .poll
+                        .registry()
+                        .deregister(&mut SourceFd(&c.stream.as_raw_fd()));
+                }
+                self.release(conn, &user, Release::Closed);
             }
         }
     }
