@@ -135,10 +135,18 @@ pub(super) fn listener(cfg: &Config) -> Result<(OwnedFd, Option<Service>, PathBu
     // As Dovecot's own listener: 0660 with its internal group, which its
     // imap processes carry as an extra group.
     match nix::unistd::Group::from_name(&cfg.dovecot_group) {
-        Ok(Some(g)) => setup(
-            format_args!("setting the group of {}", path.display()),
-            nix::unistd::chown(&path, None, Some(g.gid)).map_err(io::Error::from),
-        )?,
+        Ok(Some(g)) => {
+            if let Err(e) = nix::unistd::chown(&path, None, Some(g.gid)) {
+                // Not root and not in that group: say so and go on, as for
+                // a missing group; an operator running as the imap user
+                // needs no group at all.
+                warn!(
+                    "cannot give {} to group {}: {e}; imap processes may not reach it",
+                    path.display(),
+                    cfg.dovecot_group
+                );
+            }
+        }
         _ => warn!(
             "group {} not found: {} keeps our group, so imap processes may not reach it",
             cfg.dovecot_group,
