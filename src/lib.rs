@@ -10,6 +10,7 @@
 //! - [`link`]: a blocking native-protocol client connection.
 //! - [`lab`]: tools to try it out (`imap-idle-lab`).
 
+pub mod access;
 pub mod args;
 pub mod idle;
 pub mod lab;

@@ -10,8 +10,10 @@ use util::*;
 
 #[test]
 fn emfile_on_accept_pauses_instead_of_spinning_and_recovers() {
-    // 48 fds: a reserve of 32 leaves 16 for parked connections.
-    let d = Daemon::start_with_fd_limit(48, &[]);
+    // 48 fds: a reserve of 32 leaves 16 for parked connections. More
+    // control connections are allowed than the reserve holds, so that the
+    // descriptors do run out.
+    let d = Daemon::start_with_fd_limit(48, &["--max-controls", "100"]);
     let mut m = Mail::connect(&d);
     let mut parked = Vec::new();
     loop {

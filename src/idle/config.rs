@@ -12,14 +12,32 @@ Options:
   --runtime-dir DIR      directory for the default sockets
                          [default: $RUNTIME_DIRECTORY, else /run/imap-idle as
                          root, else $XDG_RUNTIME_DIR/imap-idle, else
-                         /tmp/imap-idle-UID]; created mode 0750 if missing
+                         /tmp/imap-idle-UID]; created mode 0750 if missing;
+                         refused if another user owns it or others may
+                         write to it
+  --runtime-dir-mode MODE  octal mode the runtime directory is created
+                         with, and the most an existing one may allow
+                         others [default: 0750]
   --park-socket PATH     where mail processes park connections
-                         [default: RUNTIME_DIR/park], created mode 0660
+                         [default: RUNTIME_DIR/park]
+  --park-socket-mode MODE  octal mode of the park socket [default: 0660]
+  --park-socket-group NAME group of the park socket [default: ours]
+  --mail-uid UID[,UID..] uids (or user names) whose processes may park
+                         clients [default: none besides root and our own]
+  --admin-group NAME     members may ask for `who` and statistics [default:
+                         none besides root and our own uid]
+  --max-controls N       control connections at once [default: what the
+                         open-file limit leaves, at most 512]
+  --max-controls-per-uid N  control connections one uid other than root
+                         and ours may hold open [default: 64]
+  --handshake-timeout SECS  a control connection that has not said Hello
+                         by then is closed [default: 10]
   --tracker-socket PATH  where woken connections are returned
                          [default: RUNTIME_DIR/tracker]
   --max-parked N         most connections parked at once [default: the
                          open-file limit (soft raised to hard) minus a
-                         reserve of 1/16 of it, at least 32, at most 576;
+                         reserve for control connections (and, with
+                         --dovecot, hand-offs and imap-master links);
                          halved with --dovecot, where a client holds 2 fds]
   --log-level LEVEL      error, warn, info, debug or trace [default: info;
                          RUST_LOG overrides it when set]
@@ -53,11 +71,19 @@ pub struct Config {
     pub dovecot: bool,
     pub dovecot_base_dir: Option<PathBuf>,
     pub dovecot_group: String,
+    pub runtime_dir_mode: u32,
+    pub park_socket_mode: u32,
+    pub park_socket_group: Option<String>,
+    pub mail_uids: Vec<u32>,
+    pub admin_group: Option<String>,
+    pub max_controls: Option<usize>,
+    pub max_controls_per_uid: usize,
+    pub handshake_timeout_secs: u64,
 }
 
 #[derive(Debug)]
 pub enum Parsed {
-    Run(Config),
+    Run(Box<Config>),
     Help,
     Version,
 }
@@ -94,6 +120,14 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     let mut dovecot = false;
     let mut dovecot_base_dir = None;
     let mut dovecot_group = "dovecot".to_owned();
+    let mut park_socket_mode = 0o660;
+    let mut runtime_dir_mode = 0o750;
+    let mut park_socket_group = None;
+    let mut mail_uids = Vec::new();
+    let mut admin_group = None;
+    let mut max_controls = None;
+    let mut max_controls_per_uid = 64;
+    let mut handshake_timeout_secs = 10;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -125,6 +159,18 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
             "--dovecot" => dovecot = true,
             "--dovecot-base-dir" => dovecot_base_dir = Some(PathBuf::from(value()?)),
             "--dovecot-group" => dovecot_group = value()?,
+            "--park-socket-mode" => park_socket_mode = octal(&flag, &value()?)?,
+            "--runtime-dir-mode" => runtime_dir_mode = octal(&flag, &value()?)?,
+            "--park-socket-group" => park_socket_group = Some(value()?),
+            "--mail-uid" => mail_uids.extend(crate::access::parse_uids(&value()?)?),
+            "--admin-group" => admin_group = Some(value()?),
+            "--max-controls" => max_controls = Some(number(&flag, &value()?)?),
+            "--max-controls-per-uid" => {
+                max_controls_per_uid = number(&flag, &value()?)?;
+            }
+            "--handshake-timeout" => {
+                handshake_timeout_secs = number(&flag, &value()?)? as u64;
+            }
             "--log-level" => {
                 let v = value()?;
                 if !["error", "warn", "info", "debug", "trace"].contains(&v.as_str()) {
@@ -136,7 +182,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
         }
     }
     let runtime_dir = runtime_dir.unwrap_or_else(default_runtime_dir);
-    Ok(Parsed::Run(Config {
+    Ok(Parsed::Run(Box::new(Config {
         park_socket: park_socket.unwrap_or_else(|| runtime_dir.join("park")),
         tracker_socket: tracker_socket.unwrap_or_else(|| runtime_dir.join("tracker")),
         runtime_dir,
@@ -145,7 +191,29 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
         dovecot,
         dovecot_base_dir,
         dovecot_group,
-    }))
+        runtime_dir_mode,
+        park_socket_mode,
+        park_socket_group,
+        mail_uids,
+        admin_group,
+        max_controls,
+        max_controls_per_uid,
+        handshake_timeout_secs,
+    })))
+}
+
+fn octal(flag: &str, v: &str) -> Result<u32, String> {
+    u32::from_str_radix(v.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{flag}: {v:?} is not an octal mode"))
+}
+
+fn number(flag: &str, v: &str) -> Result<usize, String> {
+    match v.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{flag}: {v:?} is not a positive number")),
+    }
 }
 
 #[cfg(test)]
@@ -154,7 +222,7 @@ mod tests {
 
     fn run(args: &[&str]) -> Result<Config, String> {
         match parse(args.iter().map(|s| s.to_string()))? {
-            Parsed::Run(c) => Ok(c),
+            Parsed::Run(c) => Ok(*c),
             other => panic!("{other:?}"),
         }
     }

@@ -17,27 +17,22 @@ use nix::sys::inotify::WatchDescriptor;
 use nix::sys::socket::{self, Shutdown};
 
 use super::accept::PAUSE_MS;
+use super::budget::Budget;
 use super::clients::{self, Clients, IdleCore};
 use super::config::Config;
 use super::core::{Action, Core};
 use super::hand_off::HandOff;
 use super::inotify::Inotify;
 use super::master_return::Masters;
-use super::park_socket::{Held, ParkSocket};
+use super::park_socket::{Held, ParkSocket, Policy};
 use super::service::{self, Service};
 use super::signals::{Command, SignalAdapter};
 use super::tokens::{source, token, Source};
 use super::tracker_link::TrackerLink;
+use crate::access::Allowed;
 pub use crate::setup::SetupError;
-use crate::setup::{ensure_dir, setup};
+use crate::setup::{ensure_dir_mode, setup};
 use crate::sys::{self, limits, SeqPacket};
-
-/// Descriptors kept free for control connections, the listener, inotify,
-/// the tracker link and logging: a sixteenth of the limit, at least 32,
-/// at most what the control connections need.
-fn fd_reserve(limit: usize) -> usize {
-    (limit / 16).clamp(32, super::park_socket::MAX_CONTROLS + 64)
-}
 
 const BYE: &[u8] = b"* BYE [UNAVAILABLE] Server is busy, please reconnect.\r\n";
 
@@ -67,11 +62,8 @@ impl Daemon {
     pub fn new(cfg: Config) -> Result<Daemon, SetupError> {
         let mut signals = setup("setting up signals", SignalAdapter::new(false))?;
         let fd_limit = setup("raising the open-file limit", limits::raise_nofile())?;
-        // Under Dovecot a parked client also holds Dovecot's notify fd.
-        let fds_per_client = if cfg.dovecot { 2 } else { 1 };
-        let allowed = ((fd_limit as usize).saturating_sub(fd_reserve(fd_limit as usize))
-            / fds_per_client)
-            .max(1);
+        let mut budget = Budget::new(fd_limit as usize, cfg.dovecot);
+        let allowed = budget.max_parked;
         let max_parked = match cfg.max_parked {
             Some(n) if n > allowed => {
                 warn!(
@@ -83,13 +75,38 @@ impl Daemon {
             Some(n) => n,
             None => allowed,
         };
+        if let Some(n) = cfg.max_controls {
+            if n > budget.controls {
+                warn!(
+                    "--max-controls {n} is more than the open-file limit leaves for them \
+                     ({}); beyond that, accepting pauses when descriptors run out",
+                    budget.controls
+                );
+            }
+            budget.controls = n;
+        }
+        let policy = policy(&cfg, budget.controls)?;
         if let Some(dir) = cfg.park_socket.parent() {
-            ensure_dir(dir)?;
+            ensure_dir_mode(dir, cfg.runtime_dir_mode)?;
         }
         let listener = setup(
             format_args!("listening on {}", cfg.park_socket.display()),
-            SeqPacket::listen(&cfg.park_socket, 0o660),
+            SeqPacket::listen(&cfg.park_socket, cfg.park_socket_mode),
         )?;
+        if let Some(name) = &cfg.park_socket_group {
+            let gid = match nix::unistd::Group::from_name(name) {
+                Ok(Some(g)) => g.gid,
+                _ => {
+                    return Err(SetupError(format!(
+                        "--park-socket-group: no group {name:?}"
+                    )))
+                }
+            };
+            setup(
+                format_args!("giving {} to group {name}", cfg.park_socket.display()),
+                nix::unistd::chown(&cfg.park_socket, None, Some(gid)).map_err(io::Error::from),
+            )?;
+        }
         let inotify = setup("creating the inotify instance", Inotify::new())?;
         let poll = setup("creating the poll", Poll::new())?;
         let reg = poll.registry();
@@ -131,8 +148,12 @@ impl Daemon {
                 cfg.park_socket.display(),
             );
             let dovecot = Dovecot {
-                hand_off: HandOff::new(listener),
-                masters: Masters::new(base_dir.join("imap-master"), SystemTime::now()),
+                hand_off: HandOff::new(listener, budget.hand_offs),
+                masters: Masters::new(
+                    base_dir.join("imap-master"),
+                    SystemTime::now(),
+                    budget.masters,
+                ),
                 service,
             };
             (None, Some(dovecot))
@@ -150,7 +171,7 @@ impl Daemon {
             core: Core::new(max_parked, !cfg.dovecot, epoch),
             clients: Clients::new(),
             inotify,
-            park: ParkSocket::new(listener, cfg.dovecot),
+            park: ParkSocket::new(listener, cfg.dovecot, policy),
             tracker,
             dovecot,
             signals,
@@ -200,6 +221,7 @@ impl Daemon {
         let tracker = self.tracker.as_ref().and_then(|t| t.retry_at());
         [
             self.core.next_deadline(),
+            self.park.next_deadline(),
             tracker,
             self.accept_paused_until,
             service,
@@ -322,6 +344,9 @@ impl Daemon {
             self.accept_paused_until = None;
             self.accept(now);
         }
+        if self.park.expire(now, self.poll.registry()) {
+            self.accept(now);
+        }
         self.core.expire(now);
         self.carry_out();
     }
@@ -390,4 +415,21 @@ impl Daemon {
             Action::Capacity => self.report_capacity(),
         }
     }
+}
+
+/// Who may take which role on the park socket, from the flags.
+fn policy(cfg: &Config, max_controls: usize) -> Result<Policy, SetupError> {
+    let admin = match &cfg.admin_group {
+        Some(g) => Allowed::owner_only()
+            .with_group(g)
+            .map_err(|e| SetupError(format!("--admin-group: {e}")))?,
+        None => Allowed::owner_only(),
+    };
+    Ok(Policy {
+        mail: Allowed::owner_only().with_uids(&cfg.mail_uids),
+        admin,
+        per_uid: cfg.max_controls_per_uid,
+        handshake: Duration::from_secs(cfg.handshake_timeout_secs),
+        max_controls,
+    })
 }

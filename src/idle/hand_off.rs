@@ -16,12 +16,18 @@ use slab::Slab;
 
 use super::accept::{self, Next};
 use super::clients::Incoming;
-use super::park_socket::{Held, MAX_CONTROLS};
+use super::park_socket::Held;
 use super::tokens::{token, Source};
 use crate::proto::dovecot::{self, Hibernate, HIBERNATE_SERVICE, MAX_LINE};
 use crate::sys::{self, fdpass};
 
 const BYE_FULL: &[u8] = b"* BYE [UNAVAILABLE] Server is busy, please reconnect.\r\n";
+/// A hand-off brings the client and at most its notify fd.
+const MAX_FDS: usize = 2;
+/// The longest IDLE tag a parked connection keeps (its length is one
+/// byte); a longer one is refused at hand-off, so the imap process keeps
+/// the client rather than have its tag cut.
+pub const MAX_KEPT_TAG: usize = u8::MAX as usize;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Step {
@@ -44,19 +50,24 @@ struct HandOffConn {
     fds: VecDeque<(u64, OwnedFd)>,
     cmd: Option<(Hibernate, OwnedFd)>,
     notify: Option<OwnedFd>,
+    /// Descriptors received so far on this connection.
+    received: usize,
 }
 
 pub struct HandOff {
     listener: OwnedFd,
     conns: Slab<HandOffConn>,
+    /// Hand-offs in progress at most (each holds up to 3 descriptors).
+    max: usize,
     scratch: Box<[u8]>,
 }
 
 impl HandOff {
-    pub fn new(listener: OwnedFd) -> HandOff {
+    pub fn new(listener: OwnedFd, max: usize) -> HandOff {
         HandOff {
             listener,
             conns: Slab::new(),
+            max,
             scratch: vec![0; 8192].into_boxed_slice(),
         }
     }
@@ -70,8 +81,9 @@ impl HandOff {
     /// accepting (out of descriptors).
     pub fn accept(&mut self, h: &mut Held<'_>) -> Result<(), io::Error> {
         loop {
-            if self.conns.len() >= MAX_CONTROLS {
-                warn!("{MAX_CONTROLS} hand-offs in progress; not accepting more for now");
+            if self.conns.len() >= self.max {
+                let max = self.max;
+                warn!("{max} hand-offs in progress; not accepting more for now");
                 return Ok(());
             }
             match accept::next(self.listener.as_fd()) {
@@ -113,6 +125,7 @@ impl HandOff {
             fds: VecDeque::new(),
             cmd: None,
             notify: None,
+            received: 0,
         });
         self.event(key, h);
     }
@@ -121,7 +134,7 @@ impl HandOff {
     /// accepting should resume (edges are not repeated).
     fn forget(&mut self, h: &HandOffConn, reg: &Registry) -> bool {
         let _ = reg.deregister(&mut SourceFd(&h.sock.as_raw_fd()));
-        self.conns.len() + 1 == MAX_CONTROLS * 9 / 10
+        self.conns.len() + 1 == self.max * 9 / 10
     }
 
     /// Answer `-reason`, log it, close: every descriptor received goes too.
@@ -155,6 +168,15 @@ impl HandOff {
                 return self.closed(key, h);
             }
             let end = c.offset + c.buf.len() as u64 + got.len as u64;
+            c.received += got.fds.len();
+            if c.received > MAX_FDS {
+                let n = c.received;
+                return self.fail(
+                    key,
+                    &format!("{n} descriptors sent, at most {MAX_FDS}"),
+                    h.reg,
+                );
+            }
             for fd in got.fds {
                 c.fds.push_back((end - 1, fd));
             }
@@ -211,6 +233,12 @@ impl HandOff {
                 let fd = fds.remove(0);
                 let cmd = Hibernate::parse(line)
                     .map_err(|e| format!("Failed to parse client input: {e}"))?;
+                if cmd.tag.len() > MAX_KEPT_TAG {
+                    let n = cmd.tag.len();
+                    return Err(format!(
+                        "IDLE tag of {n} bytes; at most {MAX_KEPT_TAG} are kept"
+                    ));
+                }
                 sys::check_stream_socket(&fd).map_err(|e| format!("client fd: {e}"))?;
                 h.core.admit(pending).map_err(|(_, why)| why)?;
                 c.step = if cmd.notify_fd {

@@ -7,7 +7,7 @@ use super::daemon::Daemon;
 
 pub fn main() -> std::process::ExitCode {
     let cfg = match config::parse(std::env::args().skip(1)) {
-        Ok(Parsed::Run(cfg)) => cfg,
+        Ok(Parsed::Run(cfg)) => *cfg,
         Ok(Parsed::Help) => {
             print!("{USAGE}");
             return std::process::ExitCode::SUCCESS;

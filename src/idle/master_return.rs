@@ -23,9 +23,6 @@ use crate::proto::dovecot::{self, Ending, MASTER_SERVICE};
 use crate::proto::native::WakeReason;
 use crate::sys::{self, fdpass};
 
-/// Returns under way at once, at most: each holds a descriptor and makes
-/// Dovecot start or wake an imap process.
-const MAX_MASTERS: usize = 64;
 const RETRY_MS: u64 = 100;
 
 struct MasterConn {
@@ -38,6 +35,9 @@ struct MasterConn {
 pub struct Masters {
     path: PathBuf,
     conns: Slab<MasterConn>,
+    /// Returns under way at once, at most: each holds a descriptor and
+    /// makes Dovecot start or wake an imap process.
+    max: usize,
     /// Wall-clock time at the core's epoch, for `hibernation_started`.
     started_wall: SystemTime,
     scratch: Box<[u8]>,
@@ -55,10 +55,11 @@ fn connect(path: &std::path::Path) -> io::Result<OwnedFd> {
 }
 
 impl Masters {
-    pub fn new(path: PathBuf, started_wall: SystemTime) -> Masters {
+    pub fn new(path: PathBuf, started_wall: SystemTime, max: usize) -> Masters {
         Masters {
             path,
             conns: Slab::new(),
+            max,
             started_wall,
             scratch: vec![0; 4096].into_boxed_slice(),
         }
@@ -66,7 +67,7 @@ impl Masters {
 
     /// Start returns for queued clients while there is room.
     pub fn pump(&mut self, core: &mut IdleCore, reg: &Registry, now: Instant) {
-        while self.conns.len() < MAX_MASTERS {
+        while self.conns.len() < self.max {
             let Some(id) = core.pop_return() else {
                 return;
             };

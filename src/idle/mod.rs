@@ -8,8 +8,10 @@
 //! each event to the adapter owning its token.
 
 mod accept;
+mod budget;
 mod clients;
 pub mod config;
+mod control;
 pub mod core;
 mod daemon;
 mod hand_off;

@@ -1,11 +1,14 @@
 //! The park socket adapter: mail processes hand over clients, operators
-//! ask for statistics and `who`. Any malformed packet closes that one
-//! control connection (with every descriptor it carried) and the daemon
-//! serves everyone else.
+//! ask for statistics and `who`. Each role is checked against the peer's
+//! credentials when claimed; a uid other than root and ours holds a
+//! bounded number of connections, and each must say Hello in time. Any
+//! malformed packet closes that one control connection (with every
+//! descriptor it carried) and the daemon serves everyone else.
 
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 use mio::unix::SourceFd;
@@ -14,29 +17,26 @@ use slab::Slab;
 
 use super::accept::{self, Next};
 use super::clients::{Clients, IdleCore, Incoming};
+use super::control::{Control, Sent};
 use super::inotify::Inotify;
 use super::tokens::{token, Source};
+use crate::access::Allowed;
 use crate::proto::native::{self, Message, Park, RecvError, Role, MAX_PACKET};
 use crate::sys::{Peer, SeqPacket};
 
-/// Control connections (mail processes, admin tools) at most; accepting
-/// pauses at this count and resumes below 90% of it.
-pub const MAX_CONTROLS: usize = 512;
-
-struct Control {
-    sock: SeqPacket,
-    peer: Peer,
-    role: Option<Role>,
-}
-
-impl Control {
-    fn who(&self) -> String {
-        let role = match self.role {
-            Some(r) => format!("{r:?}"),
-            None => "peer".into(),
-        };
-        format!("{role} pid={} uid={}", self.peer.pid, self.peer.uid)
-    }
+/// Who may do what on the park socket, and how much of it.
+pub struct Policy {
+    /// May park clients (role MailProcess).
+    pub mail: Allowed,
+    /// May ask `who` (role Admin).
+    pub admin: Allowed,
+    /// Control connections one uid other than root and ours may hold.
+    pub per_uid: usize,
+    /// Time to say Hello.
+    pub handshake: Duration,
+    /// Control connections at most; accepting pauses at this count and
+    /// resumes below 90% of it.
+    pub max_controls: usize,
 }
 
 /// What the park socket needs from the rest of the daemon for one event.
@@ -51,6 +51,13 @@ pub struct Held<'a> {
 pub struct ParkSocket {
     listener: SeqPacket,
     controls: Slab<Control>,
+    policy: Policy,
+    /// Open control connections per uid, for uids the cap applies to.
+    per_uid: HashMap<u32, usize>,
+    /// Connections yet to say Hello, in the order their time runs out.
+    hello_queue: VecDeque<(Instant, usize)>,
+    /// Connections refused for the per-uid cap (logged now and then).
+    over_cap: u64,
     /// Dovecot mode: mail processes may not park here.
     dovecot: bool,
     /// A close took us below 90% of the cap: accepting may resume.
@@ -59,10 +66,14 @@ pub struct ParkSocket {
 }
 
 impl ParkSocket {
-    pub fn new(listener: SeqPacket, dovecot: bool) -> ParkSocket {
+    pub fn new(listener: SeqPacket, dovecot: bool, policy: Policy) -> ParkSocket {
         ParkSocket {
             listener,
             controls: Slab::new(),
+            policy,
+            per_uid: HashMap::new(),
+            hello_queue: VecDeque::new(),
+            over_cap: 0,
             dovecot,
             resume: false,
             scratch: vec![0; MAX_PACKET + 1].into_boxed_slice(),
@@ -73,9 +84,10 @@ impl ParkSocket {
     /// accepting (out of descriptors).
     pub fn accept(&mut self, h: &mut Held<'_>) -> Result<(), io::Error> {
         loop {
-            if self.controls.len() >= MAX_CONTROLS {
+            let max = self.policy.max_controls;
+            if self.controls.len() >= max {
                 // Resumed by close once below 90%.
-                warn!("{MAX_CONTROLS} control connections open; not accepting more for now");
+                warn!("{max} control connections open; not accepting more for now");
                 return Ok(());
             }
             let sock = match accept::next(self.listener.as_fd()) {
@@ -95,6 +107,9 @@ impl ParkSocket {
                     continue;
                 }
             };
+            if !self.room_for(&peer, &sock) {
+                continue;
+            }
             let entry = self.controls.vacant_entry();
             let key = entry.key();
             if let Err(e) = h.reg.register(
@@ -105,11 +120,12 @@ impl ParkSocket {
                 warn!("registering a control connection: {e}");
                 continue;
             }
-            entry.insert(Control {
-                sock,
-                peer,
-                role: None,
-            });
+            let hello_by = h.now + self.policy.handshake;
+            entry.insert(Control::new(sock, peer, hello_by));
+            self.hello_queue.push_back((hello_by, key));
+            if capped(&peer) {
+                *self.per_uid.entry(peer.uid).or_default() += 1;
+            }
             // Packets may have arrived before registration; edge-triggered
             // polling would not report them again.
             self.event(key, h);
@@ -119,21 +135,30 @@ impl ParkSocket {
     fn close(&mut self, key: usize, reg: &Registry) {
         if let Some(c) = self.controls.try_remove(key) {
             let _ = reg.deregister(&mut SourceFd(&c.sock.as_raw_fd()));
-            if self.controls.len() + 1 == MAX_CONTROLS * 9 / 10 {
+            if capped(&c.peer) {
+                if let Some(n) = self.per_uid.get_mut(&c.peer.uid) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.per_uid.remove(&c.peer.uid);
+                    }
+                }
+            }
+            if self.controls.len() + 1 == self.policy.max_controls * 9 / 10 {
                 self.resume = true;
             }
         }
     }
 
-    /// Send an answer; a peer that cannot take it is dropped.
-    fn answer(&mut self, key: usize, msg: &Message, reg: &Registry) -> bool {
-        let Some(c) = self.controls.get(key) else {
+    /// Send an answer, or queue it until the peer reads; a peer that is
+    /// gone or will not read is dropped.
+    fn answer(&mut self, key: usize, msg: Message, reg: &Registry) -> bool {
+        let Some(c) = self.controls.get_mut(key) else {
             return false;
         };
-        match native::send(&c.sock, msg, None) {
-            Ok(()) => true,
-            Err(e) => {
-                warn!("{}: cannot answer ({e}); closing", c.who());
+        match c.send(msg, key, reg) {
+            Sent::Ok => true,
+            Sent::Failed(why) => {
+                warn!("{}: {why}; closing", c.who());
                 self.close(key, reg);
                 false
             }
@@ -154,7 +179,18 @@ impl ParkSocket {
     /// A control connection is readable. Returns whether accepting should
     /// resume (a connection closed below the cap).
     pub fn event(&mut self, key: usize, h: &mut Held<'_>) -> bool {
+        if let Some(c) = self.controls.get_mut(key) {
+            if let Sent::Failed(why) = c.flush(key, h.reg) {
+                warn!("{}: {why}; closing", c.who());
+                self.close(key, h.reg);
+            }
+        }
         while let Some(c) = self.controls.get(key) {
+            if c.paced() {
+                // It reads its answers first; the next writable event
+                // brings us back.
+                break;
+            }
             let incoming = match native::recv(&c.sock, &mut self.scratch) {
                 Ok(i) => i,
                 Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -196,18 +232,37 @@ impl ParkSocket {
                     );
                     return false;
                 }
-                if !matches!(role, Role::MailProcess | Role::Admin) {
-                    let reason = format!("role {role:?} does not park connections");
+                let allowed = match role {
+                    Role::MailProcess => &self.policy.mail,
+                    Role::Admin => &self.policy.admin,
+                    _ => {
+                        let reason = format!("role {role:?} does not park connections");
+                        self.fail(key, &reason, h.reg);
+                        return false;
+                    }
+                };
+                if !allowed.admits(&c.peer) {
+                    let flag = if role == Role::Admin {
+                        "--admin-group"
+                    } else {
+                        "--mail-uid"
+                    };
+                    warn!(
+                        "SECURITY: pid={} uid={} claimed the {role:?} role; refused ({flag})",
+                        c.peer.pid, c.peer.uid
+                    );
+                    let reason = format!("uid {} may not take the {role:?} role", c.peer.uid);
                     self.fail(key, &reason, h.reg);
                     return false;
                 }
                 c.role = Some(role);
+                c.hello_by = None;
                 debug!("{}: connected", c.who());
                 let hello = Message::Hello {
                     role: Role::Idle,
                     pid: std::process::id(),
                 };
-                self.answer(key, &hello, h.reg)
+                self.answer(key, hello, h.reg)
             }
             (None, _) => {
                 self.fail(key, "the first message must be Hello", h.reg);
@@ -224,14 +279,14 @@ impl ParkSocket {
             }
             (Some(_), Message::StatsRequest) => {
                 let stats = Message::Stats(h.core.stats());
-                self.answer(key, &stats, h.reg)
+                self.answer(key, stats, h.reg)
             }
             (Some(Role::Admin), Message::Describe { query, user }) => {
                 let pieces = native::chunks(h.core.describe(user.as_deref(), h.now));
                 let n = pieces.len();
                 pieces.into_iter().enumerate().all(|(i, conns)| {
                     let last = i + 1 == n;
-                    self.answer(key, &Message::Described { query, conns, last }, h.reg)
+                    self.answer(key, Message::Described { query, conns, last }, h.reg)
                 })
             }
             (Some(role), other) => {
@@ -267,7 +322,7 @@ impl ParkSocket {
         };
         match h.clients.adopt(h.core, h.inotify, h.reg, incoming, h.now) {
             Ok(id) => {
-                if self.answer(key, &Message::Parked { req, id }, h.reg) {
+                if self.answer(key, Message::Parked { req, id }, h.reg) {
                     // Input may have arrived during the hand-off; edges are
                     // not repeated, so look now.
                     h.clients
@@ -286,8 +341,58 @@ impl ParkSocket {
                     kind: r.kind,
                     reason: r.reason,
                 };
-                self.answer(key, &msg, h.reg)
+                self.answer(key, msg, h.reg)
             }
         }
     }
+
+    /// Whether `peer` may open one more control connection; if not, it is
+    /// told why and the connection closes.
+    fn room_for(&mut self, peer: &Peer, sock: &SeqPacket) -> bool {
+        let open = self.per_uid.get(&peer.uid).copied().unwrap_or(0);
+        if !capped(peer) || open < self.policy.per_uid {
+            return true;
+        }
+        self.over_cap += 1;
+        if self.over_cap % 100 == 1 {
+            warn!(
+                "pid={} uid={}: {open} control connections open, the most one uid may hold \
+                 (--max-controls-per-uid); refused ({} so far)",
+                peer.pid, peer.uid, self.over_cap
+            );
+        }
+        let reason = format!("uid {} holds {open} control connections already", peer.uid);
+        let _ = native::send(sock, &Message::Error { reason }, None);
+        false
+    }
+
+    /// When the next silent connection's time to say Hello runs out.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.hello_queue.front().map(|(at, _)| *at)
+    }
+
+    /// Close connections that did not say Hello in time.
+    pub fn expire(&mut self, now: Instant, reg: &Registry) -> bool {
+        while let Some(&(at, key)) = self.hello_queue.front() {
+            if at > now {
+                break;
+            }
+            self.hello_queue.pop_front();
+            // The key may have been reused since: only its own deadline counts.
+            let late = self
+                .controls
+                .get(key)
+                .is_some_and(|c| c.hello_by.is_some_and(|by| by <= now));
+            if late {
+                let secs = self.policy.handshake.as_secs();
+                self.fail(key, &format!("no Hello within {secs} s"), reg);
+            }
+        }
+        std::mem::take(&mut self.resume)
+    }
+}
+
+/// Root and our own uid are not capped: they could stop us anyway.
+fn capped(peer: &Peer) -> bool {
+    peer.uid != 0 && peer.uid != nix::unistd::Uid::current().as_raw()
 }

@@ -714,13 +714,13 @@ mod tests {
 
     #[test]
     fn variant_indices_match_the_manual() {
-        assert_eq!(Message::Registered.encode(), [1, 12]);
-        assert_eq!(Message::WhoRequest { user: None }.encode(), [1, 18, 0]);
+        assert_eq!(Message::Registered.encode(), [2, 12]);
+        assert_eq!(Message::WhoRequest { user: None }.encode(), [2, 18, 0]);
         let hello = Message::Hello {
             role: Role::Login,
             pid: 1,
         };
-        assert_eq!(hello.encode(), [1, 0, 4, 1]);
+        assert_eq!(hello.encode(), [2, 0, 4, 1]);
         let long: Vec<u32> = (0..100_000).collect();
         let pieces = chunks(long);
         assert!(pieces.len() > 1);
@@ -745,10 +745,10 @@ mod tests {
     #[test]
     fn rejects_bad_packets_without_panicking() {
         assert_eq!(Message::decode(&[]), Err(ProtoError::Empty));
-        assert_eq!(Message::decode(&[2, 0]), Err(ProtoError::Version(2)));
-        assert!(matches!(Message::decode(&[1]), Err(ProtoError::Decode(_))));
+        assert_eq!(Message::decode(&[1, 0]), Err(ProtoError::Version(1)));
+        assert!(matches!(Message::decode(&[2]), Err(ProtoError::Decode(_))));
         assert!(matches!(
-            Message::decode(&[1, 200]),
+            Message::decode(&[2, 200]),
             Err(ProtoError::Decode(_))
         ));
         let mut extra = Message::StatsRequest.encode();

@@ -217,7 +217,15 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
 
     /// Make a client ours: it watches its paths and gets its keepalive.
     pub fn adopt(&mut self, a: Arrival<'_, F, W>, now: Instant) -> Result<ConnId, Refused<F>> {
-        if let Err((kind, reason)) = self.admit(0) {
+        // Their lengths are kept in a byte each; never cut them.
+        let too_long =
+            (a.tag.len() > u8::MAX as usize || a.watches.len() > u8::MAX as usize).then(|| {
+                (
+                    RefuseKind::Invalid,
+                    "tag or watch list too long to keep".to_owned(),
+                )
+            });
+        if let Some((kind, reason)) = too_long.or_else(|| self.admit(0).err()) {
             self.refuse(a.user, a.from_pid, &reason);
             self.discard_watches(a.watches.into_iter().map(|(wd, _)| wd).collect());
             return Err(Refused {

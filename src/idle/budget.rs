@@ -1,0 +1,81 @@
+//! How the open-file limit is shared out. Every descriptor the daemon can
+//! hold at once is budgeted: parked clients (two each under Dovecot, whose
+//! notify fd stays), control connections, hand-offs in progress and
+//! imap-master links, plus a few fixed ones, so that running out of
+//! descriptors is a refusal with a reason, not an EMFILE in the middle of
+//! a hand-off.
+
+/// Control connections, hand-offs and imap-master links at most, when the
+/// limit allows.
+pub const MAX_CONTROLS: usize = 512;
+pub const MAX_HAND_OFFS: usize = 512;
+pub const MAX_MASTERS: usize = 64;
+/// Standard streams, the poll, signalfd, inotify, the listeners, the
+/// tracker link, Dovecot's pipes and a few to spare.
+const FIXED: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub max_parked: usize,
+    pub controls: usize,
+    pub hand_offs: usize,
+    pub masters: usize,
+}
+
+impl Budget {
+    /// The shares for `limit` descriptors. The reserve is a sixteenth of
+    /// the limit, at least 32, at most what the full caps need; when it is
+    /// smaller than that, the caps shrink in proportion.
+    pub fn new(limit: usize, dovecot: bool) -> Budget {
+        let want = MAX_CONTROLS
+            + if dovecot {
+                MAX_HAND_OFFS + MAX_MASTERS
+            } else {
+                0
+            };
+        let reserve = (limit / 16).clamp(32, want + FIXED).min(limit);
+        let avail = reserve.saturating_sub(FIXED);
+        let share = |cap: usize| (cap * avail / want).max(1);
+        let fds_per_client = if dovecot { 2 } else { 1 };
+        Budget {
+            max_parked: (limit.saturating_sub(reserve) / fds_per_client).max(1),
+            controls: share(MAX_CONTROLS),
+            hand_offs: if dovecot { share(MAX_HAND_OFFS) } else { 0 },
+            masters: if dovecot { share(MAX_MASTERS) } else { 0 },
+        }
+    }
+
+    /// Descriptors this budget can use at once.
+    #[cfg(test)]
+    pub fn total(&self, dovecot: bool) -> usize {
+        let fds_per_client = if dovecot { 2 } else { 1 };
+        self.max_parked * fds_per_client + self.controls + self.hand_offs + self.masters + FIXED
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn everything_fits_in_the_limit() {
+        for limit in [48, 64, 100, 1024, 4096, 20_000, 1 << 20] {
+            for dovecot in [false, true] {
+                let b = Budget::new(limit, dovecot);
+                assert!(b.total(dovecot) <= limit + 1, "{limit} {dovecot}: {b:?}");
+                assert!(b.controls >= 1 && b.max_parked >= 1);
+            }
+        }
+    }
+
+    #[test]
+    fn full_caps_on_a_normal_limit() {
+        let b = Budget::new(20_000, true);
+        assert_eq!((b.controls, b.hand_offs, b.masters), (512, 512, 64));
+        assert_eq!(b.max_parked, (20_000 - 1104) / 2);
+        let b = Budget::new(20_000, false);
+        assert_eq!((b.controls, b.max_parked), (512, 20_000 - 528));
+        // A small limit: a reserve of 32 leaves 16 for parked connections.
+        assert_eq!(Budget::new(48, false).max_parked, 16);
+    }
+}
