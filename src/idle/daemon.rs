@@ -168,7 +168,7 @@ impl Daemon {
         };
         Ok(Daemon {
             poll,
-            core: Core::new(max_parked, !cfg.dovecot, epoch),
+            core: Core::new(max_parked, !cfg.dovecot, epoch, serial_key()?),
             clients: Clients::new(),
             inotify,
             park: ParkSocket::new(listener, cfg.dovecot, policy),
@@ -432,4 +432,11 @@ fn policy(cfg: &Config, max_controls: usize) -> Result<Policy, SetupError> {
         handshake: Duration::from_secs(cfg.handshake_timeout_secs),
         max_controls,
     })
+}
+
+/// A secret from the OS for the core's connection serials.
+fn serial_key() -> Result<u64, SetupError> {
+    let mut key = [0u8; 8];
+    getrandom::fill(&mut key).map_err(|e| SetupError(format!("reading random bytes: {e}")))?;
+    Ok(u64::from_ne_bytes(key))
 }

@@ -384,3 +384,21 @@ pub fn read_exactly(client: &mut UnixStream, n: usize) -> String {
     client.read_exact(&mut buf).expect("read from daemon");
     String::from_utf8_lossy(&buf).into_owned()
 }
+
+/// Whether root must be there: CI sets this, so a test that needs other
+/// uids fails there instead of skipping.
+pub const REQUIRE_ROOT_ENV: &str = "IMAP_IDLE_REQUIRE_ROOT";
+
+/// `true` when we are root; panics when root is required; otherwise says
+/// loudly what is skipped.
+#[allow(dead_code)]
+pub fn root_for(what: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var(REQUIRE_ROOT_ENV).as_deref() == Ok("1") {
+        panic!("{what}: needs root ({REQUIRE_ROOT_ENV}=1)");
+    }
+    eprintln!("SKIPPED {what}: needs root to run processes as other uids; set {REQUIRE_ROOT_ENV}=1 to make this a failure");
+    false
+}

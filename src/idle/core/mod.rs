@@ -17,6 +17,7 @@ pub mod idle_input;
 mod leave;
 mod report;
 mod returns;
+mod serials;
 mod timers;
 mod users;
 mod wake;
@@ -35,6 +36,7 @@ use slab::Slab;
 pub use action::Action;
 pub use conn::{conn_id, split_id, ConnId, Phase, Returning, Waking};
 use conn::{Conn, Fields};
+use serials::Serials;
 use timers::Timers;
 pub use timers::{next_keepalive, Millis};
 use users::Users;
@@ -77,7 +79,7 @@ pub struct Core<F, W> {
     /// (key, serial); entries that went stale are skipped.
     queue: VecDeque<(u32, u32)>,
     in_flight: usize,
-    next_serial: u32,
+    serials: Serials,
     max_parked: usize,
     draining: bool,
     /// Native mode: the tracker hears of every parked client that leaves
@@ -92,7 +94,8 @@ pub struct Core<F, W> {
 }
 
 impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
-    pub fn new(max_parked: usize, tell_gone: bool, epoch: Instant) -> Core<F, W> {
+    /// `serial_key` should come from the OS: it makes ids unguessable.
+    pub fn new(max_parked: usize, tell_gone: bool, epoch: Instant, serial_key: u64) -> Core<F, W> {
         Core {
             conns: Slab::new(),
             users: Users::default(),
@@ -100,7 +103,7 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
             timers: Timers::default(),
             queue: VecDeque::new(),
             in_flight: 0,
-            next_serial: 0,
+            serials: Serials::new(serial_key),
             max_parked,
             draining: false,
             tell_gone,
@@ -236,8 +239,7 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
             });
         }
         let key = self.conns.vacant_key() as u32;
-        self.next_serial = self.next_serial.wrapping_add(1);
-        let serial = self.next_serial;
+        let serial = self.serials.next();
         let watches: Vec<u32> = a
             .watches
             .iter()

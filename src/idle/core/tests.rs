@@ -163,7 +163,7 @@ impl Model {
     fn new() -> Model {
         let now = Instant::now();
         Model {
-            core: Core::new(400, true, now),
+            core: Core::new(400, true, now, 0x5eed),
             closed: Rc::new(RefCell::new(Vec::new())),
             next_fd: 100,
             now,
