@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use imap_idle::proto::native::{self, Message, RefuseKind, Role, MAX_PACKET};
 use imap_idle::sys::SeqPacket;
+use util::fake_imap::FakeImap;
 use util::*;
 
 /// Connect, say hello as a mail process (or not), then send `packet` with
@@ -218,47 +219,6 @@ fn a_peer_vanishing_mid_park_leaves_nothing_behind() {
         "unconfirmed parks dropped or hung up",
     );
     still_serving(&d, baseline);
-}
-
-/// A fake Dovecot imap process talking to imap-idle's imap-hibernate socket.
-struct FakeImap {
-    sock: UnixStream,
-}
-
-impl FakeImap {
-    fn connect(base: &std::path::Path) -> FakeImap {
-        let sock = UnixStream::connect(base.join("imap-hibernate")).expect("connect");
-        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut f = FakeImap { sock };
-        assert_eq!(f.line(), "VERSION\timap-hibernate\t1\t0\n");
-        f
-    }
-
-    fn line(&mut self) -> String {
-        use std::io::Read;
-        let mut out = Vec::new();
-        let mut b = [0u8; 1];
-        while self.sock.read(&mut b).unwrap_or(0) == 1 {
-            out.push(b[0]);
-            if b[0] == b'\n' {
-                break;
-            }
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
-
-    /// Send a line, its first byte carrying `fd` if given.
-    fn send(&mut self, line: &str, fd: Option<std::os::fd::BorrowedFd<'_>>) {
-        use std::io::Write;
-        let bytes = line.as_bytes();
-        let fds: Vec<_> = fd.into_iter().collect();
-        imap_idle::sys::fdpass::send(self.sock.as_fd(), &bytes[..1], &fds).unwrap();
-        self.sock.write_all(&bytes[1..]).unwrap();
-    }
-
-    fn closed(&mut self) -> bool {
-        self.line().is_empty()
-    }
 }
 
 #[test]

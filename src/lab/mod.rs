@@ -4,6 +4,7 @@
 pub mod bench;
 mod demo;
 pub mod load;
+mod probe;
 pub mod rig;
 pub mod serve;
 
@@ -22,6 +23,8 @@ Commands:
           measure delivery -> EXISTS
   serve   the reference IMAP login and mail processes (a reference peer
           for tests, demos and benchmarks, not a production mail server)
+  probe   connect to a park or tracker socket as the calling user, claim
+          a role, and report what the daemon allowed
   stats   print a running imap-idle's counters
           [--runtime-dir DIR | --park-socket PATH]
 
@@ -37,6 +40,7 @@ pub fn main() -> ExitCode {
         Some("bench") => bench::main(args.collect()),
         // Started by `load` itself, one per client process.
         Some("load-worker") => load::worker::main(),
+        Some("probe") => probe::main(args.collect()),
         Some("stats") => stats(args.collect()),
         Some("-h" | "--help") => {
             print!("{USAGE}");

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod dovecot;
+pub mod fake_imap;
 pub mod imap;
 pub mod stack;
 
@@ -74,6 +75,14 @@ impl Daemon {
         };
         wait_for(|| link::stats(&d.park).is_ok(), "daemon to listen");
         d
+    }
+
+    /// Let other users reach the park socket (with --park-socket-mode
+    /// and --runtime-dir-mode wide enough).
+    pub fn open_to_everyone(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
     }
 
     pub fn pid(&self) -> u32 {
