@@ -14,7 +14,7 @@ use std::time::Duration;
 use imap_idle::mail::{IdleLink, NotParked};
 use imap_idle::proto::native::{self, Message, Role, MAX_PACKET};
 use imap_idle::sys::SeqPacket;
-use util::fake_imap::FakeImap;
+use util::fake_imap::{dovecot_daemon, FakeImap};
 use util::*;
 
 const NOBODY: u32 = 65534;
@@ -160,20 +160,11 @@ fn one_uid_cannot_hold_every_control_slot_nor_keep_silent_ones() {
 
 #[test]
 fn a_hand_off_with_extra_descriptors_is_refused() {
-    let base = tempfile::tempdir().unwrap();
-    let b = base.path().to_str().unwrap();
-    let d = Daemon::start(&[
-        "--dovecot",
-        "--dovecot-base-dir",
-        b,
-        "--dovecot-group",
-        "root",
-    ]);
+    let (base, d) = dovecot_daemon();
     let baseline = d.settled_fds();
     let (client, _peer) = UnixStream::pair().unwrap();
     // The attack: descriptors by the hundred on one hand-off connection.
-    let mut f = FakeImap::connect(base.path());
-    f.send("VERSION\timap-hibernate\t1\t0\n", None);
+    let mut f = FakeImap::greeted(base.path());
     let spare: Vec<OwnedFd> = (0..200)
         .map(|_| OwnedFd::from(std::fs::File::open("/dev/null").unwrap()))
         .collect();
@@ -191,8 +182,7 @@ fn a_hand_off_with_extra_descriptors_is_refused() {
     assert!(f.closed());
     d.expect_fds(baseline);
     // An honest hand-off still parks.
-    let mut f = FakeImap::connect(base.path());
-    f.send("VERSION\timap-hibernate\t1\t0\n", None);
+    let mut f = FakeImap::greeted(base.path());
     f.send("alice\t%u: \ttag=c\tidle-cmd\n", Some(client.as_fd()));
     assert_eq!(f.line(), "+\n");
     drop(f);
@@ -201,20 +191,11 @@ fn a_hand_off_with_extra_descriptors_is_refused() {
 
 #[test]
 fn a_tag_too_long_to_keep_is_refused_at_hand_off_not_cut() {
-    let base = tempfile::tempdir().unwrap();
-    let b = base.path().to_str().unwrap();
-    let d = Daemon::start(&[
-        "--dovecot",
-        "--dovecot-base-dir",
-        b,
-        "--dovecot-group",
-        "root",
-    ]);
+    let (base, d) = dovecot_daemon();
     let baseline = d.settled_fds();
     let (client, _peer) = UnixStream::pair().unwrap();
     let tag = "t".repeat(300);
-    let mut f = FakeImap::connect(base.path());
-    f.send("VERSION\timap-hibernate\t1\t0\n", None);
+    let mut f = FakeImap::greeted(base.path());
     f.send(
         &format!("alice\t%u: \ttag={tag}\tidle-cmd\n"),
         Some(client.as_fd()),
@@ -226,8 +207,7 @@ fn a_tag_too_long_to_keep_is_refused_at_hand_off_not_cut() {
     // 255 bytes are kept whole, and answered whole on an in-place restart.
     let tag = "u".repeat(255);
     let (client, mut peer) = UnixStream::pair().unwrap();
-    let mut f = FakeImap::connect(base.path());
-    f.send("VERSION\timap-hibernate\t1\t0\n", None);
+    let mut f = FakeImap::greeted(base.path());
     f.send(
         &format!("alice\t%u: \ttag={tag}\tidle-cmd\n"),
         Some(client.as_fd()),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use imap_idle::proto::native::{self, Message, RefuseKind, Role, MAX_PACKET};
 use imap_idle::sys::SeqPacket;
-use util::fake_imap::FakeImap;
+use util::fake_imap::{dovecot_daemon, FakeImap};
 use util::*;
 
 /// Connect, say hello as a mail process (or not), then send `packet` with
@@ -223,15 +223,7 @@ fn a_peer_vanishing_mid_park_leaves_nothing_behind() {
 
 #[test]
 fn dovecot_hand_offs_that_are_malformed_are_answered_and_leave_no_fd() {
-    let base = tempfile::tempdir().unwrap();
-    let b = base.path().to_str().unwrap();
-    let d = Daemon::start(&[
-        "--dovecot",
-        "--dovecot-base-dir",
-        b,
-        "--dovecot-group",
-        "root",
-    ]);
+    let (base, d) = dovecot_daemon();
     let baseline = d.settled_fds();
     let cmd = "alice\t%u: \ttag=c\tidle-cmd\tsession=S1\trip=127.0.0.1\n";
 
@@ -241,19 +233,16 @@ fn dovecot_hand_offs_that_are_malformed_are_answered_and_leave_no_fd() {
     assert!(f.closed());
 
     let (client, _peer) = UnixStream::pair().unwrap();
-    let mut f = FakeImap::connect(base.path());
-    f.send("VERSION\timap-hibernate\t1\t0\n", None);
+    let mut f = FakeImap::greeted(base.path());
     f.send("alice\t%u: \tidle-cmd\n", Some(client.as_fd()));
     assert_eq!(f.line(), "-Failed to parse client input: Missing tag\n");
     assert!(f.closed());
 
-    let mut f = FakeImap::connect(base.path());
-    f.send("VERSION\timap-hibernate\t1\t0\n", None);
+    let mut f = FakeImap::greeted(base.path());
     f.send(cmd, None);
     assert_eq!(f.line(), "-expected the client fd, got 0 fds\n");
 
-    let mut f = FakeImap::connect(base.path());
-    f.send("VERSION\timap-hibernate\t1\t0\n", None);
+    let mut f = FakeImap::greeted(base.path());
     f.send(
         "alice\t%u: \ttag=c\tidle-cmd\tnotify_fd\n",
         Some(client.as_fd()),
@@ -264,8 +253,7 @@ fn dovecot_hand_offs_that_are_malformed_are_answered_and_leave_no_fd() {
 
     // An imap process that leaves before sending its notify fd still owns
     // the client: nothing is parked.
-    let mut f = FakeImap::connect(base.path());
-    f.send("VERSION\timap-hibernate\t1\t0\n", None);
+    let mut f = FakeImap::greeted(base.path());
     f.send(
         "alice\t%u: \ttag=c\tidle-cmd\tnotify_fd\n",
         Some(client.as_fd()),
@@ -281,8 +269,7 @@ fn dovecot_hand_offs_that_are_malformed_are_answered_and_leave_no_fd() {
     d.expect_fds(baseline);
 
     // And a well-formed hand-off parks.
-    let mut f = FakeImap::connect(base.path());
-    f.send("VERSION\timap-hibernate\t1\t0\n", None);
+    let mut f = FakeImap::greeted(base.path());
     f.send(cmd, Some(client.as_fd()));
     assert_eq!(f.line(), "+\n");
     drop(f);

@@ -10,7 +10,28 @@ pub struct FakeImap {
     pub sock: UnixStream,
 }
 
+/// imap-idle in standalone Dovecot mode, with its own base_dir.
+pub fn dovecot_daemon() -> (tempfile::TempDir, super::Daemon) {
+    let base = tempfile::tempdir().unwrap();
+    let b = base.path().to_str().unwrap();
+    let d = super::Daemon::start(&[
+        "--dovecot",
+        "--dovecot-base-dir",
+        b,
+        "--dovecot-group",
+        "root",
+    ]);
+    (base, d)
+}
+
 impl FakeImap {
+    /// Connected, and past the VERSION handshake.
+    pub fn greeted(base: &std::path::Path) -> FakeImap {
+        let mut f = FakeImap::connect(base);
+        f.send("VERSION\timap-hibernate\t1\t0\n", None);
+        f
+    }
+
     pub fn connect(base: &std::path::Path) -> FakeImap {
         let sock = UnixStream::connect(base.join("imap-hibernate")).expect("connect");
         sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
