@@ -28,9 +28,11 @@ use util::{wait_for, WAIT};
 const NOBODY: u32 = 65534;
 /// nobody's group on Debian ("nogroup").
 const NOGROUP: u32 = 65534;
-/// The uid the test users' mail belongs to (our mail processes run as
-/// root, so they may serve it).
-const USER_UID: u32 = 4242;
+/// Our uid: the fake mail processes register as it, and the test users'
+/// mail belongs to it, so the tests that need no other uid run as anyone.
+fn me() -> u32 {
+    nix::unistd::getuid().as_raw()
+}
 
 struct Tracker {
     child: Child,
@@ -217,10 +219,13 @@ impl Peer {
     }
 }
 
-/// A mail process (as root, so it may serve any uid) of `capacity`.
+/// A mail process of `capacity`, as our uid.
 fn mail(t: &Tracker, capacity: u32) -> Peer {
     let mut p = Peer::hello(&t.socket(), Role::MailProcess);
-    p.send(&Message::Register { uid: 0, capacity });
+    p.send(&Message::Register {
+        uid: me(),
+        capacity,
+    });
     assert_eq!(p.msg(), Message::Registered);
     p
 }
@@ -237,7 +242,7 @@ fn login_msg(seq: u64, user: &str) -> Message {
     Message::Login(Login {
         seq,
         user: user.into(),
-        uid: USER_UID,
+        uid: me(),
         tag: "a".into(),
         local: "127.0.0.1:143".into(),
         remote: format!("192.0.2.1:{seq}"),

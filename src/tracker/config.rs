@@ -48,7 +48,7 @@ root always may; without its flag a role is the tracker's own uid's only):
                           peers whose gid is NAME's or who are listed in it;
                           the control socket is then group NAME, mode 0660
 
-Bounds (past each, the newcomer is refused with a reason and a warning):
+Bounds (each logged when reached; past one, a newcomer is refused):
   --max-peers N           connections on --socket at once [default: 4096]
   --max-waiting N         clients waiting for a mail process [default: 10000]
   --max-outbox BYTES      answers a peer leaves unread before it is closed
