@@ -75,16 +75,19 @@ impl Drop for Tracker {
 const NOBODY: u32 = 65534;
 
 #[test]
-fn allow_uid_admits_only_the_listed_uids() {
-    let t = Tracker::start(&["--allow-uid", "4242", "--socket-mode", "0666"]);
+fn mail_uid_admits_only_the_listed_uids() {
+    let t = Tracker::start(&["--mail-uid", "4242", "--socket-mode", "0666"]);
     let refused = t.mail_as(NOBODY).wait_with_output().unwrap();
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);
-    assert!(err.contains("uid 65534 is not allowed"), "{err}");
+    assert!(
+        err.contains("uid 65534 may not take the MailProcess role (--mail-uid)"),
+        "{err}"
+    );
     drop(t);
 
     let t = Tracker::start(&[
-        "--allow-uid",
+        "--mail-uid",
         &format!("4242,{NOBODY}"),
         "--socket-mode",
         "0666",
@@ -96,6 +99,20 @@ fn allow_uid_admits_only_the_listed_uids() {
     );
     let _ = ok.kill();
     let _ = ok.wait();
+}
+
+#[test]
+fn allow_uid_is_gone_and_says_what_replaces_it() {
+    let out = Command::new(env!("CARGO_BIN_EXE_imap-tracker"))
+        .args(["--allow-uid", "4242"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--login-uid") && err.contains("--mail-uid") && err.contains("--idle-uid"),
+        "{err}"
+    );
 }
 
 #[test]

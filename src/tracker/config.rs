@@ -37,9 +37,24 @@ Options:
                           --spawn [default: 16]
   --wait-secs N           how long a login or a returned connection waits for
                           a mail process before it is refused [default: 10]
-  --allow-uid UID[,UID]   login and mail processes must run as one of these
-                          uids (checked with SO_PEERCRED; root always may)
-                          [default: anyone who can open the socket]
+
+Who may take which role (checked with SO_PEERCRED when a peer says Hello;
+root always may; without its flag a role is the tracker's own uid's only):
+  --login-uid UID[,UID]   login processes: they hand over authenticated clients
+  --mail-uid UID[,UID]    mail processes; one may register only its own uid
+                          and receives only that uid's users
+  --idle-uid UID          imap-idle: returns clients and reports them gone
+  --admin-group NAME      admins (`who`) besides root and the tracker's uid:
+                          peers whose gid is NAME's or who are listed in it;
+                          the control socket is then group NAME, mode 0660
+
+Bounds (each logged when reached; past one, a newcomer is refused):
+  --max-peers N           connections on --socket at once [default: 4096]
+  --max-waiting N         clients waiting for a mail process [default: 10000]
+  --max-outbox BYTES      answers a peer leaves unread before it is closed
+                          [default: 4194304]
+
+Other:
   --log-level LEVEL       error, warn, info, debug or trace [default: info;
                           RUST_LOG overrides it when set]
   -h, --help              print this help
@@ -60,13 +75,20 @@ pub struct Config {
     pub spawn: Option<String>,
     pub max_processes: usize,
     pub wait_secs: u64,
-    pub allow_uids: Option<Vec<u32>>,
+    /// Role credentials; None: the tracker's own uid (and root) only.
+    pub login_uids: Option<Vec<u32>>,
+    pub mail_uids: Option<Vec<u32>>,
+    pub idle_uid: Option<u32>,
+    pub admin_group: Option<String>,
+    pub max_peers: usize,
+    pub max_waiting: usize,
+    pub max_outbox: usize,
     pub log_level: String,
 }
 
 #[derive(Debug)]
 pub enum Parsed {
-    Run(Config),
+    Run(Box<Config>),
     Who {
         user: Option<String>,
         control_socket: PathBuf,
@@ -86,7 +108,13 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     let mut spawn = None;
     let mut max_processes = 16;
     let mut wait_secs = 10;
-    let mut allow_uids = None;
+    let mut login_uids = None;
+    let mut mail_uids = None;
+    let mut idle_uid = None;
+    let mut admin_group = None;
+    let mut max_peers = DEFAULT_MAX_PEERS;
+    let mut max_waiting = DEFAULT_MAX_WAITING;
+    let mut max_outbox = DEFAULT_MAX_OUTBOX;
     let mut log_level = "info".to_owned();
     let mut who = false;
     let mut who_user = None;
@@ -121,11 +149,17 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
             }
             "--wait-secs" => wait_secs = args.number(&flag)?,
             "--allow-uid" => {
-                let v = args.value(&flag)?;
-                let uids: Result<Vec<u32>, _> = v.split(',').map(str::parse).collect();
-                allow_uids =
-                    Some(uids.map_err(|_| format!("--allow-uid: {v:?} is not a list of uids"))?);
+                return Err("--allow-uid is gone: each role has its own uids now, \
+                            --login-uid, --mail-uid and --idle-uid (see --help)"
+                    .into())
             }
+            "--login-uid" => login_uids = Some(uid_list(&flag, &args.value(&flag)?)?),
+            "--mail-uid" => mail_uids = Some(uid_list(&flag, &args.value(&flag)?)?),
+            "--idle-uid" => idle_uid = Some(args.number(&flag)?),
+            "--admin-group" => admin_group = Some(args.value(&flag)?),
+            "--max-peers" => max_peers = at_least_one(&flag, args.number(&flag)?)?,
+            "--max-waiting" => max_waiting = args.number(&flag)?,
+            "--max-outbox" => max_outbox = at_least_one(&flag, args.number(&flag)?)?,
             "--log-level" => log_level = args.log_level(&flag)?,
             u if who && who_user.is_none() && !u.starts_with('-') => who_user = Some(flag),
             _ => return Err(format!("unknown argument {flag:?} (see --help)")),
@@ -139,7 +173,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
             control_socket,
         });
     }
-    Ok(Parsed::Run(Config {
+    Ok(Parsed::Run(Box::new(Config {
         socket: socket.unwrap_or_else(|| runtime_dir.join("tracker")),
         idle_socket: idle_socket.unwrap_or_else(|| runtime_dir.join("park")),
         control_socket,
@@ -149,9 +183,36 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
         spawn,
         max_processes,
         wait_secs,
-        allow_uids,
+        login_uids,
+        mail_uids,
+        idle_uid,
+        admin_group,
+        max_peers,
+        max_waiting,
+        max_outbox,
         log_level,
-    }))
+    })))
+}
+
+/// Connections on the main socket at once, by default.
+pub const DEFAULT_MAX_PEERS: usize = 4096;
+/// Clients waiting for a mail process, by default.
+pub const DEFAULT_MAX_WAITING: usize = 10_000;
+/// Bytes of answers one peer may leave unread, by default.
+pub const DEFAULT_MAX_OUTBOX: usize = 4 << 20;
+
+fn uid_list(flag: &str, v: &str) -> Result<Vec<u32>, String> {
+    v.split(',')
+        .map(|u| u.trim().parse())
+        .collect::<Result<Vec<u32>, _>>()
+        .map_err(|_| format!("{flag}: {v:?} is not a list of uids"))
+}
+
+fn at_least_one(flag: &str, n: usize) -> Result<usize, String> {
+    if n == 0 {
+        return Err(format!("{flag} must be at least 1"));
+    }
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -173,12 +234,31 @@ mod tests {
         assert_eq!(c.policy, Policy::Uid);
         assert_eq!(c.socket_mode, 0o660);
         assert!(parse(s(&["--policy", "random"])).is_err());
-        assert!(parse(s(&["--allow-uid", "1,x"])).is_err());
+        assert!(parse(s(&["--login-uid", "1,x"])).is_err());
         assert!(parse(s(&["--socket-mode", "999"])).is_err());
-        let Ok(Parsed::Run(c)) = parse(s(&["--allow-uid", "8,9"])) else {
+        assert_eq!(c.login_uids, None);
+        assert_eq!(c.max_peers, DEFAULT_MAX_PEERS);
+        let Ok(Parsed::Run(c)) = parse(s(&[
+            "--login-uid",
+            "8,9",
+            "--mail-uid=10",
+            "--idle-uid",
+            "11",
+            "--admin-group",
+            "staff",
+        ])) else {
             panic!()
         };
-        assert_eq!(c.allow_uids, Some(vec![8, 9]));
+        assert_eq!(c.login_uids, Some(vec![8, 9]));
+        assert_eq!(c.mail_uids, Some(vec![10]));
+        assert_eq!(c.idle_uid, Some(11));
+        assert_eq!(c.admin_group.as_deref(), Some("staff"));
+        let gone = parse(s(&["--allow-uid", "8"])).unwrap_err();
+        assert!(
+            gone.contains("--login-uid") && gone.contains("--mail-uid"),
+            "{gone}"
+        );
+        assert!(parse(s(&["--max-peers", "0"])).is_err());
     }
 
     #[test]

@@ -4,14 +4,17 @@
 //! one that owns it, and what peers say goes through a [`Handler`].
 //! Login processes hand clients in, mail processes take them and report
 //! them leaving, imap-idle returns them, operators ask who is doing what.
+//! Out of descriptors, accepting pauses for a moment instead of spinning.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
+use nix::errno::Errno;
 use nix::sys::signal::Signal;
 
 use super::config::Config;
@@ -20,6 +23,7 @@ use super::peers::{self, Peers};
 use super::pending::Waiting;
 use super::routing::Routing;
 use super::spawn::Spawner;
+use super::trust::{self, Trust};
 use super::who::Who;
 use crate::setup::{ensure_dir, setup, SetupError};
 use crate::sys::signals::Signals;
@@ -32,9 +36,12 @@ const CONTROL: Token = Token(1);
 const SIGNALS: Token = Token(2);
 // Tokens from `peers::FIRST_PEER` on are peer connections.
 const _: () = assert!(SIGNALS.0 < peers::FIRST_PEER);
+/// How long accepting pauses when out of descriptors (as imap-idle does).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 pub struct Tracker {
     cfg: Config,
+    trust: Trust,
     poll: Poll,
     listener: SeqPacket,
     control: SeqPacket,
@@ -44,6 +51,8 @@ pub struct Tracker {
     pending: Waiting,
     who: Who,
     spawner: Spawner,
+    /// Out of descriptors: no accepting until then.
+    accept_paused_until: Option<Instant>,
     stop: bool,
 }
 
@@ -72,6 +81,27 @@ impl Tracker {
             format_args!("listening on {}", cfg.control_socket.display()),
             SeqPacket::listen(&cfg.control_socket, 0o600),
         )?;
+        if let Some(group) = &cfg.admin_group {
+            // The admin group's members must be able to connect at all.
+            let gid = trust::admin_gid(group).map_err(SetupError)?;
+            let path = &cfg.control_socket;
+            setup(
+                format_args!("giving {} to group {group}", path.display()),
+                nix::unistd::chown(path, None, Some(gid)).map_err(io::Error::from),
+            )?;
+            setup(
+                format_args!("making {} mode 0660", path.display()),
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)),
+            )?;
+        }
+        let trust = Trust::new(&cfg);
+        let overlap = trust.overlap();
+        if !overlap.is_empty() {
+            warn!(
+                "uids {overlap:?} are trusted as login and as mail processes: such a mail process \
+                 can hand over clients as any user"
+            );
+        }
         let poll = setup("creating the poll", Poll::new())?;
         for (fd, token) in [
             (listener.as_raw_fd(), LISTENER),
@@ -98,7 +128,16 @@ impl Tracker {
                 ))
                 .unwrap_or_default()
         );
+        info!(
+            "{}; at most {} peers, {} waiting clients, {} bytes unread per peer",
+            trust.describe(),
+            cfg.max_peers,
+            cfg.max_waiting,
+            cfg.max_outbox
+        );
         Ok(Tracker {
+            trust,
+            peers: Peers::new(cfg.max_outbox),
             spawner: Spawner::new(cfg.spawn.clone(), cfg.max_processes, cfg.socket.clone()),
             routing: Routing::new(cfg.policy),
             cfg,
@@ -106,9 +145,9 @@ impl Tracker {
             listener,
             control,
             signals,
-            peers: Peers::new(),
             pending: Waiting::default(),
             who: Who::default(),
+            accept_paused_until: None,
             stop: false,
         })
     }
@@ -118,12 +157,16 @@ impl Tracker {
         let mut next_sweep = Instant::now() + Duration::from_secs(60);
         while !self.stop {
             let now = Instant::now();
-            let next = [self.pending.next_deadline(), self.who.next_deadline()]
-                .into_iter()
-                .flatten()
-                .chain(std::iter::once(next_sweep))
-                .min()
-                .unwrap_or(next_sweep);
+            let next = [
+                self.pending.next_deadline(),
+                self.who.next_deadline(),
+                self.accept_paused_until,
+            ]
+            .into_iter()
+            .flatten()
+            .chain(std::iter::once(next_sweep))
+            .min()
+            .unwrap_or(next_sweep);
             let timeout = next.saturating_duration_since(now) + Duration::from_millis(1);
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -148,9 +191,15 @@ impl Tracker {
                 }
             }
             let now = Instant::now();
+            if self.accept_paused_until.is_some_and(|t| t <= now) {
+                // Edge-triggered: what queued up meanwhile raises no event.
+                self.accept_paused_until = None;
+                self.accept(false);
+                self.accept(true);
+            }
             self.handler().expire(now);
             if now >= next_sweep {
-                self.routing.expire_early(now);
+                self.routing.expire(now);
                 next_sweep = now + Duration::from_secs(60);
             }
         }
@@ -164,6 +213,7 @@ impl Tracker {
     fn handler(&mut self) -> Handler<'_> {
         Handler::new(
             &self.cfg,
+            &self.trust,
             self.poll.registry(),
             &mut self.peers,
             &mut self.routing,
@@ -210,6 +260,9 @@ impl Tracker {
     }
 
     fn accept(&mut self, control: bool) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
         loop {
             let listener = if control {
                 &self.control
@@ -219,11 +272,27 @@ impl Tracker {
             let sock = match listener.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    continue
+                }
                 Err(e) => {
-                    // Out of descriptors: the peer retries; we log and wait
-                    // for the next event rather than spin.
-                    warn!("accepting a connection: {e}");
+                    // Out of descriptors (or memory): the connections wait
+                    // in the backlog while we pause, rather than spin.
+                    let errno = Errno::from_raw(e.raw_os_error().unwrap_or(0));
+                    let why = match errno {
+                        Errno::EMFILE | Errno::ENFILE => "out of descriptors",
+                        _ => "cannot accept",
+                    };
+                    warn!(
+                        "accepting a connection: {e} ({why}); pausing accepts for {} ms",
+                        ACCEPT_PAUSE.as_millis()
+                    );
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
                     return;
                 }
             };

@@ -1,13 +1,16 @@
-//! What the tracker does when a peer speaks: checks each message against
-//! the peer's role and hands it to the component concerned. A [`Handler`]
-//! borrows the daemon's components for one event; this is also the one
-//! place that undoes what a closed peer leaves behind in all of them, so
-//! the components themselves only ever close a connection.
+//! What the tracker does when a peer speaks: admits a peer to the role it
+//! claims, checks each message against that role and hands it to the
+//! component concerned (what mail processes and imap-idle say is handled
+//! in `from_mail` and `from_idle`). A [`Handler`] borrows the daemon's
+//! components for one event; this is also the one place that undoes what a
+//! closed peer leaves behind in all of them, so the components themselves
+//! only ever close a connection. It also keeps the bounds on peers and on
+//! waiting clients.
 
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::{debug, warn};
 use mio::Registry;
 
 use super::config::Config;
@@ -15,23 +18,31 @@ use super::peers::Peers;
 use super::pending::{Pending, Placed, Waiting};
 use super::routing::Routing;
 use super::spawn::Spawner;
+use super::trust::Trust;
 use super::who::Who;
-use crate::proto::native::{ConnInfo, Gone, Message, RecvError, Role};
+use crate::proto::native::{self, Message, RecvError, Role};
 use crate::sys::{Peer, SeqPacket};
 
+/// Connections on the control socket at once, at most: admins are few,
+/// and the operator can still ask while the main socket is full.
+pub const MAX_ADMINS: usize = 64;
+
 pub struct Handler<'a> {
-    cfg: &'a Config,
-    registry: &'a Registry,
-    peers: &'a mut Peers,
-    routing: &'a mut Routing,
-    pending: &'a mut Waiting,
-    who: &'a mut Who,
-    spawner: &'a mut Spawner,
+    pub(super) cfg: &'a Config,
+    pub(super) trust: &'a Trust,
+    pub(super) registry: &'a Registry,
+    pub(super) peers: &'a mut Peers,
+    pub(super) routing: &'a mut Routing,
+    pub(super) pending: &'a mut Waiting,
+    pub(super) who: &'a mut Who,
+    pub(super) spawner: &'a mut Spawner,
 }
 
 impl<'a> Handler<'a> {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: &'a Config,
+        trust: &'a Trust,
         registry: &'a Registry,
         peers: &'a mut Peers,
         routing: &'a mut Routing,
@@ -41,6 +52,7 @@ impl<'a> Handler<'a> {
     ) -> Handler<'a> {
         Handler {
             cfg,
+            trust,
             registry,
             peers,
             routing,
@@ -50,15 +62,32 @@ impl<'a> Handler<'a> {
         }
     }
 
-    /// A connection accepted on the main or the control socket.
+    /// A connection accepted on the main or the control socket; refused
+    /// with a reason when that socket has all the connections it may.
     pub fn add_peer(&mut self, sock: SeqPacket, cred: Peer, control: bool) {
+        let (main, admins) = self.peers.counts();
+        let full = if control {
+            (admins >= MAX_ADMINS).then(|| format!("{MAX_ADMINS} admin connections already"))
+        } else {
+            (main >= self.cfg.max_peers)
+                .then(|| format!("{main} connections already (--max-peers)"))
+        };
+        if let Some(why) = full {
+            warn!(
+                "refusing a connection from pid={} uid={}: {why}",
+                cred.pid, cred.uid
+            );
+            let reason = format!("the tracker is full: {why}");
+            let _ = native::send(&sock, &Message::Error { reason }, None);
+            return;
+        }
         if let Some(key) = self.peers.insert(self.registry, sock, cred, control, None) {
             // Packets that came before registration raise no new edge.
             self.peer_event(key);
         }
     }
 
-    fn close_peer(&mut self, key: usize) {
+    pub(super) fn close_peer(&mut self, key: usize) {
         self.peers.close(self.registry, key);
         self.settle();
     }
@@ -88,7 +117,7 @@ impl<'a> Handler<'a> {
     }
 
     /// Tell `key` why, and close it; false (it is no longer open).
-    fn fail_peer(&mut self, key: usize, reason: &str) -> bool {
+    pub(super) fn fail_peer(&mut self, key: usize, reason: &str) -> bool {
         if let Some(p) = self.peers.get(key) {
             warn!("{}: {reason}; closing the connection", p.who());
             let msg = Message::Error {
@@ -101,7 +130,7 @@ impl<'a> Handler<'a> {
     }
 
     /// Send without an fd; false when the peer is gone (or now closed).
-    fn send(&mut self, key: usize, msg: &Message) -> bool {
+    pub(super) fn send(&mut self, key: usize, msg: &Message) -> bool {
         let blocked = self.routing.blocked(key);
         let sent = self.peers.send(self.registry, key, msg, blocked);
         self.settle();
@@ -152,14 +181,7 @@ impl<'a> Handler<'a> {
                 self.register(key, uid, capacity)
             }
             (Some(Role::MailProcess), Message::Released { conn, how }) => {
-                if !self.routing.procs.contains_key(&key) {
-                    return self.fail_peer(key, "Released before Register");
-                }
-                if let Err(e) = self.routing.released(key, conn, how, Instant::now()) {
-                    warn!("{}: release of conn={conn}: {e}", p.who());
-                }
-                self.place_pending();
-                true
+                self.released(key, conn, how)
             }
             (Some(Role::MailProcess | Role::Idle), Message::Described { query, conns, last }) => {
                 self.described(key, query, conns, last);
@@ -177,10 +199,7 @@ impl<'a> Handler<'a> {
                 let Some(fd) = fd else {
                     return self.fail_peer(key, "Return without a descriptor");
                 };
-                let wait = Duration::from_secs(self.cfg.wait_secs);
-                let back = Pending::returned(key, p.pid(), ret, fd, self.routing, wait);
-                self.take(key, back);
-                self.peers.contains(key)
+                self.returned(key, ret, fd)
             }
             (Some(Role::Idle), Message::Gone(g)) => {
                 self.gone(key, g);
@@ -214,7 +233,12 @@ impl<'a> Handler<'a> {
             self.settle();
             return asked;
         }
-        if let Err(reason) = p.admit(role, self.cfg.allow_uids.as_deref()) {
+        if let Err(reason) = self.trust.admit(role, p.cred(), p.control()) {
+            warn!(
+                "SECURITY: pid={} uid={} claims the {role:?} role: {reason}; refused",
+                p.pid(),
+                p.uid()
+            );
             return self.fail_peer(key, &reason);
         }
         p.set_role(role);
@@ -226,33 +250,8 @@ impl<'a> Handler<'a> {
         self.send(key, &hello)
     }
 
-    fn register(&mut self, key: usize, uid: u32, capacity: u32) -> bool {
-        let Some(p) = self.peers.get(key) else {
-            return false;
-        };
-        if self.routing.procs.contains_key(&key) {
-            return self.fail_peer(key, "registered twice");
-        }
-        if capacity == 0 {
-            return self.fail_peer(key, "capacity 0: such a process can take nothing");
-        }
-        if p.uid() != 0 && p.uid() != uid {
-            let reason = format!("claims uid {uid} but runs as uid {}", p.uid());
-            return self.fail_peer(key, &reason);
-        }
-        let pid = p.pid();
-        self.spawner.registered(pid);
-        self.routing.register(key, pid, uid, capacity);
-        info!("mail process pid={pid} uid={uid} registered, capacity {capacity}");
-        if !self.send(key, &Message::Registered) {
-            return false;
-        }
-        self.place_pending();
-        true
-    }
-
     /// A client handed in: placed or queued, or `reply` sent instead.
-    fn take(&mut self, key: usize, wait: Result<Pending, Box<Message>>) {
+    pub(super) fn take(&mut self, key: usize, wait: Result<Pending, Box<Message>>) {
         match wait {
             Ok(wait) => self.place_or_wait(wait),
             Err(reply) => {
@@ -261,28 +260,17 @@ impl<'a> Handler<'a> {
         }
     }
 
-    fn gone(&mut self, key: usize, g: Gone) {
-        if !self.routing.cookie_ok(&g.user, &g.cookie) {
-            let pid = self.peers.get(key).map_or(0, |p| p.pid());
-            warn!(
-                "SECURITY: user={}: imap-idle pid={pid} reports a gone connection (id {}) with a \
-                 wrong or unknown cookie; ignored",
-                g.user, g.id
-            );
-            return;
-        }
-        let conn = self.routing.gone(g.id, Instant::now());
-        info!(
-            "user={} conn={}: parked client gone ({:?}: {})",
-            g.user,
-            conn.map_or("?".into(), |c| c.to_string()),
-            g.reason,
-            g.detail
-        );
-    }
-
     fn place_or_wait(&mut self, wait: Pending) {
         if let Some(wait) = self.place(wait) {
+            let max = self.cfg.max_waiting;
+            if self.pending.len() >= max {
+                let reason =
+                    format!("too many clients waiting for a mail process ({max}, --max-waiting)");
+                warn!("user={}: refused: {reason}", wait.user());
+                wait.refuse(reason, self.peers, self.routing, self.registry);
+                self.settle();
+                return;
+            }
             if self.routing.pick(wait.user(), wait.uid()).is_none() {
                 self.spawner
                     .spawn_for(wait.user(), self.routing.procs.len());
@@ -307,7 +295,7 @@ impl<'a> Handler<'a> {
         }
     }
 
-    pub fn place_pending(&mut self) {
+    pub(super) fn place_pending(&mut self) {
         for _ in 0..self.pending.len() {
             let Some(wait) = self.pending.pop() else {
                 return;
@@ -335,7 +323,13 @@ impl<'a> Handler<'a> {
     /// Refuse the clients and end the `who` queries whose time is up.
     pub fn expire(&mut self, now: Instant) {
         while let Some(wait) = self.pending.pop_expired(now) {
-            wait.refuse(self.cfg.wait_secs, self.peers, self.routing, self.registry);
+            let reason = format!(
+                "no mail process could take user {} within {} s",
+                wait.user(),
+                self.cfg.wait_secs
+            );
+            warn!("user={}: {reason}", wait.user());
+            wait.refuse(reason, self.peers, self.routing, self.registry);
             self.settle();
         }
         for id in self.who.late(now) {
@@ -371,17 +365,7 @@ impl<'a> Handler<'a> {
         }
     }
 
-    fn described(&mut self, key: usize, query: u64, conns: Vec<ConnInfo>, last: bool) {
-        let answer = self.who.described(key, query, conns, last, self.peers);
-        if answer.close {
-            self.close_peer(key);
-        }
-        if answer.done {
-            self.finish_who(query);
-        }
-    }
-
-    fn finish_who(&mut self, id: u64) {
+    pub(super) fn finish_who(&mut self, id: u64) {
         self.who.finish(id, self.peers, self.routing, self.registry);
         self.settle();
     }

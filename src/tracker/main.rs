@@ -8,7 +8,7 @@ use super::who;
 
 pub fn main() -> ExitCode {
     let cfg = match config::parse(std::env::args().skip(1)) {
-        Ok(Parsed::Run(cfg)) => cfg,
+        Ok(Parsed::Run(cfg)) => *cfg,
         Ok(Parsed::Who {
             user,
             control_socket,

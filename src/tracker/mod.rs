@@ -4,14 +4,19 @@
 pub mod config;
 mod cookie;
 mod daemon;
+mod from_idle;
+mod from_mail;
 mod handler;
 mod main;
+mod moves;
+mod parking;
 mod peers;
 mod pending;
 mod policy;
 mod report;
 mod routing;
 mod spawn;
+mod trust;
 pub mod who;
 
 pub use daemon::Tracker;

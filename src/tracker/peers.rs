@@ -1,8 +1,8 @@
 //! The tracker's peer connections: login processes, mail processes,
 //! imap-idle, admins, and our own connections to imap-idle for `who`.
 //! Owns their sockets, their place in the poll and the answers a slow
-//! reader has not taken yet; knows nothing of routing, so the caller says
-//! when a mail process waits for room.
+//! reader has not taken yet (bounded in bytes per peer); knows nothing of
+//! routing, so the caller says when a mail process waits for room.
 //!
 //! Closing is two steps: [`Peers::close`] takes the peer off the poll and
 //! out of sight at once, while its slot stays taken (its key is not reused)
@@ -24,8 +24,6 @@ use crate::sys::{Peer, SeqPacket};
 /// Tokens from here on are peers (slab key + `FIRST_PEER`); the daemon
 /// keeps the ones below for its own sockets.
 pub const FIRST_PEER: usize = 16;
-/// Answers kept for a peer that is slow to read, at most.
-const MAX_OUTBOX: usize = 65_536;
 
 /// The poll token of peer `key`.
 fn token(key: usize) -> Token {
@@ -47,8 +45,10 @@ pub struct PeerConn {
     control: bool,
     /// We connected to imap-idle for this `who` query.
     query: Option<u64>,
-    /// Answers that did not fit in the socket yet, in order.
-    outbox: VecDeque<Message>,
+    /// Answers that did not fit in the socket yet, encoded, in order.
+    outbox: VecDeque<Vec<u8>>,
+    /// Their size in bytes.
+    outbox_bytes: usize,
     /// False once closed: then only `take_closed` sees it.
     open: bool,
 }
@@ -84,27 +84,14 @@ impl PeerConn {
         self.query
     }
 
-    /// May this peer take on `role`? Err is why not.
-    pub fn admit(&self, role: Role, allow_uids: Option<&[u32]>) -> Result<(), String> {
-        let allowed = match role {
-            Role::Admin => self.control,
-            Role::Login | Role::MailProcess | Role::Idle => !self.control,
-            Role::Tracker => false,
-        };
-        if !allowed {
-            return Err(if self.control {
-                format!("the control socket takes admin requests only, not {role:?}")
-            } else {
-                format!("role {role:?} is not taken here")
-            });
-        }
-        if let (Role::Login | Role::MailProcess, Some(uids)) = (role, allow_uids) {
-            let uid = self.cred.uid;
-            if uid != 0 && !uids.contains(&uid) {
-                return Err(format!("uid {uid} is not allowed (--allow-uid)"));
-            }
-        }
-        Ok(())
+    /// What the kernel says of the peer (SO_PEERCRED).
+    pub fn cred(&self) -> &Peer {
+        &self.cred
+    }
+
+    /// Came in on the control socket.
+    pub fn control(&self) -> bool {
+        self.control
     }
 
     /// Send at once, bypassing the outbox: for a last word before closing,
@@ -119,15 +106,29 @@ pub struct Peers {
     /// Keys closed and not yet collected, in order.
     closed: VecDeque<usize>,
     buf: Vec<u8>,
+    /// Bytes of answers one peer may leave unread before it is closed.
+    max_outbox: usize,
+    /// Peers that came in on the main socket and the control socket, open
+    /// or not yet collected.
+    main: usize,
+    admins: usize,
 }
 
 impl Peers {
-    pub fn new() -> Peers {
+    pub fn new(max_outbox: usize) -> Peers {
         Peers {
             slab: Slab::new(),
             closed: VecDeque::new(),
             buf: vec![0; MAX_PACKET + 1],
+            max_outbox,
+            main: 0,
+            admins: 0,
         }
+    }
+
+    /// Connections from the main socket, and from the control socket.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.main, self.admins)
     }
 
     /// Take a connection on, readable; None (logged) if the poll refuses.
@@ -159,8 +160,14 @@ impl Peers {
             control,
             query,
             outbox: VecDeque::new(),
+            outbox_bytes: 0,
             open: true,
         });
+        match (control, query) {
+            (true, _) => self.admins += 1,
+            (false, None) => self.main += 1,
+            (false, Some(_)) => {}
+        }
         Some(key)
     }
 
@@ -187,11 +194,13 @@ impl Peers {
     /// gone or was closed here. `blocked`: the peer is a mail process
     /// waiting for room (see [`Peers::update_interest`]).
     pub fn send(&mut self, registry: &Registry, key: usize, msg: &Message, blocked: bool) -> bool {
+        let max = self.max_outbox;
         let Some(p) = self.get_mut(key) else {
             return false;
         };
+        let bytes = msg.encode();
         if p.outbox.is_empty() {
-            match native::send(&p.sock, msg, None) {
+            match p.sock.send(&bytes, &[]) {
                 Ok(()) => return true,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
@@ -201,12 +210,16 @@ impl Peers {
                 }
             }
         }
-        if p.outbox.len() >= MAX_OUTBOX {
-            warn!("{}: {MAX_OUTBOX} answers unread; closing", p.who());
+        if p.outbox_bytes + bytes.len() > max {
+            warn!(
+                "{}: more than {max} bytes of answers unread (--max-outbox); closing",
+                p.who()
+            );
             self.close(registry, key);
             return false;
         }
-        p.outbox.push_back(msg.clone());
+        p.outbox_bytes += bytes.len();
+        p.outbox.push_back(bytes);
         self.update_interest(registry, key, blocked);
         true
     }
@@ -217,11 +230,12 @@ impl Peers {
             let Some(p) = self.get_mut(key) else {
                 return;
             };
-            let Some(msg) = p.outbox.front() else {
+            let Some(bytes) = p.outbox.front() else {
                 break;
             };
-            match native::send(&p.sock, msg, None) {
+            match p.sock.send(bytes, &[]) {
                 Ok(()) => {
+                    p.outbox_bytes -= bytes.len();
                     p.outbox.pop_front();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -262,6 +276,11 @@ impl Peers {
     pub fn take_closed(&mut self) -> Option<(usize, PeerConn)> {
         while let Some(key) = self.closed.pop_front() {
             if let Some(p) = self.slab.try_remove(key) {
+                match (p.control, p.query) {
+                    (true, _) => self.admins -= 1,
+                    (false, None) => self.main -= 1,
+                    (false, Some(_)) => {}
+                }
                 return Some((key, p));
             }
         }

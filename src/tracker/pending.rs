@@ -1,7 +1,9 @@
 //! Clients on their way to a mail process: handed in by a login process or
 //! returned by imap-idle, queued until a process takes them or their wait
 //! runs out. Placing is one attempt at a time, so that the caller can
-//! finish closing a process that failed one before the next try.
+//! finish closing a process that failed one before the next try. A return
+//! imap-idle sends again after its link dropped, though we placed it
+//! already, is acknowledged here and not placed twice.
 
 use std::collections::VecDeque;
 use std::io;
@@ -11,6 +13,7 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 use mio::Registry;
 
+use super::parking::ReturnKey;
 use super::peers::Peers;
 use super::routing::Routing;
 use crate::proto::native::{Assign, Assignment, Login, Message, Return};
@@ -26,8 +29,15 @@ pub struct Pending {
 }
 
 enum From {
-    Login { peer: usize, login: Login },
-    Idle { peer: usize, ret: Return },
+    Login {
+        peer: usize,
+        login: Login,
+    },
+    Idle {
+        peer: usize,
+        ret: Return,
+        key: ReturnKey,
+    },
 }
 
 /// What came of one attempt to place a client.
@@ -64,21 +74,36 @@ impl Pending {
         })
     }
 
-    /// A client back from imap-idle `peer` (pid `pid`). One with a wrong
-    /// cookie is told off and closed here; Err is the answer to imap-idle.
+    /// A client back from imap-idle `peer` (pid `pid`, uid `peer_uid`). One
+    /// with a wrong cookie is told off and closed here, one placed already
+    /// just closed; Err is the answer to imap-idle.
     pub fn returned(
         peer: usize,
         pid: u32,
+        peer_uid: u32,
         ret: Return,
         fd: OwnedFd,
         routing: &Routing,
         wait: Duration,
     ) -> Result<Pending, Box<Message>> {
         let user = ret.park.user.clone();
+        let socket = nix::sys::stat::fstat(&fd).map_or(0, |st| st.st_ino);
+        let key = ReturnKey { id: ret.id, socket };
+        if routing.parking.was_placed(&key) {
+            // Placed already: our `Accepted` was lost with the link. The
+            // client is with its mail process; this is only another copy.
+            info!(
+                "user={user}: imap-idle pid={pid} sent return id {} again after we placed it; \
+                 acknowledged, not placed twice",
+                ret.id
+            );
+            drop(fd);
+            return Err(Box::new(Message::Accepted { id: ret.id }));
+        }
         if !routing.cookie_ok(&user, &ret.park.cookie) {
             warn!(
-                "SECURITY: user={user}: a connection returned by imap-idle pid={pid} (id {}) \
-                 carries a wrong or unknown cookie; refused and closed",
+                "SECURITY: user={user}: a connection returned by imap-idle pid={pid} \
+                 uid={peer_uid} (id {}) carries a wrong or unknown cookie; refused and closed",
                 ret.id
             );
             // Tell the client, close it, and tell imap-idle we took it so it
@@ -87,12 +112,21 @@ impl Pending {
             drop(fd);
             return Err(Box::new(Message::Accepted { id: ret.id }));
         }
+        if let Err(e) = routing.check_idle_id(ret.id, &user) {
+            // Leave that entry alone; the client itself, with the user's
+            // right cookie, is placed as a connection we did not know of.
+            warn!(
+                "SECURITY: user={user}: imap-idle pid={pid} uid={peer_uid} returns id {}: {e}; that \
+                 connection is left alone and this one taken as new",
+                ret.id
+            );
+        }
         let uid = routing.users.get(&user).map_or(0, |u| u.uid);
         Ok(Pending {
             user,
             uid,
             fd,
-            from: From::Idle { peer, ret },
+            from: From::Idle { peer, ret, key },
             deadline: Instant::now() + wait,
         })
     }
@@ -114,7 +148,7 @@ impl Pending {
         let now = Instant::now();
         let pid = routing.procs.get(&proc_key).map_or(0, |p| p.pid);
         let (was, idle_id) = match &wait.from {
-            From::Idle { ret, .. } => (routing.parked_place(ret.id), Some(ret.id)),
+            From::Idle { ret, .. } => (routing.parked_place(ret.id, &wait.user), Some(ret.id)),
             From::Login { .. } => (None, None),
         };
         let (conn, cookie, remote, how) = match &wait.from {
@@ -134,7 +168,14 @@ impl Pending {
                 }
             }
             From::Idle { ret, .. } => {
-                let conn = routing.restore(ret.id, proc_key, &wait.user, ret.park.cookie, now);
+                let conn = match routing.restore(ret.id, proc_key, &wait.user, ret.park.cookie, now)
+                {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        warn!("user={}: cannot make a connection id: {e:?}", wait.user);
+                        return Placed::Wait(wait);
+                    }
+                };
                 let remote = routing
                     .conns
                     .get(&conn)
@@ -192,7 +233,8 @@ impl Pending {
                 };
                 peers.send(registry, peer, &msg, routing.blocked(peer));
             }
-            From::Idle { peer, ret } => {
+            From::Idle { peer, ret, key } => {
+                routing.parking.placed(key, now);
                 info!(
                     "user={} conn={conn}: back from imap-idle ({:?} after {} s) to mail process pid={pid}",
                     wait.user, ret.reason, ret.parked_secs
@@ -204,13 +246,8 @@ impl Pending {
         Placed::Done
     }
 
-    /// Its wait ran out: tell whoever handed it in (`wait_secs` for the text).
-    pub fn refuse(self, wait_secs: u64, peers: &mut Peers, routing: &Routing, registry: &Registry) {
-        let reason = format!(
-            "no mail process could take user {} within {wait_secs} s",
-            self.user
-        );
-        warn!("user={}: {reason}", self.user);
+    /// Not placed: tell whoever handed it in why (the caller logs it).
+    pub fn refuse(self, reason: String, peers: &mut Peers, routing: &Routing, registry: &Registry) {
         let (peer, msg) = match self.from {
             From::Login { peer, login } => (
                 peer,
@@ -219,7 +256,7 @@ impl Pending {
                     reason,
                 },
             ),
-            From::Idle { peer, ret } => (peer, Message::Rejected { id: ret.id, reason }),
+            From::Idle { peer, ret, .. } => (peer, Message::Rejected { id: ret.id, reason }),
         };
         peers.send(registry, peer, &msg, routing.blocked(peer));
     }

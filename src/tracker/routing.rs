@@ -1,13 +1,15 @@
 //! Who is where: users with their cookies, mail processes with their
 //! connections, and the policy that picks a process for a connection.
-//! Plain data, no I/O, so every rule is unit-tested.
+//! Plain data, no I/O, so every rule is unit-tested. How connections move
+//! once placed (released, returned, gone) is in `moves`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::cookie;
+use super::parking::Parking;
 use super::policy::{Bound, Policy};
-use crate::proto::native::{Cookie, Release};
+use crate::proto::native::Cookie;
 
 pub struct Process {
     pub pid: u32,
@@ -52,20 +54,15 @@ pub struct ConnEntry {
     pub since: Instant,
 }
 
-/// A return or gone notice may overtake the mail process's `Released`
-/// (they come over different sockets); such ids are remembered this long.
-const EARLY_TTL: Duration = Duration::from_secs(120);
-
 pub struct Routing {
     pub policy: Policy,
     pub users: HashMap<String, User>,
     pub procs: HashMap<usize, Process>,
     pub conns: BTreeMap<u64, ConnEntry>,
-    /// imap-idle's id -> our connection id.
-    parked: HashMap<u64, u64>,
-    /// imap-idle ids already returned or gone before `Released` said parked.
-    early: HashMap<u64, Instant>,
-    next_conn: u64,
+    /// imap-idle's ids and returns.
+    pub parking: Parking,
+    /// The counted part of our connection ids (see [`Routing::new_conn`]).
+    next_conn: u32,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -82,10 +79,29 @@ impl Routing {
             users: HashMap::new(),
             procs: HashMap::new(),
             conns: BTreeMap::new(),
-            parked: HashMap::new(),
-            early: HashMap::new(),
+            parking: Parking::default(),
             next_conn: 1,
         }
+    }
+
+    /// A fresh connection id: a counter (so ids sort by age) above 32
+    /// random bits, so that a peer cannot guess another's ids.
+    pub(super) fn new_conn(&mut self) -> Result<u64, RouteError> {
+        loop {
+            let random = getrandom::u32().map_err(|e| RouteError::Random(e.to_string()))?;
+            let id = u64::from(self.next_conn) << 32 | u64::from(random);
+            self.next_conn = self.next_conn.wrapping_add(1).max(1);
+            if !self.conns.contains_key(&id) {
+                return Ok(id);
+            }
+        }
+    }
+
+    /// Is `conn` in mail process `key`?
+    pub fn owns(&self, key: usize, conn: u64) -> bool {
+        self.conns
+            .get(&conn)
+            .is_some_and(|c| c.place == Place::Mail(key))
     }
 
     pub fn register(&mut self, key: usize, pid: u32, uid: u32, capacity: u32) {
@@ -155,7 +171,7 @@ impl Routing {
         cookie::same(&u.cookie, cookie)
     }
 
-    fn place_on(&mut self, key: usize, conn: u64, user: &str, uid: u32) {
+    pub(super) fn place_on(&mut self, key: usize, conn: u64, user: &str, uid: u32) {
         let policy = self.policy;
         if let Some(p) = self.procs.get_mut(&key) {
             p.active += 1;
@@ -171,7 +187,7 @@ impl Routing {
         }
     }
 
-    fn take_off(&mut self, key: usize, conn: u64, user: &str) {
+    pub(super) fn take_off(&mut self, key: usize, conn: u64, user: &str) {
         if let Some(p) = self.procs.get_mut(&key) {
             if p.conns.remove(&conn) {
                 p.active = p.active.saturating_sub(1);
@@ -195,6 +211,7 @@ impl Routing {
         remote: &str,
         now: Instant,
     ) -> Result<(u64, Cookie), RouteError> {
+        let conn = self.new_conn()?;
         if !self.users.contains_key(user) {
             let cookie = cookie::new_cookie().map_err(|e| RouteError::Random(e.to_string()))?;
             self.users.insert(
@@ -211,8 +228,6 @@ impl Routing {
         };
         u.conns += 1;
         let cookie = u.cookie;
-        let conn = self.next_conn;
-        self.next_conn += 1;
         self.conns.insert(
             conn,
             ConnEntry {
@@ -226,136 +241,12 @@ impl Routing {
         Ok((conn, cookie))
     }
 
-    /// A client back from imap-idle (its cookie already checked) goes to
-    /// process `key`; returns our connection id for it.
-    pub fn restore(
-        &mut self,
-        idle_id: u64,
-        key: usize,
-        user: &str,
-        cookie: Cookie,
-        now: Instant,
-    ) -> u64 {
-        let uid = self.users.get(user).map_or(0, |u| u.uid);
-        // Normally present (a parked connection keeps its user); recreated
-        // with the same cookie if an assignment failed half-way.
-        self.users.entry(user.to_owned()).or_insert(User {
-            cookie,
-            uid,
-            conns: 0,
-        });
-        let conn = match self.parked.remove(&idle_id) {
-            Some(conn) => conn,
-            None => {
-                // Back before its mail process said it was parked: count it
-                // now, and drop the old entry when that `Released` arrives.
-                self.early.insert(idle_id, now);
-                let conn = self.next_conn;
-                self.next_conn += 1;
-                if let Some(u) = self.users.get_mut(user) {
-                    u.conns += 1;
-                }
-                conn
-            }
-        };
-        let remote = self.conns.get(&conn).map(|c| c.remote.clone());
-        self.conns.insert(
-            conn,
-            ConnEntry {
-                user: user.to_owned(),
-                remote: remote.unwrap_or_default(),
-                place: Place::Mail(key),
-                since: now,
-            },
-        );
-        self.place_on(key, conn, user, uid);
-        conn
-    }
-
-    /// Where a returning connection stands before [`Routing::restore`],
-    /// to undo it if the assignment cannot be sent.
-    pub fn parked_place(&self, idle_id: u64) -> Option<Place> {
-        let conn = self.parked.get(&idle_id)?;
-        self.conns.get(conn).map(|c| c.place.clone())
-    }
-
-    /// Undo `login` (`was` None) or `restore` (`was` the place before)
-    /// of `conn` on process `key`.
-    pub fn unassign(&mut self, key: usize, conn: u64, was: Option<Place>, idle_id: Option<u64>) {
-        match was {
-            Some(place @ Place::Parked { idle_id, .. }) => {
-                let user = self.conns.get(&conn).map(|c| c.user.clone());
-                if let Some(user) = user {
-                    self.take_off(key, conn, &user);
-                }
-                if let Some(c) = self.conns.get_mut(&conn) {
-                    c.place = place;
-                    self.parked.insert(idle_id, conn);
-                }
-            }
-            _ => {
-                if let Some(id) = idle_id {
-                    self.early.remove(&id);
-                }
-                self.remove_conn(conn);
-            }
-        }
-    }
-
-    /// A mail process says a connection left it.
-    pub fn released(
-        &mut self,
-        key: usize,
-        conn: u64,
-        how: Release,
-        now: Instant,
-    ) -> Result<(), &'static str> {
-        let Some(entry) = self.conns.get(&conn) else {
-            return Err("unknown connection");
-        };
-        if entry.place != Place::Mail(key) {
-            return Err("the connection is not in this process");
-        }
-        let user = entry.user.clone();
-        self.take_off(key, conn, &user);
-        match how {
-            Release::Closed => {
-                self.remove_conn(conn);
-            }
-            Release::Parked { idle_id, mailbox } => {
-                if self.early.remove(&idle_id).is_some() {
-                    // Already came back (or hung up) under a new entry.
-                    self.remove_conn(conn);
-                } else if let Some(e) = self.conns.get_mut(&conn) {
-                    e.place = Place::Parked { idle_id, mailbox };
-                    e.since = now;
-                    self.parked.insert(idle_id, conn);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// imap-idle says a parked client hung up (cookie already checked).
-    pub fn gone(&mut self, idle_id: u64, now: Instant) -> Option<u64> {
-        match self.parked.remove(&idle_id) {
-            Some(conn) => {
-                self.remove_conn(conn);
-                Some(conn)
-            }
-            None => {
-                self.early.insert(idle_id, now);
-                None
-            }
-        }
-    }
-
-    fn remove_conn(&mut self, conn: u64) -> Option<ConnEntry> {
+    pub(super) fn remove_conn(&mut self, conn: u64) -> Option<ConnEntry> {
         let entry = self.conns.remove(&conn)?;
         match &entry.place {
             Place::Mail(key) => self.take_off(*key, conn, &entry.user),
             Place::Parked { idle_id, .. } => {
-                self.parked.remove(idle_id);
+                self.parking.unpark(*idle_id);
             }
         }
         if let Some(u) = self.users.get_mut(&entry.user) {
@@ -368,13 +259,12 @@ impl Routing {
         Some(entry)
     }
 
-    pub fn expire_early(&mut self, now: Instant) {
-        self.early
-            .retain(|_, at| now.saturating_duration_since(*at) < EARLY_TTL);
+    pub fn expire(&mut self, now: Instant) {
+        self.parking.expire(now);
     }
 
     pub fn parked_count(&self) -> usize {
-        self.parked.len()
+        self.parking.count()
     }
 
     /// The parked connections of `user` (all when `None`), for `who`.
@@ -397,6 +287,8 @@ impl Routing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::native::Release;
+    use crate::tracker::moves::Refusal;
 
     fn with_procs(policy: Policy, procs: &[(usize, u32)]) -> Routing {
         let mut r = Routing::new(policy);
@@ -464,7 +356,7 @@ mod tests {
         r.released(1, c2, Release::Closed, now).unwrap();
         assert_eq!(r.users["alice"].conns, 1, "parked still counts");
         assert_eq!(r.procs[&1].active, 0);
-        let back = r.restore(77, 1, "alice", k1, now);
+        let back = r.restore(77, 1, "alice", k1, now).unwrap();
         assert_eq!(back, c1);
         assert_eq!(r.procs[&1].active, 1);
         r.released(1, c1, Release::Closed, now).unwrap();
@@ -481,7 +373,7 @@ mod tests {
         let mut r = with_procs(Policy::PreferUser, &[(1, 0), (2, 0)]);
         let now = Instant::now();
         let (c, _) = r.login(1, "alice", 1, "", now).unwrap();
-        let back = r.restore(5, 2, "alice", [0; 16], now);
+        let back = r.restore(5, 2, "alice", [0; 16], now).unwrap();
         assert_ne!(back, c);
         let parked = Release::Parked {
             idle_id: 5,
@@ -492,7 +384,7 @@ mod tests {
         assert_eq!(r.conns.len(), 1);
         // Same for a hang-up reported before the release.
         let (c2, _) = r.login(1, "alice", 1, "", now).unwrap();
-        assert_eq!(r.gone(6, now), None);
+        assert_eq!(r.gone(6, "alice", now), Ok(None));
         let parked = Release::Parked {
             idle_id: 6,
             mailbox: "INBOX".into(),
@@ -511,14 +403,14 @@ mod tests {
             mailbox: "INBOX".into(),
         };
         r.released(1, c, parked, now).unwrap();
-        let was = r.parked_place(3);
-        let back = r.restore(3, 1, "alice", k, now);
+        let was = r.parked_place(3, "alice");
+        let back = r.restore(3, 1, "alice", k, now).unwrap();
         r.unassign(1, back, was, Some(3));
         assert_eq!(r.parked_count(), 1);
         assert_eq!(r.procs[&1].active, 0);
         assert_eq!(
             r.restore(3, 1, "alice", k, now),
-            c,
+            Ok(c),
             "the same connection comes back"
         );
         let (c2, _) = r.login(1, "bob", 1, "", now).unwrap();
@@ -547,7 +439,45 @@ mod tests {
         assert_eq!(r.parked_count(), 1);
         assert_eq!(
             r.released(2, a1, Release::Closed, now),
-            Err("the connection is not in this process")
+            Err(Refusal::NotYours)
         );
+    }
+
+    #[test]
+    fn ids_not_ones_own_are_refused_and_change_nothing() {
+        let mut r = with_procs(Policy::PreferUser, &[(1, 0), (2, 0)]);
+        let now = Instant::now();
+        let (bob, kb) = r.login(1, "bob", 1, "", now).unwrap();
+        let (eve, ke) = r.login(2, "eve", 1, "", now).unwrap();
+        assert_ne!(bob >> 32, eve >> 32, "a counter above the random part");
+        let park = |idle_id| Release::Parked {
+            idle_id,
+            mailbox: "INBOX".into(),
+        };
+        assert_eq!(
+            r.released(2, bob, Release::Closed, now),
+            Err(Refusal::NotYours)
+        );
+        assert_eq!(
+            r.released(2, bob ^ 1, Release::Closed, now),
+            Err(Refusal::Unknown)
+        );
+        r.released(1, bob, park(7), now).unwrap();
+        assert_eq!(r.released(2, eve, park(7), now), Err(Refusal::IdTaken));
+        assert_eq!(r.gone(7, "eve", now), Err(Refusal::OtherUser));
+        assert_eq!(r.check_idle_id(7, "eve"), Err(Refusal::OtherUser));
+        assert_eq!(r.parked_place(7, "eve"), None);
+        // A return of eve's under bob's id leaves bob's entry alone.
+        let other = r.restore(7, 2, "eve", ke, now).unwrap();
+        assert_ne!(other, bob);
+        assert_eq!(r.parked_count(), 1);
+        assert_eq!(r.restore(7, 1, "bob", kb, now), Ok(bob));
+        // An early return is for its user only.
+        r.restore(8, 2, "eve", ke, now).unwrap();
+        assert_eq!(r.released(2, eve, park(8), now), Ok(()));
+        let (carol, _) = r.login(1, "carol", 1, "", now).unwrap();
+        r.restore(9, 2, "eve", ke, now).unwrap();
+        assert_eq!(r.released(1, carol, park(9), now), Err(Refusal::OtherUser));
+        assert!(r.owns(1, carol) && !r.owns(2, carol));
     }
 }
