@@ -60,6 +60,7 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn new(cfg: Config) -> Result<Daemon, SetupError> {
+        service::drop_privileges()?;
         let mut signals = setup("setting up signals", SignalAdapter::new(false))?;
         let fd_limit = setup("raising the open-file limit", limits::raise_nofile())?;
         let mut budget = Budget::new(fd_limit as usize, cfg.dovecot);

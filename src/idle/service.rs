@@ -155,3 +155,50 @@ pub(super) fn listener(cfg: &Config) -> Result<(OwnedFd, Option<Service>, PathBu
     }
     Ok((listener, None, base_dir))
 }
+
+/// Started by Dovecot's master, which execs its services as root and
+/// leaves it to them to become the service's user (its `RESTRICT_*`
+/// environment, as Dovecot's own imap-hibernate does). Done first, so that
+/// everything we create belongs to that user.
+pub(super) fn drop_privileges() -> Result<(), SetupError> {
+    use nix::unistd::{setgid, setgroups, setuid, Gid, Group, Uid};
+    if std::env::var_os("DOVECOT_CHILD_PROCESS").is_none() {
+        return Ok(());
+    }
+    let num = |name: &str| -> Result<Option<u32>, SetupError> {
+        match std::env::var(name) {
+            Ok(v) if !v.is_empty() => v
+                .parse()
+                .map(Some)
+                .map_err(|_| SetupError(format!("{name}={v:?} from Dovecot's master"))),
+            _ => Ok(None),
+        }
+    };
+    let (Some(uid), gid) = (num("RESTRICT_SETUID")?, num("RESTRICT_SETGID")?) else {
+        return Ok(());
+    };
+    if !Uid::effective().is_root() || uid == 0 {
+        return Ok(());
+    }
+    let gid = Gid::from_raw(gid.unwrap_or(uid));
+    let mut groups = vec![gid];
+    for name in std::env::var("RESTRICT_SETEXTRAGROUPS")
+        .unwrap_or_default()
+        .split([',', ' '])
+        .filter(|n| !n.is_empty())
+    {
+        match Group::from_name(name) {
+            Ok(Some(g)) => groups.push(g.gid),
+            _ => {
+                return Err(SetupError(format!(
+                    "extra group {name:?} from Dovecot's master"
+                )))
+            }
+        }
+    }
+    let fail = |what: &str, e: nix::Error| SetupError(format!("dropping privileges ({what}): {e}"));
+    setgroups(&groups).map_err(|e| fail("setgroups", e))?;
+    setgid(gid).map_err(|e| fail("setgid", e))?;
+    setuid(Uid::from_raw(uid)).map_err(|e| fail("setuid", e))?;
+    Ok(())
+}

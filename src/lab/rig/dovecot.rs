@@ -93,7 +93,11 @@ impl Dovecot {
             io(sub, std::fs::create_dir(d.join(sub)))?;
         }
         chown(&d.join("mail"), "nobody")?;
-        chown(&d.join("idle-run"), "dovecot")?;
+        // Under Dovecot's master imap-idle becomes the dovecot user, as
+        // Dovecot's own imap-hibernate does; standalone it is us.
+        if !matches!(hibernation, Hibernation::Standalone) {
+            chown(&d.join("idle-run"), "dovecot")?;
+        }
         // The service runs as the dovecot user: our copy is where it can
         // reach it.
         let bin = d.join("bin/imap-idle");
