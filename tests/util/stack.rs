@@ -50,6 +50,11 @@ impl DerefMut for Stack {
 
 impl Stack {
     pub fn start(o: Options<'_>) -> Stack {
+        Stack::start_with_args(o, &[], &[])
+    }
+
+    /// With more arguments for the login process and the mail processes.
+    pub fn start_with_args(o: Options<'_>, login: &[&str], mail: &[&str]) -> Stack {
         let bin = Path::new(env!("CARGO_BIN_EXE_imap-idle"))
             .parent()
             .expect("binaries' directory");
@@ -59,6 +64,8 @@ impl Stack {
             spawn: o.spawn,
             park_after: o.park_after,
             users: o.users.iter().map(|(u, id)| (u.to_string(), *id)).collect(),
+            login_args: login.iter().map(|a| a.to_string()).collect(),
+            mail_args: mail.iter().map(|a| a.to_string()).collect(),
             ..NativeOptions::default()
         };
         Stack(NativeStack::start(bin, &opts).expect("start the native stack"))

@@ -26,6 +26,10 @@ pub struct NativeOptions {
     /// Clients per mail process.
     pub capacity: u32,
     pub log_level: String,
+    /// More arguments for the login process (`--auth-timeout 1`).
+    pub login_args: Vec<String>,
+    /// More arguments for every mail process, spawned ones included.
+    pub mail_args: Vec<String>,
 }
 
 impl Default for NativeOptions {
@@ -41,6 +45,8 @@ impl Default for NativeOptions {
                 .collect(),
             capacity: 1000,
             log_level: "debug".into(),
+            login_args: Vec::new(),
+            mail_args: Vec::new(),
         }
     }
 }
@@ -58,6 +64,7 @@ pub struct NativeStack {
     park_after: u32,
     capacity: u32,
     log_level: String,
+    mail_args: Vec<String>,
     _private: PrivateDir,
 }
 
@@ -114,13 +121,14 @@ impl NativeStack {
         let lab = bin.join("imap-idle-lab");
         let mail_cmd = format!(
             "{} serve mail --runtime-dir {} --maildir {}/%u/Maildir --park-after {} \
-             --capacity {} --log-level {} 2>>{}/mail-spawned.log",
+             --capacity {} --log-level {} {} 2>>{}/mail-spawned.log",
             lab.display(),
             run.display(),
             mail_root.display(),
             o.park_after,
             o.capacity,
             o.log_level,
+            o.mail_args.join(" "),
             dir.display()
         );
         let mut tracker_cmd = Command::new(bin.join("imap-tracker"));
@@ -147,6 +155,7 @@ impl NativeStack {
             .arg("--runtime-dir")
             .arg(&run)
             .args(["--log-level", &o.log_level])
+            .args(&o.login_args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -176,6 +185,7 @@ impl NativeStack {
             park_after: o.park_after,
             capacity: o.capacity,
             log_level: o.log_level.clone(),
+            mail_args: o.mail_args.clone(),
             _private: private,
         };
         if port == 0 {
@@ -203,7 +213,8 @@ impl NativeStack {
                 .arg(format!("{}/%u/Maildir", self.mail_root.display()))
                 .args(["--park-after", &self.park_after.to_string()])
                 .args(["--capacity", &self.capacity.to_string()])
-                .args(["--log-level", &self.log_level]),
+                .args(["--log-level", &self.log_level])
+                .args(&self.mail_args),
             &self.dir.join(format!("mail-{n}.log")),
         )?;
         let pid = child.id();
@@ -221,6 +232,11 @@ impl NativeStack {
             )
         })?;
         Ok(pid)
+    }
+
+    /// The login process's pid.
+    pub fn login_pid(&self) -> u32 {
+        self.login.id()
     }
 
     pub fn maildir(&self, user: &str) -> PathBuf {

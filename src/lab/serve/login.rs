@@ -1,21 +1,28 @@
 //! The reference login process: greets, takes `LOGIN` against a passwd
-//! file, and hands the authenticated client to imap-tracker.
+//! file, and hands the authenticated client to imap-tracker. A client gets
+//! `--auth-timeout` to log in, and no more of its input is read while
+//! [`MAX_QUEUED_OUTPUT`] of our answers wait for it (see `bounds`).
 
-use std::collections::HashMap;
+mod handover;
+mod passwd;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::{info, warn};
 use mio::net::{TcpListener, TcpStream};
-use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use super::bounds::MAX_QUEUED_OUTPUT;
 use super::imap::{take_line, words};
-use crate::mail::{LoginAnswer, LoginLink};
+use crate::mail::LoginLink;
 use crate::proto::native::Login;
+use passwd::{read_passwd, Account};
 
 const EMFILE: i32 = nix::errno::Errno::EMFILE as i32;
 const ENFILE: i32 = nix::errno::Errno::ENFILE as i32;
@@ -24,46 +31,16 @@ const TRACKER: Token = Token(1);
 const FIRST_CLIENT: usize = 16;
 const MAX_LINE: usize = 8192;
 const PRE_AUTH_CAPABILITY: &str = "IMAP4rev1 IDLE LOGIN-REFERRALS";
+/// A client whose LOGIN is with the tracker at its deadline is looked at
+/// again this much later: its fate is the tracker's until it answers.
+const RECHECK: Duration = Duration::from_secs(1);
 
 pub struct LoginConfig {
     pub listen: SocketAddr,
     pub passwd: PathBuf,
     pub tracker_socket: PathBuf,
-}
-
-struct Account {
-    password: String,
-    uid: u32,
-}
-
-/// `user:password[:uid]` per line; `#` comments; a `{PLAIN}` prefix on the
-/// password is accepted, as in Dovecot's passwd-file.
-fn read_passwd(path: &Path) -> Result<HashMap<String, Account>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut out = HashMap::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let mut f = line.split(':');
-        let (Some(user), Some(pass)) = (f.next(), f.next()) else {
-            return Err(format!(
-                "{}:{}: expected user:password",
-                path.display(),
-                n + 1
-            ));
-        };
-        let uid = match f.next().filter(|s| !s.is_empty()) {
-            Some(u) => u
-                .parse()
-                .map_err(|_| format!("{}:{}: bad uid {u:?}", path.display(), n + 1))?,
-            None => nix::unistd::getuid().as_raw(),
-        };
-        let password = pass.strip_prefix("{PLAIN}").unwrap_or(pass).to_owned();
-        out.insert(user.to_owned(), Account { password, uid });
-    }
-    Ok(out)
+    /// From connecting to logging in, at most.
+    pub auth_timeout: Duration,
 }
 
 struct Client {
@@ -78,6 +55,10 @@ struct Client {
     unsent: Option<Login>,
     tag: String,
     closing: bool,
+    /// Closed with `* BYE` if still here then.
+    deadline: Instant,
+    /// Over the output cap, its input unread (logged once per episode).
+    throttled: bool,
 }
 
 struct LoginServer {
@@ -91,6 +72,9 @@ struct LoginServer {
     /// Clients whose hand-over waits for room, in order.
     queue: std::collections::VecDeque<usize>,
     next_seq: u64,
+    /// Clients' deadlines, soonest first; an entry whose client has gone
+    /// (or whose slot holds a newer client) is skipped when it comes due.
+    deadlines: BinaryHeap<Reverse<(Instant, usize)>>,
     buf: Vec<u8>,
 }
 
@@ -120,6 +104,7 @@ pub fn run(cfg: LoginConfig) -> Result<(), String> {
         by_seq: HashMap::new(),
         queue: std::collections::VecDeque::new(),
         next_seq: 1,
+        deadlines: BinaryHeap::new(),
         buf: vec![0; 8192],
     };
     s.run()
@@ -129,7 +114,12 @@ impl LoginServer {
     fn run(&mut self) -> Result<(), String> {
         let mut events = Events::with_capacity(256);
         loop {
-            if let Err(e) = self.poll.poll(&mut events, None) {
+            // No clients, no deadlines: sleep until something happens.
+            let timeout = self
+                .deadlines
+                .peek()
+                .map(|Reverse((at, _))| at.saturating_duration_since(Instant::now()));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(format!("polling: {e}"));
                 }
@@ -147,6 +137,41 @@ impl LoginServer {
                     _ => {}
                 }
             }
+            self.expire();
+        }
+    }
+
+    /// Close the clients that did not log in in time.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        while let Some(&Reverse((at, key))) = self.deadlines.peek() {
+            if at > now {
+                return;
+            }
+            self.deadlines.pop();
+            let Some(c) = self.clients.get_mut(key) else {
+                continue;
+            };
+            if c.deadline > now {
+                // The slot was reused: that client has its own entry.
+                continue;
+            }
+            if c.waiting.is_some() {
+                self.deadlines.push(Reverse((now + RECHECK, key)));
+                continue;
+            }
+            let secs = self.cfg.auth_timeout.as_secs();
+            info!(
+                "{}: authentication timed out after {secs} s; closing",
+                c.remote
+            );
+            c.out
+                .extend_from_slice(b"* BYE Authentication timed out.\r\n");
+            c.closing = true;
+            // Best effort: a client that reads nothing does not get the
+            // BYE, and is closed all the same.
+            self.flush(key);
+            self.close(key);
         }
     }
 
@@ -182,6 +207,7 @@ impl LoginServer {
             let greeting = format!(
                 "* OK [CAPABILITY {PRE_AUTH_CAPABILITY}] imap-idle-lab reference server ready.\r\n"
             );
+            let deadline = Instant::now() + self.cfg.auth_timeout;
             entry.insert(Client {
                 stream,
                 remote,
@@ -191,30 +217,58 @@ impl LoginServer {
                 unsent: None,
                 tag: String::new(),
                 closing: false,
+                deadline,
+                throttled: false,
             });
+            self.deadlines.push(Reverse((deadline, key)));
             self.client_event(key);
         }
     }
 
+    /// Write what we can, answer what the client sent, read more: until
+    /// the socket has nothing more, or we must stop reading.
     fn client_event(&mut self, key: usize) {
-        let Some(c) = self.clients.get_mut(key) else {
-            return;
-        };
-        // While the tracker decides, input stays in the socket for whoever
-        // gets the client.
-        if c.waiting.is_none() {
-            loop {
-                match c.stream.read(&mut self.buf) {
-                    Ok(0) => return self.close(key),
-                    Ok(n) => c.inbuf.extend_from_slice(&self.buf[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => return self.close(key),
-                }
+        loop {
+            self.flush(key);
+            if !self.may_read(key) {
+                return;
             }
             self.commands(key);
+            if !self.may_read(key) {
+                // Write the answers first; the loop then stops.
+                continue;
+            }
+            let Some(c) = self.clients.get_mut(key) else {
+                return;
+            };
+            match c.stream.read(&mut self.buf) {
+                Ok(0) => return self.close(key),
+                Ok(n) => c.inbuf.extend_from_slice(&self.buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return self.flush(key),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.close(key),
+            }
         }
-        self.flush(key);
+    }
+
+    /// Whether the client's input may be taken now. While the tracker
+    /// decides, it stays in the socket for whoever gets the client; while
+    /// MAX_QUEUED_OUTPUT of answers wait unread, it stays there too, and a
+    /// writable event (the client read some) resumes it.
+    fn may_read(&mut self, key: usize) -> bool {
+        let Some(c) = self.clients.get_mut(key) else {
+            return false;
+        };
+        let over = c.out.len() >= MAX_QUEUED_OUTPUT;
+        if over && !c.throttled {
+            info!(
+                "{}: {} bytes of answers unread; its input waits until it reads them",
+                c.remote,
+                c.out.len()
+            );
+        }
+        c.throttled = over;
+        c.waiting.is_none() && !c.closing && !over
     }
 
     fn flush(&mut self, key: usize) {
@@ -250,7 +304,7 @@ impl LoginServer {
             let Some(c) = self.clients.get_mut(key) else {
                 return;
             };
-            if c.waiting.is_some() || c.closing {
+            if c.waiting.is_some() || c.closing || c.out.len() >= MAX_QUEUED_OUTPUT {
                 return;
             }
             let Some(line) = take_line(&mut c.inbuf) else {
@@ -297,182 +351,10 @@ impl LoginServer {
         }
     }
 
-    fn login(&mut self, key: usize, tag: &str, user: &str, pass: &str) {
-        let account = self
-            .accounts
-            .get(user)
-            .filter(|a| a.password == pass)
-            .map(|a| a.uid);
-        let Some(uid) = account else {
-            info!("user={user}: authentication failed");
-            return self.reply(
-                key,
-                &format!("{tag} NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"),
-            );
-        };
-        if self.tracker.is_none() {
-            match LoginLink::connect(&self.cfg.tracker_socket) {
-                Ok(link) => {
-                    let fd = link.as_raw_fd();
-                    if let Err(e) = self.poll.registry().register(
-                        &mut SourceFd(&fd),
-                        TRACKER,
-                        Interest::READABLE | Interest::WRITABLE,
-                    ) {
-                        warn!("registering the tracker link: {e}");
-                    }
-                    self.tracker = Some(link);
-                }
-                Err(e) => {
-                    warn!("user={user}: tracker unavailable: {e}");
-                    return self.reply(
-                        key,
-                        &format!("{tag} NO [UNAVAILABLE] Mail service unavailable, try later.\r\n"),
-                    );
-                }
-            }
-        }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let Some(c) = self.clients.get_mut(key) else {
-            return;
-        };
-        let local = c
-            .stream
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        c.unsent = Some(Login {
-            seq,
-            user: user.to_owned(),
-            uid,
-            tag: tag.to_owned(),
-            local,
-            remote: c.remote.to_string(),
-            input: std::mem::take(&mut c.inbuf),
-        });
-        c.waiting = Some(seq);
-        c.tag = tag.to_owned();
-        self.by_seq.insert(seq, key);
-        self.queue.push_back(key);
-        self.send_queued();
-    }
-
-    /// Hand over queued clients in order, while the tracker link has room.
-    /// Never waits: a slow tracker must not stop us accepting and greeting.
-    fn send_queued(&mut self) {
-        while let Some(&key) = self.queue.front() {
-            let Some(link) = &self.tracker else {
-                return;
-            };
-            let Some(c) = self.clients.get_mut(key) else {
-                self.queue.pop_front();
-                continue;
-            };
-            let Some(login) = c.unsent.take() else {
-                self.queue.pop_front();
-                continue;
-            };
-            match link.hand_over(c.stream.as_fd(), &login) {
-                Ok(()) => {
-                    self.queue.pop_front();
-                    debug!(
-                        "user={}: handed to the tracker (seq {})",
-                        login.user, login.seq
-                    );
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    c.unsent = Some(login);
-                    return;
-                }
-                Err(e) => {
-                    warn!("user={}: cannot hand over to the tracker: {e}", login.user);
-                    c.unsent = Some(login);
-                    return self.drop_tracker();
-                }
-            }
-        }
-    }
-
     fn reply(&mut self, key: usize, text: &str) {
         if let Some(c) = self.clients.get_mut(key) {
             c.out.extend_from_slice(text.as_bytes());
         }
         self.flush(key);
-    }
-
-    fn tracker_event(&mut self) {
-        loop {
-            let Some(link) = &mut self.tracker else {
-                return;
-            };
-            match link.answer() {
-                Ok(Some(LoginAnswer::Accepted { seq, conn, pid })) => {
-                    if let Some(key) = self.by_seq.remove(&seq) {
-                        debug!("seq {seq}: conn={conn} in mail process pid={pid}");
-                        // The mail process owns the client: drop ours quietly.
-                        if let Some(mut c) = self.clients.try_remove(key) {
-                            let _ = self.poll.registry().deregister(&mut c.stream);
-                        }
-                    }
-                }
-                Ok(Some(LoginAnswer::Refused { seq, reason })) => {
-                    if let Some(key) = self.by_seq.remove(&seq) {
-                        let tag = match self.clients.get_mut(key) {
-                            Some(c) => {
-                                c.waiting = None;
-                                c.tag.clone()
-                            }
-                            None => continue,
-                        };
-                        warn!("seq {seq}: login refused by the tracker: {reason}");
-                        self.reply(key, &format!("{tag} NO [UNAVAILABLE] {reason}\r\n"));
-                        self.client_event(key);
-                    }
-                }
-                Ok(None) => return,
-                Err(e) => {
-                    warn!("tracker link: {e}");
-                    return self.drop_tracker();
-                }
-            }
-        }
-    }
-
-    /// The tracker is gone. A client handed over may or may not have been
-    /// given to a mail process already: closing our copy is the only safe
-    /// move (a client served twice is worse than one that reconnects). One
-    /// not yet sent is told to try later. The next login reconnects.
-    fn drop_tracker(&mut self) {
-        if let Some(link) = self.tracker.take() {
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&link.as_raw_fd()));
-        }
-        self.queue.clear();
-        let waiting: Vec<(u64, usize)> = self.by_seq.drain().collect();
-        let mut closed = 0;
-        for (_, key) in waiting {
-            let Some(c) = self.clients.get_mut(key) else {
-                continue;
-            };
-            c.waiting = None;
-            if let Some(login) = c.unsent.take() {
-                // Never sent: still only ours, and the client can be told.
-                c.inbuf = login.input;
-                let tag = c.tag.clone();
-                self.reply(
-                    key,
-                    &format!("{tag} NO [UNAVAILABLE] Mail service unavailable, try later.\r\n"),
-                );
-            } else if let Some(mut c) = self.clients.try_remove(key) {
-                let _ = self.poll.registry().deregister(&mut c.stream);
-                closed += 1;
-            }
-        }
-        if closed > 0 {
-            warn!("tracker link lost with {closed} logins unanswered; closed our copies");
-        }
     }
 }

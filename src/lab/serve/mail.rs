@@ -1,11 +1,16 @@
 //! The reference mail process: takes clients from imap-tracker, serves
 //! them from Maildir, parks those idle for `--park-after` in imap-idle,
-//! and restores the ones imap-idle hands back.
+//! and restores the ones imap-idle hands back. A client's input waits
+//! while [`MAX_QUEUED_OUTPUT`] of its answers are unread, and a client that
+//! takes none of them for `--stall-timeout` is disconnected (see `bounds`).
+
+mod park;
+mod restore;
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, info, warn};
@@ -13,10 +18,12 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use super::bounds::MAX_QUEUED_OUTPUT;
 use super::session::{Session, CAPABILITY};
-use crate::mail::{FromTracker, IdleLink, NotParked, Parking, TrackerLink};
-use crate::proto::native::{Assign, Assignment, Release, Return, WakeReason};
-use crate::proto::state::SessionState;
+use crate::mail::{FromTracker, IdleLink, TrackerLink};
+use crate::proto::native::{Assign, Assignment, Release};
+use park::dirs_changed;
+use restore::restore;
 
 const TRACKER: Token = Token(0);
 const FIRST_CLIENT: usize = 16;
@@ -30,6 +37,8 @@ pub struct MailConfig {
     pub park_after: Option<Duration>,
     pub keepalive_secs: u32,
     pub capacity: u32,
+    /// Over the output cap with nothing taken this long: disconnected.
+    pub stall_timeout: Duration,
 }
 
 struct Client {
@@ -40,6 +49,10 @@ struct Client {
     seen: Vec<Option<SystemTime>>,
     /// Last time parking was tried and refused.
     park_refused_at: Option<Instant>,
+    /// Last time the client took some output or had room under the cap.
+    room_at: Instant,
+    /// Over the output cap, its input unread (logged once per episode).
+    throttled: bool,
 }
 
 struct Mail {
@@ -184,6 +197,8 @@ impl Mail {
             writable: true,
             seen: Vec::new(),
             park_refused_at: None,
+            room_at: Instant::now(),
+            throttled: false,
         });
         self.remember_dirs(key);
         self.client_event(key);
@@ -195,31 +210,99 @@ impl Mail {
         }
     }
 
-    /// Read what the client sent, answer it, write what we can.
+    /// Write what we can, answer what the client sent, read more: until
+    /// the socket has nothing more, or its answers pile up unread. Then its
+    /// input waits in the socket, and a writable event (the client read
+    /// some) brings us back here.
     fn client_event(&mut self, key: usize) {
-        let Some(c) = self.clients.get_mut(key) else {
-            return;
-        };
-        let mut eof = false;
         loop {
+            self.flush(key);
+            if !self.may_read(key) {
+                return;
+            }
+            let Some(c) = self.clients.get_mut(key) else {
+                return;
+            };
+            // Stops at the cap too, leaving the rest in `inbuf`.
+            c.session.run();
+            if !self.may_read(key) {
+                // Write the answers first; the loop then stops.
+                continue;
+            }
+            let Some(c) = self.clients.get_mut(key) else {
+                return;
+            };
             match c.stream.read(&mut self.buf) {
-                Ok(0) => {
-                    eof = true;
-                    break;
-                }
-                Ok(n) => c.session.inbuf.extend_from_slice(&self.buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    eof = true;
-                    break;
+                Ok(n) if n > 0 => c.session.inbuf.extend_from_slice(&self.buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return self.flush(key),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Hung up (or failed): what it sent before is answered
+                // above, and written as far as it goes.
+                Ok(_) | Err(_) => {
+                    self.flush(key);
+                    return self.close(key, "client hung up");
                 }
             }
         }
-        c.session.run();
-        self.flush(key);
-        if eof {
-            self.close(key, "client hung up");
+    }
+
+    /// Whether the client's input may be taken now: not once its session
+    /// ends, nor while MAX_QUEUED_OUTPUT of answers wait unread.
+    fn may_read(&mut self, key: usize) -> bool {
+        let Some(c) = self.clients.get_mut(key) else {
+            return false;
+        };
+        let over = c.session.out.len() >= MAX_QUEUED_OUTPUT;
+        if over && !c.throttled {
+            let s = &c.session;
+            info!(
+                "user={} conn={} ({}): {} bytes of answers unread; its input waits until it reads them",
+                s.user,
+                s.conn,
+                s.remote,
+                s.out.len()
+            );
+        }
+        c.throttled = over;
+        if !over {
+            c.room_at = Instant::now();
+        }
+        !c.session.closing && !over
+    }
+
+    /// The clients over the output cap: write to them again (a slow reader
+    /// frees room in its socket long before the kernel calls it writable,
+    /// and any byte it takes is progress), and resume those back under the
+    /// cap. Disconnect the ones that took nothing for the stall timeout:
+    /// slow is fine, stopped is not.
+    fn throttled(&mut self) {
+        let limit = self.cfg.stall_timeout;
+        let over: Vec<usize> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.session.out.len() >= MAX_QUEUED_OUTPUT)
+            .map(|(k, _)| k)
+            .collect();
+        for key in over {
+            if let Some(c) = self.clients.get_mut(key) {
+                c.writable = true;
+            }
+            self.client_event(key);
+            let Some(c) = self.clients.get(key) else {
+                continue;
+            };
+            if c.session.out.len() >= MAX_QUEUED_OUTPUT && c.room_at.elapsed() >= limit {
+                let s = &c.session;
+                warn!(
+                    "user={} conn={} ({}): {} bytes of answers unread, none taken for {} s; disconnecting",
+                    s.user,
+                    s.conn,
+                    s.remote,
+                    s.out.len(),
+                    limit.as_secs()
+                );
+                self.close(key, "stalled with answers unread");
+            }
         }
     }
 
@@ -231,6 +314,7 @@ impl Mail {
             match c.stream.write(&c.session.out) {
                 Ok(n) => {
                     c.session.out.drain(..n);
+                    c.room_at = Instant::now();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.writable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -265,6 +349,7 @@ impl Mail {
     /// Idle sessions: tell them about mailbox changes, park the ones idle
     /// long enough.
     fn tick(&mut self) {
+        self.throttled();
         let keys: Vec<usize> = self
             .clients
             .iter()
@@ -275,6 +360,10 @@ impl Mail {
             let changed = self.clients.get(key).is_some_and(dirs_changed);
             if changed {
                 if let Some(c) = self.clients.get_mut(key) {
+                    // A stall is counted from when its queue had room.
+                    if c.session.out.len() < MAX_QUEUED_OUTPUT {
+                        c.room_at = Instant::now();
+                    }
                     c.session.catch_up();
                 }
                 self.remember_dirs(key);
@@ -282,231 +371,5 @@ impl Mail {
             }
             self.maybe_park(key);
         }
-    }
-
-    fn remember_dirs(&mut self, key: usize) {
-        if let Some(c) = self.clients.get_mut(key) {
-            c.seen = watched(&c.session).iter().map(|p| mtime(p)).collect();
-        }
-    }
-
-    fn maybe_park(&mut self, key: usize) {
-        let Some(after) = self.cfg.park_after else {
-            return;
-        };
-        let Some(c) = self.clients.get(key) else {
-            return;
-        };
-        let s = &c.session;
-        let ready = s.idle.is_some()
-            && s.inbuf.is_empty()
-            && s.out.is_empty()
-            && !s.closing
-            && s.since.elapsed() >= after
-            && c.park_refused_at.is_none_or(|at| at.elapsed() >= after);
-        if !ready {
-            return;
-        }
-        // Last look at the mailbox: a change the client has not been told
-        // about yet would otherwise only be noticed at the next one. The
-        // directories' times are taken first, to catch what lands after.
-        let Some(c) = self.clients.get_mut(key) else {
-            return;
-        };
-        let paths = watched(&c.session);
-        let before: Vec<Option<SystemTime>> = paths.iter().map(|p| mtime(p)).collect();
-        c.session.catch_up();
-        if !c.session.out.is_empty() || c.session.closing {
-            self.remember_dirs(key);
-            return self.flush(key);
-        }
-        let s = &c.session;
-        let Some(state) = s.state() else {
-            return;
-        };
-        let Ok(dup) = c.stream.try_clone() else {
-            return;
-        };
-        let park = Parking::idle(&s.user, s.cookie, &state);
-        let (conn, user, mailbox) = (s.conn, s.user.clone(), state.mailbox.clone());
-        if self.idle.is_none() {
-            match IdleLink::connect(&self.cfg.idle_socket) {
-                Ok(l) => self.idle = Some(l),
-                Err(e) => {
-                    warn!(
-                        "cannot reach imap-idle at {}: {e}",
-                        self.cfg.idle_socket.display()
-                    );
-                    return self.park_refused(key);
-                }
-            }
-        }
-        let Some(idle) = &mut self.idle else {
-            return;
-        };
-        match idle.park(OwnedFd::from(dup), &park) {
-            Ok(idle_id) => {
-                // imap-idle owns the client now; our descriptor goes.
-                if let Some(c) = self.clients.try_remove(key) {
-                    let _ = self
-                        .poll
-                        .registry()
-                        .deregister(&mut SourceFd(&c.stream.as_raw_fd()));
-                }
-                debug!("user={user} conn={conn}: parked in imap-idle as {idle_id}");
-                self.release(conn, &user, Release::Parked { idle_id, mailbox });
-                // imap-idle watches from before its answer. A change between
-                // our last look and then would go unnoticed: poke a watched
-                // directory so it wakes the client (at worst needlessly).
-                let after: Vec<Option<SystemTime>> = paths.iter().map(|p| mtime(p)).collect();
-                if after != before {
-                    if let Some(dir) = paths.first() {
-                        poke(dir);
-                    }
-                }
-            }
-            Err(NotParked::Kept(kept)) => {
-                if !idle.is_open() {
-                    self.idle = None;
-                }
-                info!(
-                    "user={user} conn={conn}: not parked ({}); keeping it",
-                    kept.reason
-                );
-                self.park_refused(key);
-            }
-            Err(NotParked::Lost { reason }) => {
-                // imap-idle may have it: serving it on could mean two
-                // processes serve one client, so we let it go.
-                self.idle = None;
-                warn!("user={user} conn={conn}: park {reason}; closing our copy");
-                if let Some(c) = self.clients.try_remove(key) {
-                    let _ = self
-                        .poll
-                        .registry()
-                        .deregister(&mut SourceFd(&c.stream.as_raw_fd()));
-                }
-                self.release(conn, &user, Release::Closed);
-            }
-        }
-    }
-
-    fn park_refused(&mut self, key: usize) {
-        if let Some(c) = self.clients.get_mut(key) {
-            c.park_refused_at = Some(Instant::now());
-        }
-    }
-}
-
-/// Rebuild a session from a client imap-idle handed back, and act on why
-/// it woke.
-fn restore(session: &mut Session, ret: &Return) {
-    let park = &ret.park;
-    let state = SessionState::from_park_blob(
-        &park.state,
-        &park.user,
-        &park.tag,
-        &park.watch,
-        park.keepalive_secs,
-    );
-    let state = match state {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(
-                "user={} conn={}: damaged state: {e}",
-                park.user, session.conn
-            );
-            return session.bye("Session state lost; please reconnect.");
-        }
-    };
-    if let Err(e) = session.restore(&state) {
-        info!(
-            "user={} conn={}: cannot restore: {e}",
-            park.user, session.conn
-        );
-        return session.bye(&format!("Cannot resume the session: {e}."));
-    }
-    if session.closing {
-        return;
-    }
-    debug!(
-        "user={} conn={}: restored after {} s parked ({:?})",
-        park.user, session.conn, ret.parked_secs, ret.reason
-    );
-    let tag = &park.tag;
-    match ret.reason {
-        WakeReason::Done => {
-            session
-                .out
-                .extend_from_slice(format!("{tag} OK Idle completed.\r\n").as_bytes());
-            session.inbuf = ret.input.clone();
-        }
-        WakeReason::BadDone => {
-            // The first line is the one that was not DONE: answered, dropped.
-            session
-                .out
-                .extend_from_slice(format!("{tag} BAD Expected DONE.\r\n").as_bytes());
-            let mut input = ret.input.clone();
-            let cut = input
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(input.len(), |i| i + 1);
-            input.drain(..cut);
-            session.inbuf = input;
-        }
-        WakeReason::Input => session.inbuf = ret.input.clone(),
-        WakeReason::Changed | WakeReason::Shutdown => {
-            if ret.idle_running {
-                session.idle = Some(tag.clone());
-            }
-            session.inbuf = ret.input.clone();
-        }
-    }
-}
-
-fn watched(s: &Session) -> Vec<PathBuf> {
-    s.selected
-        .as_ref()
-        .map(|sel| sel.mb.watch_paths())
-        .unwrap_or_default()
-}
-
-fn mtime(p: &Path) -> Option<SystemTime> {
-    std::fs::metadata(p).and_then(|m| m.modified()).ok()
-}
-
-/// Touch a directory's times: its watchers see IN_ATTRIB (setting both
-/// times is what the kernel reports as an attribute change).
-fn poke(dir: &Path) {
-    let now = SystemTime::now();
-    let times = std::fs::FileTimes::new()
-        .set_accessed(now)
-        .set_modified(now);
-    let touched = std::fs::File::open(dir).and_then(|f| f.set_times(times));
-    if let Err(e) = touched {
-        warn!("touching {} to wake its watchers: {e}", dir.display());
-    }
-}
-
-fn dirs_changed(c: &Client) -> bool {
-    let now: Vec<Option<SystemTime>> = watched(&c.session).iter().map(|p| mtime(p)).collect();
-    now != c.seen
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_poke_wakes_a_directory_watcher() {
-        let t = tempfile::tempdir().unwrap();
-        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-        let ino = Inotify::init(InitFlags::IN_NONBLOCK).unwrap();
-        ino.add_watch(t.path(), AddWatchFlags::IN_ATTRIB).unwrap();
-        poke(t.path());
-        let events = ino.read_events().unwrap();
-        assert!(events
-            .iter()
-            .any(|e| e.mask.contains(AddWatchFlags::IN_ATTRIB)));
     }
 }

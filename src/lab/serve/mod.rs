@@ -1,7 +1,9 @@
 //! `imap-idle-lab serve`: a reference login process and mail process over
 //! Maildir, to try the native system with real IMAP clients. A reference
 //! peer for tests, demos and benchmarks, not a mail server for production.
+//! Still, no client may take it down: `bounds` says what each may do.
 
+pub mod bounds;
 mod imap;
 mod login;
 mod mail;
@@ -31,6 +33,9 @@ client to imap-tracker. Prints `listening on ADDR` once ready.
   --listen ADDR:PORT      [default: 127.0.0.1:1143; port 0 picks one]
   --passwd FILE           the accounts
   --tracker-socket PATH   [default: RUNTIME_DIR/tracker]
+  --auth-timeout SECS     a client not logged in SECS after connecting is
+                          sent `* BYE Authentication timed out.` and closed,
+                          whatever it sends meanwhile [default: 60]
 
 mail: registers with imap-tracker and serves the clients it assigns over
 Maildir (PATTERN with %u for the user, e.g. /srv/mail/%u/Maildir; INBOX
@@ -48,10 +53,20 @@ the EXPUNGE / FETCH / EXISTS / RECENT that happened meanwhile.
   --keepalive SECS        `* OK Still here` interval while parked
                           [default: 120]
   --capacity N            most clients at once [default: 1000]
+  --stall-timeout SECS    a client with 256 KiB of answers unread that
+                          takes none of them for SECS is disconnected
+                          [default: 60]
 
 Both:
   --runtime-dir DIR       as imap-idle's [default: its default]
   --log-level LEVEL       [default: info; RUST_LOG overrides it]
+
+Bounds (each refusal is logged with the user or address):
+  - Once 256 KiB of a client's answers wait unread, its input is not read
+    until it takes them: a slow reader is slowed down, not disconnected
+    (the answer in progress is queued whole, so one may pass the mark).
+  - X-STATE refuses, with NO, a state whose \\Recent UIDs go past the
+    mailbox's UIDNEXT, and never expands the ranges it carries.
 ";
 
 pub fn main(args: Vec<String>) -> ExitCode {
@@ -88,6 +103,8 @@ fn parse(role: Option<&str>, mut args: Args) -> Result<Option<Run>, String> {
     let mut park_after = 10u64;
     let mut keepalive = 120u32;
     let mut capacity = 1000u32;
+    let mut auth_timeout = bounds::DEFAULT_AUTH_TIMEOUT.as_secs();
+    let mut stall_timeout = bounds::DEFAULT_STALL_TIMEOUT.as_secs();
     let mut log_level = "info".to_owned();
     match role {
         Some("login" | "mail") => {}
@@ -106,6 +123,8 @@ fn parse(role: Option<&str>, mut args: Args) -> Result<Option<Run>, String> {
             "--park-after" => park_after = args.number(&flag)?,
             "--keepalive" => keepalive = args.number(&flag)?,
             "--capacity" => capacity = args.number(&flag)?,
+            "--auth-timeout" => auth_timeout = args.number(&flag)?,
+            "--stall-timeout" => stall_timeout = args.number(&flag)?,
             "--log-level" => log_level = args.log_level(&flag)?,
             _ => return Err(format!("unknown argument {flag:?}")),
         }
@@ -119,6 +138,9 @@ fn parse(role: Option<&str>, mut args: Args) -> Result<Option<Run>, String> {
     let tracker_socket = tracker_socket
         .or_else(|| std::env::var_os("IMAP_TRACKER_SOCKET").map(PathBuf::from))
         .unwrap_or_else(|| runtime_dir.join("tracker"));
+    if auth_timeout == 0 || stall_timeout == 0 {
+        return Err("--auth-timeout and --stall-timeout must be at least 1".into());
+    }
     if role == Some("login") {
         let cfg = login::LoginConfig {
             listen: listen
@@ -126,6 +148,7 @@ fn parse(role: Option<&str>, mut args: Args) -> Result<Option<Run>, String> {
                 .map_err(|_| format!("--listen: {listen:?} is not ADDR:PORT"))?,
             passwd: passwd.ok_or("login needs --passwd FILE")?,
             tracker_socket,
+            auth_timeout: Duration::from_secs(auth_timeout),
         };
         return Ok(Some(Box::new(move || login::run(cfg))));
     }
@@ -140,6 +163,30 @@ fn parse(role: Option<&str>, mut args: Args) -> Result<Option<Run>, String> {
         park_after: (park_after > 0).then(|| Duration::from_secs(park_after)),
         keepalive_secs: keepalive,
         capacity,
+        stall_timeout: Duration::from_secs(stall_timeout),
     };
     Ok(Some(Box::new(move || mail::run(cfg))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_tells_the_bounds_as_they_are() {
+        let kib = format!("{} KiB", bounds::MAX_QUEUED_OUTPUT / 1024);
+        assert_eq!(USAGE.matches(&kib).count(), 2, "{USAGE}");
+        let auth = bounds::DEFAULT_AUTH_TIMEOUT.as_secs();
+        let stall = bounds::DEFAULT_STALL_TIMEOUT.as_secs();
+        for (flag, default) in [("--auth-timeout", auth), ("--stall-timeout", stall)] {
+            let at = USAGE.find(flag).unwrap();
+            let tail = &USAGE[at..];
+            let end = tail.find("]").unwrap();
+            assert!(
+                tail[..end].ends_with(&format!("[default: {default}")),
+                "{flag}: {}",
+                &tail[..end]
+            );
+        }
+    }
 }

@@ -1,15 +1,19 @@
 //! One authenticated IMAP session of the reference mail process: commands
 //! in, responses out, no I/O. The mail process's loop moves the bytes.
+//! Commands are handled while fewer than [`MAX_QUEUED_OUTPUT`] bytes of
+//! answers wait; the rest of the input waits for the loop to write them.
+
+mod xstate;
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use super::bounds::MAX_QUEUED_OUTPUT;
 use super::imap::{in_set, list_items, quote, take_line, words};
-use super::maildir::{canonical, Mailbox, MailboxError};
+use super::maildir::{Mailbox, MailboxError};
 use crate::proto::native::{Activity, ConnInfo, Cookie};
-use crate::proto::state::{SessionState, UidSet};
 
 pub const CAPABILITY: &str = "IMAP4rev1 IDLE CONDSTORE X-STATE";
 /// Longest command line we take; longer ones end the session.
@@ -72,9 +76,11 @@ impl Session {
         self.closing = true;
     }
 
-    /// Handle every complete line in `inbuf`.
+    /// Handle the complete lines in `inbuf`, as long as the answers
+    /// waiting in `out` stay under MAX_QUEUED_OUTPUT (the loop then writes
+    /// them before taking more).
     pub fn run(&mut self) {
-        while !self.closing {
+        while !self.closing && self.out.len() < MAX_QUEUED_OUTPUT {
             let Some(line) = take_line(&mut self.inbuf) else {
                 if self.inbuf.len() > MAX_LINE {
                     self.bye("Command line too long.");
@@ -331,96 +337,6 @@ impl Session {
         }
     }
 
-    /// The state to park with or to export: everything needed to reopen
-    /// this exact mailbox and tell what changed later.
-    pub fn state(&self) -> Option<SessionState> {
-        let sel = self.selected.as_ref()?;
-        Some(SessionState {
-            user: self.user.clone(),
-            mailbox: sel.mb.name.clone(),
-            mailbox_guid: sel.mb.guid,
-            uidvalidity: sel.mb.uidvalidity,
-            examined: sel.examined,
-            highest_modseq: sel.known,
-            recent_uids: ranges(&sel.recent),
-            searchres: None,
-            keywords_md5: [0; 16],
-            watch: sel.mb.watch_paths(),
-            tag: self.idle.clone().unwrap_or_default(),
-            keepalive_secs: self.keepalive_secs,
-        })
-    }
-
-    /// Reopen the mailbox of `state` as the client last saw it, then tell
-    /// the client what changed since. Err: the mailbox is gone or another.
-    pub fn restore(&mut self, state: &SessionState) -> Result<(), String> {
-        let (mut mb, moved) =
-            Mailbox::open(&self.root, &state.mailbox).map_err(|e| e.to_string())?;
-        if mb.guid != state.mailbox_guid || mb.uidvalidity != state.uidvalidity {
-            return Err(format!(
-                "mailbox {} was deleted and created again",
-                canonical(&state.mailbox)
-            ));
-        }
-        let saved = state.highest_modseq;
-        if saved > mb.highest_modseq {
-            return Err("the state is newer than the mailbox".into());
-        }
-        // The client's view at `saved`: what existed then and not
-        // expunged before it.
-        let view: Vec<u32> = mb
-            .records
-            .iter()
-            .filter(|r| r.added <= saved && (r.expunged == 0 || r.expunged > saved))
-            .map(|r| r.uid)
-            .collect();
-        let mut recent: BTreeSet<u32> = state
-            .recent_uids
-            .iter()
-            .flat_map(|&(lo, hi)| lo..=hi)
-            .collect();
-        recent.extend(moved);
-        // Already synced by open; catch_up syncs again, cheaply.
-        mb.name = canonical(&state.mailbox);
-        self.selected = Some(Selected {
-            mb,
-            examined: state.examined,
-            view,
-            known: saved,
-            recent,
-        });
-        self.catch_up();
-        Ok(())
-    }
-
-    fn export(&mut self, tag: &str) {
-        match self.state() {
-            Some(state) => {
-                self.say(&format!("* STATE {}", state.to_text()));
-                self.say(&format!("{tag} OK State exported."));
-            }
-            None => self.say(&format!("{tag} NO Select a mailbox first.")),
-        }
-    }
-
-    fn import(&mut self, tag: &str, text: &str) {
-        let state = match SessionState::from_text(text) {
-            Ok(s) => s,
-            Err(e) => return self.say(&format!("{tag} NO Bad state: {e}.")),
-        };
-        if state.user != self.user {
-            return self.say(&format!("{tag} NO That state belongs to another user."));
-        }
-        match self.restore(&state) {
-            Ok(()) if self.closing => {}
-            Ok(()) => self.say(&format!("{tag} OK State imported.")),
-            Err(e) => {
-                self.selected = None;
-                self.say(&format!("{tag} NO Cannot restore: {e}."));
-            }
-        }
-    }
-
     pub fn info(&self) -> ConnInfo {
         ConnInfo {
             id: self.conn,
@@ -451,17 +367,6 @@ fn flags_with_recent(flags: &str, recent: bool) -> String {
     }
     s.push_str("\\Recent)");
     s
-}
-
-fn ranges(set: &BTreeSet<u32>) -> UidSet {
-    let mut out: UidSet = Vec::new();
-    for &u in set {
-        match out.last_mut() {
-            Some((_, hi)) if *hi + 1 == u => *hi = u,
-            _ => out.push((u, u)),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
