@@ -46,7 +46,11 @@ fn tracker_down_past_the_deadline_ends_with_bye() {
     );
     let s = d.stats();
     assert_eq!((s.parked, s.returning, s.gave_up), (0, 0, 1));
-    assert!(d.log().contains("user=alice conn=1: disconnected with BYE"));
+    // Serials are unguessable: any conn= will do.
+    assert!(d
+        .log()
+        .lines()
+        .any(|l| l.contains("user=alice conn=") && l.contains(": disconnected with BYE")));
 }
 
 #[test]

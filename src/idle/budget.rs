@@ -5,6 +5,10 @@
 //! descriptors is a refusal with a reason, not an EMFILE in the middle of
 //! a hand-off.
 
+use log::warn;
+
+use super::config::Config;
+
 /// Control connections, hand-offs and imap-master links at most, when the
 /// limit allows.
 pub const MAX_CONTROLS: usize = 512;
@@ -43,6 +47,34 @@ impl Budget {
             hand_offs: if dovecot { share(MAX_HAND_OFFS) } else { 0 },
             masters: if dovecot { share(MAX_MASTERS) } else { 0 },
         }
+    }
+
+    /// The shares for the limit we got, with what the operator asked for:
+    /// a larger --max-parked is lowered (with a warning); --max-controls
+    /// is taken as given (with a warning when it does not fit, since then
+    /// descriptors can run out and accepting pauses).
+    pub fn for_config(fd_limit: u64, cfg: &Config) -> Budget {
+        let mut b = Budget::new(fd_limit as usize, cfg.dovecot);
+        match cfg.max_parked {
+            Some(n) if n > b.max_parked => warn!(
+                "--max-parked {n} is more than the open-file limit allows \
+                 ({fd_limit} fds); using {}",
+                b.max_parked
+            ),
+            Some(n) => b.max_parked = n,
+            None => {}
+        }
+        if let Some(n) = cfg.max_controls {
+            if n > b.controls {
+                warn!(
+                    "--max-controls {n} is more than the open-file limit leaves for them \
+                     ({}); beyond that, accepting pauses when descriptors run out",
+                    b.controls
+                );
+            }
+            b.controls = n;
+        }
+        b
     }
 
     /// Descriptors this budget can use at once.

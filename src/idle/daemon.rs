@@ -17,6 +17,7 @@ use nix::sys::inotify::WatchDescriptor;
 use nix::sys::socket::{self, Shutdown};
 
 use super::accept::PAUSE_MS;
+use super::admission::Policy;
 use super::budget::Budget;
 use super::clients::{self, Clients, IdleCore};
 use super::config::Config;
@@ -24,15 +25,14 @@ use super::core::{Action, Core};
 use super::hand_off::HandOff;
 use super::inotify::Inotify;
 use super::master_return::Masters;
-use super::park_socket::{Held, ParkSocket, Policy};
+use super::park_socket::{self, Held, ParkSocket};
 use super::service::{self, Service};
 use super::signals::{Command, SignalAdapter};
 use super::tokens::{source, token, Source};
 use super::tracker_link::TrackerLink;
-use crate::access::Allowed;
+use crate::setup::setup;
 pub use crate::setup::SetupError;
-use crate::setup::{ensure_dir_mode, setup};
-use crate::sys::{self, limits, SeqPacket};
+use crate::sys::{self, limits};
 
 const BYE: &[u8] = b"* BYE [UNAVAILABLE] Server is busy, please reconnect.\r\n";
 
@@ -63,51 +63,10 @@ impl Daemon {
         service::drop_privileges()?;
         let mut signals = setup("setting up signals", SignalAdapter::new(false))?;
         let fd_limit = setup("raising the open-file limit", limits::raise_nofile())?;
-        let mut budget = Budget::new(fd_limit as usize, cfg.dovecot);
-        let allowed = budget.max_parked;
-        let max_parked = match cfg.max_parked {
-            Some(n) if n > allowed => {
-                warn!(
-                    "--max-parked {n} is more than the open-file limit allows \
-                     ({fd_limit} fds); using {allowed}"
-                );
-                allowed
-            }
-            Some(n) => n,
-            None => allowed,
-        };
-        if let Some(n) = cfg.max_controls {
-            if n > budget.controls {
-                warn!(
-                    "--max-controls {n} is more than the open-file limit leaves for them \
-                     ({}); beyond that, accepting pauses when descriptors run out",
-                    budget.controls
-                );
-            }
-            budget.controls = n;
-        }
-        let policy = policy(&cfg, budget.controls)?;
-        if let Some(dir) = cfg.park_socket.parent() {
-            ensure_dir_mode(dir, cfg.runtime_dir_mode)?;
-        }
-        let listener = setup(
-            format_args!("listening on {}", cfg.park_socket.display()),
-            SeqPacket::listen(&cfg.park_socket, cfg.park_socket_mode),
-        )?;
-        if let Some(name) = &cfg.park_socket_group {
-            let gid = match nix::unistd::Group::from_name(name) {
-                Ok(Some(g)) => g.gid,
-                _ => {
-                    return Err(SetupError(format!(
-                        "--park-socket-group: no group {name:?}"
-                    )))
-                }
-            };
-            setup(
-                format_args!("giving {} to group {name}", cfg.park_socket.display()),
-                nix::unistd::chown(&cfg.park_socket, None, Some(gid)).map_err(io::Error::from),
-            )?;
-        }
+        let budget = Budget::for_config(fd_limit, &cfg);
+        let max_parked = budget.max_parked;
+        let policy = Policy::from_config(&cfg, budget.controls)?;
+        let listener = park_socket::listen(&cfg)?;
         let inotify = setup("creating the inotify instance", Inotify::new())?;
         let poll = setup("creating the poll", Poll::new())?;
         let reg = poll.registry();
@@ -416,23 +375,6 @@ impl Daemon {
             Action::Capacity => self.report_capacity(),
         }
     }
-}
-
-/// Who may take which role on the park socket, from the flags.
-fn policy(cfg: &Config, max_controls: usize) -> Result<Policy, SetupError> {
-    let admin = match &cfg.admin_group {
-        Some(g) => Allowed::owner_only()
-            .with_group(g)
-            .map_err(|e| SetupError(format!("--admin-group: {e}")))?,
-        None => Allowed::owner_only(),
-    };
-    Ok(Policy {
-        mail: Allowed::owner_only().with_uids(&cfg.mail_uids),
-        admin,
-        per_uid: cfg.max_controls_per_uid,
-        handshake: Duration::from_secs(cfg.handshake_timeout_secs),
-        max_controls,
-    })
 }
 
 /// A secret from the OS for the core's connection serials.

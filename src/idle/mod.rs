@@ -8,6 +8,7 @@
 //! each event to the adapter owning its token.
 
 mod accept;
+mod admission;
 mod budget;
 mod clients;
 pub mod config;

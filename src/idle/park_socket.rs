@@ -5,10 +5,9 @@
 //! malformed packet closes that one control connection (with every
 //! descriptor it carried) and the daemon serves everyone else.
 
-use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use log::{debug, warn};
 use mio::unix::SourceFd;
@@ -16,27 +15,38 @@ use mio::{Interest, Registry};
 use slab::Slab;
 
 use super::accept::{self, Next};
+use super::admission::{Admission, Policy};
 use super::clients::{Clients, IdleCore, Incoming};
+use super::config::Config;
 use super::control::{Control, Sent};
 use super::inotify::Inotify;
 use super::tokens::{token, Source};
-use crate::access::Allowed;
 use crate::proto::native::{self, Message, Park, RecvError, Role, MAX_PACKET};
-use crate::sys::{Peer, SeqPacket};
+use crate::setup::{ensure_dir_mode, setup, SetupError};
+use crate::sys::SeqPacket;
 
-/// Who may do what on the park socket, and how much of it.
-pub struct Policy {
-    /// May park clients (role MailProcess).
-    pub mail: Allowed,
-    /// May ask `who` (role Admin).
-    pub admin: Allowed,
-    /// Control connections one uid other than root and ours may hold.
-    pub per_uid: usize,
-    /// Time to say Hello.
-    pub handshake: Duration,
-    /// Control connections at most; accepting pauses at this count and
-    /// resumes below 90% of it.
-    pub max_controls: usize,
+/// Bind the park socket as configured: its directory checked (or made)
+/// ours, its mode and group set.
+pub fn listen(cfg: &Config) -> Result<SeqPacket, SetupError> {
+    if let Some(dir) = cfg.park_socket.parent() {
+        ensure_dir_mode(dir, cfg.runtime_dir_mode)?;
+    }
+    let listener = setup(
+        format_args!("listening on {}", cfg.park_socket.display()),
+        SeqPacket::listen(&cfg.park_socket, cfg.park_socket_mode),
+    )?;
+    if let Some(name) = &cfg.park_socket_group {
+        let Ok(Some(g)) = nix::unistd::Group::from_name(name) else {
+            return Err(SetupError(format!(
+                "--park-socket-group: no group {name:?}"
+            )));
+        };
+        setup(
+            format_args!("giving {} to group {name}", cfg.park_socket.display()),
+            nix::unistd::chown(&cfg.park_socket, None, Some(g.gid)).map_err(io::Error::from),
+        )?;
+    }
+    Ok(listener)
 }
 
 /// What the park socket needs from the rest of the daemon for one event.
@@ -51,13 +61,7 @@ pub struct Held<'a> {
 pub struct ParkSocket {
     listener: SeqPacket,
     controls: Slab<Control>,
-    policy: Policy,
-    /// Open control connections per uid, for uids the cap applies to.
-    per_uid: HashMap<u32, usize>,
-    /// Connections yet to say Hello, in the order their time runs out.
-    hello_queue: VecDeque<(Instant, usize)>,
-    /// Connections refused for the per-uid cap (logged now and then).
-    over_cap: u64,
+    admission: Admission,
     /// Dovecot mode: mail processes may not park here.
     dovecot: bool,
     /// A close took us below 90% of the cap: accepting may resume.
@@ -70,10 +74,7 @@ impl ParkSocket {
         ParkSocket {
             listener,
             controls: Slab::new(),
-            policy,
-            per_uid: HashMap::new(),
-            hello_queue: VecDeque::new(),
-            over_cap: 0,
+            admission: Admission::new(policy),
             dovecot,
             resume: false,
             scratch: vec![0; MAX_PACKET + 1].into_boxed_slice(),
@@ -84,7 +85,7 @@ impl ParkSocket {
     /// accepting (out of descriptors).
     pub fn accept(&mut self, h: &mut Held<'_>) -> Result<(), io::Error> {
         loop {
-            let max = self.policy.max_controls;
+            let max = self.admission.policy.max_controls;
             if self.controls.len() >= max {
                 // Resumed by close once below 90%.
                 warn!("{max} control connections open; not accepting more for now");
@@ -107,7 +108,8 @@ impl ParkSocket {
                     continue;
                 }
             };
-            if !self.room_for(&peer, &sock) {
+            if let Err(reason) = self.admission.room_for(&peer) {
+                let _ = native::send(&sock, &Message::Error { reason }, None);
                 continue;
             }
             let entry = self.controls.vacant_entry();
@@ -120,12 +122,8 @@ impl ParkSocket {
                 warn!("registering a control connection: {e}");
                 continue;
             }
-            let hello_by = h.now + self.policy.handshake;
+            let hello_by = self.admission.opened(&peer, key, h.now);
             entry.insert(Control::new(sock, peer, hello_by));
-            self.hello_queue.push_back((hello_by, key));
-            if capped(&peer) {
-                *self.per_uid.entry(peer.uid).or_default() += 1;
-            }
             // Packets may have arrived before registration; edge-triggered
             // polling would not report them again.
             self.event(key, h);
@@ -135,15 +133,8 @@ impl ParkSocket {
     fn close(&mut self, key: usize, reg: &Registry) {
         if let Some(c) = self.controls.try_remove(key) {
             let _ = reg.deregister(&mut SourceFd(&c.sock.as_raw_fd()));
-            if capped(&c.peer) {
-                if let Some(n) = self.per_uid.get_mut(&c.peer.uid) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.per_uid.remove(&c.peer.uid);
-                    }
-                }
-            }
-            if self.controls.len() + 1 == self.policy.max_controls * 9 / 10 {
+            self.admission.closed(&c.peer);
+            if self.controls.len() + 1 == self.admission.policy.max_controls * 9 / 10 {
                 self.resume = true;
             }
         }
@@ -233,8 +224,8 @@ impl ParkSocket {
                     return false;
                 }
                 let allowed = match role {
-                    Role::MailProcess => &self.policy.mail,
-                    Role::Admin => &self.policy.admin,
+                    Role::MailProcess => &self.admission.policy.mail,
+                    Role::Admin => &self.admission.policy.admin,
                     _ => {
                         let reason = format!("role {role:?} does not park connections");
                         self.fail(key, &reason, h.reg);
@@ -346,53 +337,24 @@ impl ParkSocket {
         }
     }
 
-    /// Whether `peer` may open one more control connection; if not, it is
-    /// told why and the connection closes.
-    fn room_for(&mut self, peer: &Peer, sock: &SeqPacket) -> bool {
-        let open = self.per_uid.get(&peer.uid).copied().unwrap_or(0);
-        if !capped(peer) || open < self.policy.per_uid {
-            return true;
-        }
-        self.over_cap += 1;
-        if self.over_cap % 100 == 1 {
-            warn!(
-                "pid={} uid={}: {open} control connections open, the most one uid may hold \
-                 (--max-controls-per-uid); refused ({} so far)",
-                peer.pid, peer.uid, self.over_cap
-            );
-        }
-        let reason = format!("uid {} holds {open} control connections already", peer.uid);
-        let _ = native::send(sock, &Message::Error { reason }, None);
-        false
-    }
-
     /// When the next silent connection's time to say Hello runs out.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.hello_queue.front().map(|(at, _)| *at)
+        self.admission.next_deadline()
     }
 
     /// Close connections that did not say Hello in time.
     pub fn expire(&mut self, now: Instant, reg: &Registry) -> bool {
-        while let Some(&(at, key)) = self.hello_queue.front() {
-            if at > now {
-                break;
-            }
-            self.hello_queue.pop_front();
+        while let Some(key) = self.admission.next_due(now) {
             // The key may have been reused since: only its own deadline counts.
             let late = self
                 .controls
                 .get(key)
                 .is_some_and(|c| c.hello_by.is_some_and(|by| by <= now));
             if late {
-                let secs = self.policy.handshake.as_secs();
+                let secs = self.admission.policy.handshake.as_secs();
                 self.fail(key, &format!("no Hello within {secs} s"), reg);
             }
         }
         std::mem::take(&mut self.resume)
     }
-}
-
-/// Root and our own uid are not capped: they could stop us anyway.
-fn capped(peer: &Peer) -> bool {
-    peer.uid != 0 && peer.uid != nix::unistd::Uid::current().as_raw()
 }
