@@ -3,6 +3,7 @@
 
 pub mod bench;
 mod demo;
+pub mod fuzz;
 pub mod load;
 pub mod rig;
 pub mod serve;
@@ -24,6 +25,9 @@ Commands:
           for tests, demos and benchmarks, not a production mail server)
   stats   print a running imap-idle's counters
           [--runtime-dir DIR | --park-socket PATH]
+  fuzz    feed mutated inputs to every decoder (native protocol, session
+          state, Dovecot lines, IDLE input, IMAP commands); reports
+          panics and hangs [--target NAME|all] [--execs N] [--seed S]
 
 Run `imap-idle-lab COMMAND --help` for the command's options.
 ";
@@ -38,6 +42,7 @@ pub fn main() -> ExitCode {
         // Started by `load` itself, one per client process.
         Some("load-worker") => load::worker::main(),
         Some("stats") => stats(args.collect()),
+        Some("fuzz") => fuzz::main(args.collect()),
         Some("-h" | "--help") => {
             print!("{USAGE}");
             ExitCode::SUCCESS

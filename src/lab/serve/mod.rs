@@ -2,11 +2,11 @@
 //! Maildir, to try the native system with real IMAP clients. A reference
 //! peer for tests, demos and benchmarks, not a mail server for production.
 
-mod imap;
+pub(crate) mod imap;
 mod login;
 mod mail;
 pub mod maildir;
-mod session;
+pub(crate) mod session;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -374,10 +374,14 @@ impl Session {
             .filter(|r| r.added <= saved && (r.expunged == 0 || r.expunged > saved))
             .map(|r| r.uid)
             .collect();
+        // A UID the mailbox never gave out cannot be recent. Bounding the
+        // ranges by UIDNEXT also stops a forged X-STATE (1:4294967295)
+        // from filling a set with four billion UIDs.
+        let top = mb.uidnext.saturating_sub(1);
         let mut recent: BTreeSet<u32> = state
             .recent_uids
             .iter()
-            .flat_map(|&(lo, hi)| lo..=hi)
+            .flat_map(|&(lo, hi)| lo..=hi.min(top))
             .collect();
         recent.extend(moved);
         // Already synced by open; catch_up syncs again, cheaply.
@@ -538,6 +542,24 @@ mod tests {
         damaged.replace_range(4..8, "AAAA");
         assert!(said(&mut other, &format!("f X-STATE {damaged}\r\n")).starts_with("f NO"));
         assert!(said(&mut other, "g X-STATE !!\r\n").starts_with("g NO"));
+    }
+
+    /// Found by `imap-idle-lab fuzz --target imap-command`: a state naming
+    /// every UID as recent made the restore build a four-billion-entry set.
+    #[test]
+    fn a_state_with_huge_recent_ranges_restores_at_once() {
+        let t = tempfile::tempdir().unwrap();
+        deliver(t.path(), "INBOX", b"a").unwrap();
+        let mut s = session(t.path(), "alice");
+        said(&mut s, "a SELECT INBOX\r\n");
+        let mut state = s.state().unwrap();
+        state.recent_uids = vec![(1, 1), (3, u32::MAX)];
+        let started = Instant::now();
+        let mut back = session(t.path(), "alice");
+        let out = said(&mut back, &format!("b X-STATE {}\r\n", state.to_text()));
+        assert_eq!(out, "b OK State imported.\r\n");
+        assert!(started.elapsed().as_secs() < 1);
+        assert_eq!(back.selected.as_ref().unwrap().recent, BTreeSet::from([1]));
     }
 
     #[test]
