@@ -3,6 +3,7 @@
 
 pub mod bench;
 mod demo;
+pub mod fuzz;
 pub mod load;
 mod probe;
 pub mod rig;
@@ -27,6 +28,9 @@ Commands:
           a role, and report what the daemon allowed
   stats   print a running imap-idle's counters
           [--runtime-dir DIR | --park-socket PATH]
+  fuzz    feed mutated inputs to every decoder (native protocol, session
+          state, Dovecot lines, IDLE input, IMAP commands); reports
+          panics and hangs [--target NAME|all] [--execs N] [--seed S]
 
 Run `imap-idle-lab COMMAND --help` for the command's options.
 ";
@@ -42,6 +46,7 @@ pub fn main() -> ExitCode {
         Some("load-worker") => load::worker::main(),
         Some("probe") => probe::main(args.collect()),
         Some("stats") => stats(args.collect()),
+        Some("fuzz") => fuzz::main(args.collect()),
         Some("-h" | "--help") => {
             print!("{USAGE}");
             ExitCode::SUCCESS

@@ -4,11 +4,11 @@
 //! Still, no client may take it down: `bounds` says what each may do.
 
 pub mod bounds;
-mod imap;
+pub(crate) mod imap;
 mod login;
 mod mail;
 pub mod maildir;
-mod session;
+pub(crate) mod session;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

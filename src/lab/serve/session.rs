@@ -445,6 +445,24 @@ mod tests {
         assert!(said(&mut other, "g X-STATE !!\r\n").starts_with("g NO"));
     }
 
+    /// Found by `imap-idle-lab fuzz --target imap-command`: a state naming
+    /// every UID as recent made the restore build a four-billion-entry set.
+    /// It is refused at once now: no UID past UIDNEXT can be recent.
+    #[test]
+    fn a_state_with_huge_recent_ranges_is_refused_at_once() {
+        let t = tempfile::tempdir().unwrap();
+        deliver(t.path(), "INBOX", b"a").unwrap();
+        let mut s = session(t.path(), "alice");
+        said(&mut s, "a SELECT INBOX\r\n");
+        let mut state = s.state().unwrap();
+        state.recent_uids = vec![(1, 1), (3, u32::MAX)];
+        let started = Instant::now();
+        let mut back = session(t.path(), "alice");
+        let out = said(&mut back, &format!("b X-STATE {}\r\n", state.to_text()));
+        assert!(out.starts_with("b NO Cannot restore"), "{out}");
+        assert!(started.elapsed().as_secs() < 1);
+    }
+
     #[test]
     fn idle_done_and_bad_done() {
         let t = tempfile::tempdir().unwrap();
