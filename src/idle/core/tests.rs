@@ -86,7 +86,7 @@ enum Step {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        8 => (
+        12 => (
             0u8..20,
             proptest::collection::vec(0..PATHS, 0..3),
             any::<bool>(),
@@ -496,17 +496,39 @@ impl Model {
     }
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
-
-    #[test]
-    fn every_connection_ends_exactly_once(steps in proptest::collection::vec(step(), 50..700)) {
+/// Cases and the connections they park, printed with `--nocapture`.
+#[test]
+fn every_connection_ends_exactly_once() {
+    use proptest::test_runner::{Config, TestRunner};
+    let mut runner = TestRunner::new(Config {
+        cases: 300,
+        ..Config::default()
+    });
+    let parks = RefCell::new(Vec::new());
+    let steps = RefCell::new(0usize);
+    let result = runner.run(&proptest::collection::vec(step(), 200..1200), |case| {
         let mut m = Model::new();
-        for s in &steps {
+        for s in &case {
             m.apply(s);
         }
         m.finish();
+        parks.borrow_mut().push(m.parks);
+        *steps.borrow_mut() += case.len();
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
     }
+    let mut p = parks.into_inner();
+    p.sort_unstable();
+    eprintln!(
+        "{} cases, {} events; connections parked per case: min {}, median {}, max {}",
+        p.len(),
+        steps.into_inner(),
+        p[0],
+        p[p.len() / 2],
+        p[p.len() - 1]
+    );
 }
 
 #[test]
