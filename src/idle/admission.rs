@@ -110,8 +110,16 @@ impl Admission {
         }
     }
 
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.hello_queue.front().map(|(at, _)| *at)
+    /// The next deadline that still counts: `silent(at, key)` tells
+    /// whether the connection with that deadline has yet to say Hello.
+    pub fn next_deadline(&mut self, silent: impl Fn(Instant, usize) -> bool) -> Option<Instant> {
+        while let Some(&(at, key)) = self.hello_queue.front() {
+            if silent(at, key) {
+                return Some(at);
+            }
+            self.hello_queue.pop_front();
+        }
+        None
     }
 
     /// The key of a connection whose Hello deadline has passed (the caller

@@ -176,7 +176,7 @@ impl Daemon {
         Ok(())
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
+    fn next_deadline(&mut self) -> Option<Instant> {
         let service = self.service().and_then(|s| s.pending_until);
         let tracker = self.tracker.as_ref().and_then(|t| t.retry_at());
         [

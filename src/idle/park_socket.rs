@@ -338,8 +338,14 @@ impl ParkSocket {
     }
 
     /// When the next silent connection's time to say Hello runs out.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.admission.next_deadline()
+    /// Deadlines of connections that spoke or closed since are dropped
+    /// first: an idle daemon must not wake for them (a tool polling stats
+    /// would otherwise wake it once per poll, ten seconds later).
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        let controls = &self.controls;
+        self.admission.next_deadline(|at, key| {
+            controls.get(key).is_some_and(|c| c.hello_by == Some(at))
+        })
     }
 
     /// Close connections that did not say Hello in time.
