@@ -343,9 +343,8 @@ impl ParkSocket {
     /// would otherwise wake it once per poll, ten seconds later).
     pub fn next_deadline(&mut self) -> Option<Instant> {
         let controls = &self.controls;
-        self.admission.next_deadline(|at, key| {
-            controls.get(key).is_some_and(|c| c.hello_by == Some(at))
-        })
+        self.admission
+            .next_deadline(|at, key| controls.get(key).is_some_and(|c| c.hello_by == Some(at)))
     }
 
     /// Close connections that did not say Hello in time.
