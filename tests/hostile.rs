@@ -225,6 +225,7 @@ fn a_tag_too_long_to_keep_is_refused_at_hand_off_not_cut() {
 #[test]
 fn answers_carry_the_park_request_id_and_a_mismatch_loses_nothing_twice() {
     let d = Daemon::start(&[]);
+    let baseline = d.settled_fds();
     // Two parks back to back on one link: each answer names its request.
     let sock = SeqPacket::connect(&d.park, false).unwrap();
     let mut buf = vec![0; MAX_PACKET + 1];
@@ -249,6 +250,10 @@ fn answers_carry_the_park_request_id_and_a_mismatch_loses_nothing_twice() {
             other => panic!("{other:?}"),
         }
     }
+    drop((sock, a, b, _a, _b));
+    wait_for(|| d.stats().parked == 0, "both hang-ups");
+    honest_park_works(&d);
+    d.expect_fds(baseline);
     drop(d);
 
     // A daemon that answers another request: the library must neither
@@ -304,6 +309,7 @@ fn answers_carry_the_park_request_id_and_a_mismatch_loses_nothing_twice() {
 fn who_with_19000_parked_is_paced_not_dropped() {
     raise_fd_limit();
     let d = Daemon::start(&["--log-level", "info"]);
+    let baseline = d.settled_fds();
     let mut m = Mail::connect(&d);
     let n = 19_000;
     let mut clients = Vec::with_capacity(n);
@@ -347,5 +353,7 @@ fn who_with_19000_parked_is_paced_not_dropped() {
         }
     }
     assert!(rows >= n, "{rows} rows for {n} parked");
-    drop(extra);
+    drop((extra, sock, clients, m));
+    wait_for(|| d.stats().parked == 0, "every hang-up");
+    d.expect_fds(baseline);
 }
