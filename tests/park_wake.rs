@@ -314,3 +314,22 @@ fn a_client_that_does_not_read_is_disconnected_not_buffered() {
         && l.contains(": disconnected: client output buffer is full")));
     drop(client);
 }
+
+#[test]
+fn a_hang_up_that_comes_with_the_last_bytes_is_seen() {
+    let (d, t, mut m) = setup();
+    for bytes in [&b"DON"[..], b"DONE\r\nA2 IDLE\r\n"] {
+        let mut park = idle_park("alice", vec![]);
+        park.keepalive_secs = 0;
+        let (mut client, id) = m.park_ok(&park);
+        // Bytes that leave it parked and the close, seen by the daemon as
+        // one readiness report.
+        d.signal(nix::sys::signal::Signal::SIGSTOP);
+        client.write_all(bytes).unwrap();
+        drop(client);
+        d.signal(nix::sys::signal::Signal::SIGCONT);
+        let g = t.gone();
+        assert_eq!((g.id, g.reason), (id, GoneReason::HungUp), "{bytes:?}");
+    }
+    wait_for(|| d.stats().parked == 0, "both gone");
+}

@@ -1,8 +1,9 @@
 //! Parked clients' sockets: taking a client in (check the descriptor, add
 //! its watches, poll it), and reading what it says. Each readiness report
-//! gets one read of at most what the core wants; a client that may have
-//! more waits in the ready queue for the next loop turn, so one client
-//! streaming input cannot starve the others.
+//! gets one read of at most what the core wants; a client still parked
+//! after it waits in the ready queue for one more read on the next loop
+//! turn (more input, or its close), so one client streaming input cannot
+//! starve the others and no hang-up goes unseen.
 
 use std::collections::VecDeque;
 use std::io;
@@ -155,7 +156,11 @@ impl Clients {
             Ok(0) => core.hung_up(id, "connection closed by client"),
             Ok(n) => {
                 core.input(id, &self.scratch[..n], now);
-                if n == budget {
+                // Still parked: look again next turn. There may be more
+                // than one budget's worth, or the client's close may have
+                // come with these bytes in the same edge, which epoll will
+                // not report again.
+                if core.read_budget(id).is_some() {
                     self.ready.push_back(id);
                 }
             }

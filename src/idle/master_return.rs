@@ -93,8 +93,8 @@ impl Masters {
             if let Err(e) = registered.and_then(|()| sys::write_now(sock.as_fd(), &greeting)) {
                 warn!("{}: talking to imap-master: {e}", core.who(id));
                 let _ = reg.deregister(&mut SourceFd(&sock.as_raw_fd()));
-                core.requeue(id);
-                return;
+                core.retry_later(id, RETRY_MS, now);
+                continue;
             }
             entry.insert(MasterConn {
                 sock,

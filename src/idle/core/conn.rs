@@ -71,6 +71,8 @@ pub struct Waking {
     pub watch: Vec<PathBuf>,
     /// When the daemon noticed what woke it; taken when first sent back.
     pub woken_at: Option<Instant>,
+    /// Wake order: returns lost with a link are sent again in this order.
+    pub seq: u64,
 }
 
 /// What a new connection is made of, past its descriptors.

@@ -79,6 +79,8 @@ pub struct Core<F, W> {
     /// (key, serial); entries that went stale are skipped.
     queue: VecDeque<(u32, u32)>,
     in_flight: usize,
+    /// Connections woken so far, to number them in wake order.
+    wakes: u64,
     serials: Serials,
     max_parked: usize,
     draining: bool,
@@ -103,6 +105,7 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
             timers: Timers::default(),
             queue: VecDeque::new(),
             in_flight: 0,
+            wakes: 0,
             serials: Serials::new(serial_key),
             max_parked,
             draining: false,
@@ -240,6 +243,12 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
         }
         let key = self.conns.vacant_key() as u32;
         let serial = self.serials.next();
+        // A watch whose last watcher left earlier in this same event may be
+        // waiting to be removed; the kernel gave it to us again, so keep it.
+        self.out.retain(|act| match act {
+            Action::Unwatch(w) => !a.watches.iter().any(|(wd, _)| wd == w),
+            _ => true,
+        });
         let watches: Vec<u32> = a
             .watches
             .iter()

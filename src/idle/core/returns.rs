@@ -67,13 +67,6 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
         }
     }
 
-    /// Same, but behind everyone already waiting.
-    pub fn requeue(&mut self, id: ConnId) {
-        if self.get(id).is_some_and(|c| c.phase == Phase::Queued) {
-            self.queue.push_back(split_id(id));
-        }
-    }
-
     /// The return path has taken the connection on; its answer is awaited.
     pub fn sending(&mut self, id: ConnId) {
         let Some(c) = self.get_mut(id).filter(|c| c.phase == Phase::Queued) else {
@@ -182,18 +175,19 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
     /// The return link failed: everything in flight goes back to the front
     /// of the queue, in its original order, to be sent on the next link.
     pub fn link_lost(&mut self) {
-        let mut back: Vec<(u32, u32)> = self
+        let mut back: Vec<(u64, u32, u32)> = self
             .conns
             .iter_mut()
             .filter(|(_, c)| c.phase == Phase::InFlight)
             .map(|(k, c)| {
                 c.phase = Phase::Queued;
-                (k as u32, c.serial)
+                let seq = c.waking().map_or(0, |w| w.seq);
+                (seq, k as u32, c.serial)
             })
             .collect();
-        back.sort_by_key(|&(_, serial)| serial);
-        for entry in back.into_iter().rev() {
-            self.queue.push_front(entry);
+        back.sort_unstable();
+        for (_, key, serial) in back.into_iter().rev() {
+            self.queue.push_front((key, serial));
         }
         self.in_flight = 0;
     }

@@ -501,7 +501,7 @@ impl Model {
 fn every_connection_ends_exactly_once() {
     use proptest::test_runner::{Config, TestRunner};
     let mut runner = TestRunner::new(Config {
-        cases: 300,
+        cases: 200,
         ..Config::default()
     });
     let parks = RefCell::new(Vec::new());
@@ -545,4 +545,47 @@ fn a_streaming_client_is_read_one_budget_at_a_time() {
     assert_eq!(m.core.stats().idle_restarted, 1000);
     assert!(m.core.read_budget(id).unwrap() <= super::idle_input::MAX_IDLE_INPUT);
     m.finish();
+}
+
+#[test]
+fn returns_lost_with_the_link_go_again_in_wake_order() {
+    let mut m = Model::new();
+    for user in 0..5 {
+        m.park(user, &[], true, 0, false);
+    }
+    let ids: Vec<ConnId> = m.live.keys().copied().collect();
+    // Wake them in an order unrelated to their ids.
+    let order = [ids[3], ids[0], ids[4], ids[1], ids[2]];
+    for &id in &order {
+        m.input(id, b"DONE\r\n");
+    }
+    m.drain(false);
+    m.pump(64);
+    assert_eq!(m.tracker, order);
+    m.apply(&Step::LinkLost);
+    let mut again = Vec::new();
+    while let Some(id) = m.core.pop_return() {
+        again.push(id);
+    }
+    assert_eq!(again, order);
+}
+
+#[test]
+fn a_watch_taken_again_in_the_same_event_is_not_removed() {
+    let mut m = Model::new();
+    m.park(1, &[3], true, 0, false);
+    let a = *m.live.keys().next().unwrap();
+    // A leaves: the last watcher of watch 3, so its removal is queued...
+    m.core.hung_up(a, "test");
+    // ...and before the loop carries that out, B names the same file and
+    // the kernel gives the same watch back.
+    m.park(2, &[3], true, 0, false);
+    while let Some(action) = m.core.next_action() {
+        match action {
+            Action::Unwatch(wd) => panic!("watch {wd} removed while B watches it"),
+            Action::Gone(g) => m.end(g.id, End::Gone),
+            _ => {}
+        }
+    }
+    assert_eq!(m.core.watches.count(), 1);
 }

@@ -168,6 +168,7 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
             _ => GIVE_UP_WITH_INPUT_MS,
         };
         let gen = self.timers.new_gen();
+        self.wakes += 1;
         let watch = watch_idx
             .iter()
             .filter_map(|&i| self.watches.path(i).map(Path::to_path_buf))
@@ -181,6 +182,7 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
             attempts: 0,
             watch,
             woken_at: Some(now),
+            seq: self.wakes,
         })));
         conn.timer_gen = gen;
         let serial = conn.serial;
