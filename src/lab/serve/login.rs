@@ -78,10 +78,36 @@ struct LoginServer {
     buf: Vec<u8>,
 }
 
+/// Connections waiting to be accepted, at most: thousands of clients may
+/// connect in the same second (a load test, every phone after an outage),
+/// and the default of 128 drops the surplus until they retry.
+const BACKLOG: i32 = 4096;
+
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    use nix::sys::socket::{
+        self, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, SockaddrIn6,
+    };
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+    let fd = socket::socket(family, SockType::Stream, flags, None)?;
+    socket::setsockopt(&fd, socket::sockopt::ReuseAddr, &true)?;
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    match addr {
+        SocketAddr::V4(a) => socket::bind(raw, &SockaddrIn::from(a))?,
+        SocketAddr::V6(a) => socket::bind(raw, &SockaddrIn6::from(a))?,
+    }
+    socket::listen(&fd, Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN))?;
+    Ok(TcpListener::from_std(std::net::TcpListener::from(fd)))
+}
+
 pub fn run(cfg: LoginConfig) -> Result<(), String> {
     let accounts = read_passwd(&cfg.passwd)?;
     let mut listener =
-        TcpListener::bind(cfg.listen).map_err(|e| format!("listening on {}: {e}", cfg.listen))?;
+        listen(cfg.listen).map_err(|e| format!("listening on {}: {e}", cfg.listen))?;
     let poll = Poll::new().map_err(|e| e.to_string())?;
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)
