@@ -589,3 +589,19 @@ fn a_watch_taken_again_in_the_same_event_is_not_removed() {
     }
     assert_eq!(m.core.watches.count(), 1);
 }
+
+#[test]
+fn shutdown_gives_connections_woken_before_it_the_shutdown_deadline() {
+    let mut m = Model::new();
+    m.park(1, &[2], true, 0, false);
+    let id = *m.live.keys().next().unwrap();
+    // Woken by a change: five minutes to be taken back, and nobody takes it.
+    m.apply(&Step::Change(2));
+    m.apply(&Step::Shutdown);
+    m.apply(&Step::Advance {
+        ms: 31_000,
+        fail_writes: false,
+    });
+    assert_eq!(m.ended.get(&id).map(|e| e.0), Some(End::GaveUp));
+    assert!(m.core.done());
+}

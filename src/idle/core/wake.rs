@@ -24,7 +24,7 @@ use crate::proto::native::{GoneReason, WakeReason, MAX_INPUT};
 const GIVE_UP_WITH_INPUT_MS: Millis = 10_000;
 const GIVE_UP_WITHOUT_INPUT_MS: Millis = 5 * 60_000;
 /// At shutdown, how long the return path gets to take everyone back.
-const GIVE_UP_AT_SHUTDOWN_MS: Millis = 30_000;
+pub(super) const GIVE_UP_AT_SHUTDOWN_MS: Millis = 30_000;
 
 impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
     /// How many bytes the client of `id` may send us in one read, if it
