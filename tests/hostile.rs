@@ -262,6 +262,8 @@ fn answers_carry_the_park_request_id_and_a_mismatch_loses_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("park");
     let listener = SeqPacket::listen(&path, 0o600).unwrap();
+    // Our stand-in waits for the library to connect.
+    listener.set_nonblocking(false).unwrap();
     let fake = std::thread::spawn(move || {
         let sock = listener.accept().unwrap();
         sock.set_nonblocking(false).unwrap();
