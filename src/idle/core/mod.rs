@@ -372,28 +372,6 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
     }
 }
 
-impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
-    /// Connections woken before shutdown may have minutes left before they
-    /// are given up; a stopping daemon gives them the shutdown deadline,
-    /// so it exits (with a BYE for whoever is left) before a service
-    /// manager loses patience and kills it without one.
-    fn shorten_deadlines(&mut self, now: Instant) {
-        let by = self.millis(now) + wake::GIVE_UP_AT_SHUTDOWN_MS;
-        for (key, c) in self.conns.iter_mut() {
-            let Some(w) = c.waking_mut().filter(|w| w.give_up_at > by) else {
-                continue;
-            };
-            w.give_up_at = by;
-            // A waiting one's retry timer already fires by then; the others
-            // wait on their deadline, which moved.
-            if matches!(c.phase, Phase::Queued | Phase::InFlight) {
-                c.timer_gen = self.timers.new_gen();
-                self.timers.schedule(by, key as u32, c.timer_gen);
-            }
-        }
-    }
-}
-
 /// Whether the watcher `(key, serial)` is still a parked connection (slab
 /// keys are reused, serials are not).
 fn parked_in<F>(conns: &Slab<Conn<F>>, (key, serial): Watcher) -> bool {

@@ -24,7 +24,7 @@ use crate::proto::native::{GoneReason, WakeReason, MAX_INPUT};
 const GIVE_UP_WITH_INPUT_MS: Millis = 10_000;
 const GIVE_UP_WITHOUT_INPUT_MS: Millis = 5 * 60_000;
 /// At shutdown, how long the return path gets to take everyone back.
-pub(super) const GIVE_UP_AT_SHUTDOWN_MS: Millis = 30_000;
+const GIVE_UP_AT_SHUTDOWN_MS: Millis = 30_000;
 
 impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
     /// How many bytes the client of `id` may send us in one read, if it
@@ -204,6 +204,26 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
             let conns = &self.conns;
             if let Some(wd) = self.watches.leave(i, |w| parked_in(conns, w)) {
                 self.out.push_back(Action::Unwatch(wd));
+            }
+        }
+    }
+
+    /// Connections woken before shutdown may have minutes left before they
+    /// are given up; a stopping daemon gives them the shutdown deadline,
+    /// so it exits (with a BYE for whoever is left) before a service
+    /// manager loses patience and kills it without one.
+    pub(super) fn shorten_deadlines(&mut self, now: Instant) {
+        let by = self.millis(now) + GIVE_UP_AT_SHUTDOWN_MS;
+        for (key, c) in self.conns.iter_mut() {
+            let Some(w) = c.waking_mut().filter(|w| w.give_up_at > by) else {
+                continue;
+            };
+            w.give_up_at = by;
+            // A waiting one's retry timer already fires by then; the others
+            // wait on their deadline, which moved.
+            if matches!(c.phase, Phase::Queued | Phase::InFlight) {
+                c.timer_gen = self.timers.new_gen();
+                self.timers.schedule(by, key as u32, c.timer_gen);
             }
         }
     }
