@@ -17,38 +17,17 @@ use nix::errno::Errno;
 use nix::sys::inotify::WatchDescriptor;
 use nix::sys::socket::{self, MsgFlags};
 
-use super::core::{Arrival, ConnId, Core};
+use super::core::{Arrival, ConnId, Core, Refused};
 use super::inotify::{Inotify, WatchError};
 use super::tokens::{token, Source};
-use crate::proto::native::{Cookie, RefuseKind, MAX_INPUT};
+use crate::proto::native::{RefuseKind, MAX_INPUT};
 use crate::sys;
 
 pub type IdleCore = Core<OwnedFd, WatchDescriptor>;
 
-/// A client arriving to be parked, as an adapter decoded it.
-pub struct Incoming<'a> {
-    pub fd: OwnedFd,
-    pub notify: Option<OwnedFd>,
-    pub user: &'a str,
-    pub cookie: Cookie,
-    pub tag: &'a str,
-    pub in_idle: bool,
-    pub keepalive_secs: u32,
-    pub watch: &'a [PathBuf],
-    pub state: &'a [u8],
-    pub from_pid: i32,
-}
-
-/// A refused client, with its descriptor back.
-pub struct Refusal {
-    pub fd: OwnedFd,
-    pub kind: RefuseKind,
-    pub reason: String,
-}
-
 pub struct Clients {
     scratch: Box<[u8]>,
-    /// Clients whose last read filled the budget: read again next turn.
+    /// Clients still parked after their last read: read again next turn.
     ready: VecDeque<ConnId>,
 }
 
@@ -65,64 +44,57 @@ impl Clients {
         !self.ready.is_empty()
     }
 
-    /// Make a client ours. Shared by every way a client arrives.
-    pub fn adopt(
+    /// Make a client ours. Shared by every way a client arrives: `a` as
+    /// the adapter decoded it (no watches yet), `paths` what it watches.
+    pub fn adopt<'a>(
         &mut self,
         core: &mut IdleCore,
         inotify: &mut Inotify,
         reg: &Registry,
-        c: Incoming<'_>,
+        mut a: Arrival<'a, OwnedFd, WatchDescriptor>,
+        paths: &'a [PathBuf],
         now: Instant,
-    ) -> Result<ConnId, Refusal> {
-        let refuse = |core: &mut IdleCore, fd, kind, reason: String| {
-            core.refuse(c.user, c.from_pid, &reason);
-            Err(Refusal { fd, kind, reason })
+    ) -> Result<ConnId, Refused<OwnedFd>> {
+        let refuse = |core: &mut IdleCore, a: Arrival<'_, _, _>, kind, reason: String| {
+            core.refuse(a.user, a.from_pid, &reason);
+            core.discard_watches(a.watches.into_iter().map(|(wd, _)| wd).collect());
+            Err(Refused {
+                fd: a.fd,
+                notify: a.notify,
+                kind,
+                reason,
+            })
         };
+        // Checked here as well as in the core: a refusal must not cost the
+        // kernel watches and the poll registration first.
         if let Err((kind, reason)) = core.admit(0) {
-            return refuse(core, c.fd, kind, reason);
+            return refuse(core, a, kind, reason);
         }
-        if let Err(why) = sys::check_stream_socket(&c.fd) {
-            return refuse(core, c.fd, RefuseKind::BadFd, why.into());
+        if let Err(why) = sys::check_stream_socket(&a.fd) {
+            return refuse(core, a, RefuseKind::BadFd, why.into());
         }
-        let mut watches = Vec::with_capacity(c.watch.len());
-        for path in c.watch {
+        for path in paths {
             match inotify.add(path) {
-                Ok(wd) => watches.push((wd, path.as_path())),
+                Ok(wd) => a.watches.push((wd, path.as_path())),
                 Err(e) => {
                     let kind = match e {
                         WatchError::Limit => RefuseKind::WatchLimit,
                         WatchError::Path(..) => RefuseKind::BadWatch,
                     };
-                    core.discard_watches(watches.into_iter().map(|(wd, _)| wd).collect());
-                    return refuse(core, c.fd, kind, e.to_string());
+                    return refuse(core, a, kind, e.to_string());
                 }
             }
         }
-        let key = core.next_key();
-        if let Err(e) = register(reg, key, &c.fd, c.notify.as_ref()) {
-            core.discard_watches(watches.into_iter().map(|(wd, _)| wd).collect());
+        if let Err(e) = register(reg, core.next_key(), &a.fd, a.notify.as_ref()) {
             let reason = format!("cannot poll the descriptor: {e}");
-            return refuse(core, c.fd, RefuseKind::BadFd, reason);
+            return refuse(core, a, RefuseKind::BadFd, reason);
         }
-        let arrival = Arrival {
-            fd: c.fd,
-            notify: c.notify,
-            user: c.user,
-            cookie: c.cookie,
-            tag: c.tag,
-            in_idle: c.in_idle,
-            keepalive_secs: c.keepalive_secs,
-            watches,
-            state: c.state,
-            from_pid: c.from_pid,
-        };
-        core.adopt(arrival, now).map_err(|r| {
-            unregister(reg, &r.fd, r.notify.as_ref());
-            Refusal {
-                fd: r.fd,
-                kind: r.kind,
-                reason: r.reason,
-            }
+        core.adopt(a, now).inspect_err(|r| {
+            unpoll(
+                reg,
+                r.fd.as_raw_fd(),
+                r.notify.as_ref().map(|n| n.as_raw_fd()),
+            );
         })
     }
 
@@ -196,10 +168,6 @@ fn register(reg: &Registry, key: u32, fd: &OwnedFd, notify: Option<&OwnedFd>) ->
 /// Stop polling a client's descriptors. Deregistering a registered fd
 /// cannot fail; if it somehow did, events for a connection that is not
 /// parked are ignored anyway.
-pub fn unregister(reg: &Registry, fd: &impl AsRawFd, notify: Option<&impl AsRawFd>) {
-    unpoll(reg, fd.as_raw_fd(), notify.map(|n| n.as_raw_fd()));
-}
-
 pub fn unpoll(reg: &Registry, fd: std::os::fd::RawFd, notify: Option<std::os::fd::RawFd>) {
     let _ = reg.deregister(&mut SourceFd(&fd));
     if let Some(n) = notify {

@@ -15,7 +15,7 @@ use mio::{Interest, Registry};
 use slab::Slab;
 
 use super::accept::{self, Next};
-use super::clients::Incoming;
+use super::core::{Arrival, MAX_KEPT_TAG};
 use super::park_socket::Held;
 use super::tokens::{token, Source};
 use crate::proto::dovecot::{self, Hibernate, HIBERNATE_SERVICE, MAX_LINE};
@@ -24,10 +24,6 @@ use crate::sys::{self, fdpass};
 const BYE_FULL: &[u8] = b"* BYE [UNAVAILABLE] Server is busy, please reconnect.\r\n";
 /// A hand-off brings the client and at most its notify fd.
 const MAX_FDS: usize = 2;
-/// The longest IDLE tag a parked connection keeps (its length is one
-/// byte); a longer one is refused at hand-off, so the imap process keeps
-/// the client rather than have its tag cut.
-pub const MAX_KEPT_TAG: usize = u8::MAX as usize;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Step {
@@ -233,6 +229,7 @@ impl HandOff {
                 let fd = fds.remove(0);
                 let cmd = Hibernate::parse(line)
                     .map_err(|e| format!("Failed to parse client input: {e}"))?;
+                // Refused here, so the imap process keeps the client.
                 if cmd.tag.len() > MAX_KEPT_TAG {
                     let n = cmd.tag.len();
                     return Err(format!(
@@ -285,7 +282,7 @@ impl HandOff {
             _ => return resume,
         };
         let tail = cmd.return_tail();
-        let incoming = Incoming {
+        let arrival = Arrival {
             fd,
             notify: c.notify.take(),
             user: &cmd.user,
@@ -293,11 +290,14 @@ impl HandOff {
             tag: &cmd.tag,
             in_idle: cmd.idle_cmd,
             keepalive_secs: cmd.idle_notify_interval,
-            watch: &[],
+            watches: Vec::new(),
             state: &tail,
             from_pid: c.pid,
         };
-        match h.clients.adopt(h.core, h.inotify, h.reg, incoming, h.now) {
+        match h
+            .clients
+            .adopt(h.core, h.inotify, h.reg, arrival, &[], h.now)
+        {
             // Input may have arrived during the hand-off.
             Ok(id) => h
                 .clients

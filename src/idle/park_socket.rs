@@ -16,9 +16,10 @@ use slab::Slab;
 
 use super::accept::{self, Next};
 use super::admission::{Admission, Policy};
-use super::clients::{Clients, IdleCore, Incoming};
+use super::clients::{Clients, IdleCore};
 use super::config::Config;
 use super::control::{Control, Sent};
+use super::core::Arrival;
 use super::inotify::Inotify;
 use super::tokens::{token, Source};
 use crate::proto::native::{self, Message, Park, RecvError, Role, MAX_PACKET};
@@ -299,7 +300,7 @@ impl ParkSocket {
         pid: i32,
         h: &mut Held<'_>,
     ) -> bool {
-        let incoming = Incoming {
+        let arrival = Arrival {
             fd,
             notify: None,
             user: &park.user,
@@ -307,11 +308,14 @@ impl ParkSocket {
             tag: &park.tag,
             in_idle: park.in_idle,
             keepalive_secs: park.keepalive_secs,
-            watch: &park.watch,
+            watches: Vec::new(),
             state: &park.state,
             from_pid: pid,
         };
-        match h.clients.adopt(h.core, h.inotify, h.reg, incoming, h.now) {
+        match h
+            .clients
+            .adopt(h.core, h.inotify, h.reg, arrival, &park.watch, h.now)
+        {
             Ok(id) => {
                 if self.answer(key, Message::Parked { req, id }, h.reg) {
                     // Input may have arrived during the hand-off; edges are

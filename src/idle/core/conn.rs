@@ -12,6 +12,10 @@ use crate::proto::native::{Cookie, Park, Return, WakeReason};
 /// key apart) in the high half, its slab key in the low half.
 pub type ConnId = u64;
 
+/// The longest IDLE tag a connection keeps: its length is one byte of the
+/// connection record. Longer ones are refused, never cut.
+pub const MAX_KEPT_TAG: usize = u8::MAX as usize;
+
 pub fn conn_id(key: u32, serial: u32) -> ConnId {
     (serial as u64) << 32 | key as u64
 }

@@ -34,7 +34,7 @@ use log::{debug, info};
 use slab::Slab;
 
 pub use action::Action;
-pub use conn::{conn_id, split_id, ConnId, Phase, Returning, Waking};
+pub use conn::{conn_id, split_id, ConnId, Phase, Returning, Waking, MAX_KEPT_TAG};
 use conn::{Conn, Fields};
 use serials::Serials;
 use timers::Timers;
@@ -225,7 +225,7 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
     pub fn adopt(&mut self, a: Arrival<'_, F, W>, now: Instant) -> Result<ConnId, Refused<F>> {
         // Their lengths are kept in a byte each; never cut them.
         let too_long =
-            (a.tag.len() > u8::MAX as usize || a.watches.len() > u8::MAX as usize).then(|| {
+            (a.tag.len() > MAX_KEPT_TAG || a.watches.len() > u8::MAX as usize).then(|| {
                 (
                     RefuseKind::Invalid,
                     "tag or watch list too long to keep".to_owned(),
