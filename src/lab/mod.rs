@@ -4,7 +4,9 @@
 pub mod bench;
 mod demo;
 pub mod fuzz;
+mod hold;
 pub mod load;
+pub mod plot;
 mod probe;
 pub mod rig;
 pub mod serve;
@@ -24,6 +26,8 @@ Commands:
           measure delivery -> EXISTS
   serve   the reference IMAP login and mail processes (a reference peer
           for tests, demos and benchmarks, not a production mail server)
+  hold    a bare IMAP stand-in that answers OK and holds connections
+          (the bench's client-side memory baseline)
   probe   connect to a park or tracker socket as the calling user, claim
           a role, and report what the daemon allowed
   stats   print a running imap-idle's counters
@@ -45,6 +49,7 @@ pub fn main() -> ExitCode {
         // Started by `load` itself, one per client process.
         Some("load-worker") => load::worker::main(),
         Some("probe") => probe::main(args.collect()),
+        Some("hold") => hold::main(args.collect()),
         Some("stats") => stats(args.collect()),
         Some("fuzz") => fuzz::main(args.collect()),
         Some("-h" | "--help") => {

@@ -151,6 +151,10 @@ pub struct Stats {
     pub hung_up: u64,
     pub gave_up: u64,
     pub keepalives: u64,
+    /// Wake latencies recorded since start (the samples below are the
+    /// latest of them): a reader that asks before and after a burst takes
+    /// the newest `after - before` samples as that burst's.
+    pub wake_samples: u64,
     /// The latest wake latencies (at most 4096), in microseconds: from the
     /// daemon noticing a watched change to the client's descriptor being
     /// sent back (to the tracker, or to Dovecot's imap-master).

@@ -91,6 +91,7 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
             }
             let us = now.saturating_duration_since(at).as_micros();
             self.wake_us.push_back(us.min(u32::MAX as u128) as u32);
+            self.stats.wake_samples += 1;
         }
     }
 

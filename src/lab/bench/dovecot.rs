@@ -4,13 +4,12 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::figures::Figures;
-use super::{from_reports, say, Sizes, DONE_RATE};
+use super::figures::{wakes_between, Figures};
+use super::memory::{curve, server_side, ClientSide, Point, Unparked};
+use super::{say, Sizes, DONE_LOAD_RATE, DONE_RATE, PER_USER};
 use crate::lab::load::{Delivery, Load, LoadOptions};
 use crate::lab::rig::dovecot::{raise_inotify_instances, Dovecot, Hibernation, PASSWORD};
 use crate::lab::rig::procfs;
-
-const PER_USER: usize = 10;
 
 fn accounts(names: &[String]) -> Vec<(String, String)> {
     names
@@ -78,12 +77,44 @@ fn all_hibernated(dc: &Dovecot, title: &str, timeout: Duration) -> Result<(), St
     Ok(())
 }
 
+/// Hibernation processes, their memory and descriptors, and the machine.
+struct Size {
+    parked: usize,
+    pss_kb: u64,
+    fds: usize,
+    inotify: usize,
+    point: Point,
+}
+
+fn measure(dc: &Dovecot, title: &str, loads: &[&Load]) -> Size {
+    let h = Holder::find(dc, title);
+    let parked = hibernated(dc, &h);
+    Size {
+        parked,
+        pss_kb: h.pss_kb(),
+        fds: h.fds(),
+        inotify: h.inotify(),
+        point: Point::take(parked, loads),
+    }
+}
+
+/// Clients the hibernation processes hold, counted: their descriptors of
+/// TCP connections to Dovecot's IMAP port.
+fn hibernated(dc: &Dovecot, h: &Holder) -> usize {
+    let pids: Vec<u32> = h.pids.iter().map(|&p| p as u32).collect();
+    procfs::tcp_conns_on_port(&pids, dc.port)
+}
+
+/// Bulk clients are connected in this many steps, for the memory curve.
+const STEPS: usize = 4;
+
 pub fn run(
     bin: &Path,
     how: Hibernation,
     name: &str,
     title: &str,
     s: &Sizes,
+    client: &ClientSide,
     progress: bool,
 ) -> Result<Figures, String> {
     let mut f = Figures {
@@ -108,34 +139,57 @@ pub fn run(
     let mut a = Load::connect(&load_opts(dc.port, s.n1, &names[..split], progress))?;
     all_hibernated(&dc, title, settle)?;
     let mut park_secs = t.elapsed().as_secs_f64();
-    let h = Holder::find(&dc, title);
-    let (pss1, fds1, ino1) = (h.pss_kb(), h.fds(), h.inotify());
+    let small = measure(&dc, title, &[&a]);
+    let mut points = vec![small.point];
 
     say(&format!(
-        "{name}: {} more, {} of them on one mailbox",
-        s.n - s.n1,
+        "{name}: {} more in {STEPS} steps, then {} on one mailbox",
+        bulk - s.n1,
         s.mass_k
     ));
     let t = Instant::now();
-    let b = Load::connect(&load_opts(dc.port, bulk - s.n1, &names[split..], progress))?;
+    let rest = &names[split..];
+    let mut left = bulk - s.n1;
+    let mut bulk_loads: Vec<Load> = Vec::new();
+    for chunk in rest.chunks(rest.len().div_ceil(STEPS).max(1)) {
+        let clients = (chunk.len() * PER_USER).min(left);
+        left -= clients;
+        bulk_loads.push(Load::connect(&load_opts(
+            dc.port, clients, chunk, progress,
+        ))?);
+        all_hibernated(&dc, title, settle)?;
+        let loads: Vec<&Load> = std::iter::once(&a).chain(&bulk_loads).collect();
+        let h = Holder::find(&dc, title);
+        points.push(Point::take(hibernated(&dc, &h), &loads));
+    }
     let mass = vec!["mass".to_owned()];
     let mut c = Load::connect(&load_opts(dc.port, s.mass_k, &mass, progress))?;
     all_hibernated(&dc, title, settle)?;
     park_secs += t.elapsed().as_secs_f64();
-    let h = Holder::find(&dc, title);
-    let (pss2, fds2, ino2) = (h.pss_kb(), h.fds(), h.inotify());
-    let grown = (s.n - s.n1) as f64;
-    f.parked = s.n;
+    let loads: Vec<&Load> = std::iter::once(&a).chain(&bulk_loads).chain([&c]).collect();
+    let large = measure(&dc, title, &loads);
+    points.push(large.point);
+    // Divide by what hibernated, counted, not by what was planned.
+    let grown = large.parked.saturating_sub(small.parked).max(1) as f64;
+    f.parked_small = small.parked;
+    f.parked = large.parked;
     f.park_secs = Some(park_secs);
-    f.pss_kb = Some(pss2);
-    f.bytes_per_conn = Some((pss2 as f64 - pss1 as f64) * 1024.0 / grown);
-    f.fds_per_conn = Some((fds2 as f64 - fds1 as f64) / grown);
-    f.inotify_per_conn = Some((ino2 as f64 - ino1 as f64) / grown);
+    f.pss_kb = Some(large.pss_kb);
+    f.bytes_per_conn = Some((large.pss_kb as f64 - small.pss_kb as f64) * 1024.0 / grown);
+    f.fds_per_conn = Some((large.fds as f64 - small.fds as f64) / grown);
+    f.inotify_per_conn = Some((large.inotify as f64 - small.inotify as f64) / grown);
+    if let Some((all, server)) = server_side(&small.point, &large.point, client) {
+        f.machine = Some(all);
+        f.machine_server_per_conn = Some(server);
+    }
+    f.memory_curve = curve(&points, client);
+    f.client_socket_end = Some(client.socket_end);
 
     say(&format!(
         "{name}: watching the idle hibernation process for {:.0} s",
         s.idle_window.as_secs_f64()
     ));
+    let h = Holder::find(&dc, title);
     let before = h.wakeups();
     std::thread::sleep(s.idle_window);
     f.wakeup_window_secs = s.idle_window.as_secs_f64();
@@ -146,43 +200,75 @@ pub fn run(
         "{name}: {} deliveries, {PER_USER} clients per user",
         s.deliveries
     ));
+    let s0 = if ours { Some(dc.stats()?) } else { None };
     a.deliver(&maildir, s.deliveries, 100.0)?;
     a.wait_exists(Duration::from_secs(60));
-    if ours {
-        f.wake_ms = dc
-            .stats()?
-            .wake_us
-            .iter()
-            .map(|&u| u as f64 / 1000.0)
-            .collect();
-    }
+    let s1 = if ours { Some(dc.stats()?) } else { None };
     say(&format!(
         "{name}: one delivery to a mailbox {} hibernated clients watch",
         s.mass_k
     ));
     all_hibernated(&dc, title, settle)?;
+    let s2 = if ours { Some(dc.stats()?) } else { None };
     c.deliver(&maildir, 1, 0.0)?;
     c.wait_exists(Duration::from_secs(120));
+    if let (Some(s0), Some(s1), Some(s2), Some(s3)) =
+        (s0, s1, s2, ours.then(|| dc.stats()).transpose()?)
+    {
+        let (paced, changed, gave_up) = wakes_between(&s0, &s1);
+        let (mass, changed_m, gave_up_m) = wakes_between(&s2, &s3);
+        f.wake_ms = paced;
+        f.wake_mass_ms = mass;
+        f.wakes_changed = changed + changed_m;
+        f.wakes_gave_up = gave_up + gave_up_m;
+    }
 
-    let reports = [a.finish_paced(DONE_RATE), b.hang_up(), c.hang_up()];
-    from_reports(&mut f, &reports, s.mass_k);
+    let timed = a.finish_paced(DONE_RATE);
+    let mut bulk_reports = Vec::new();
+    let mut loaded = false;
+    for l in bulk_loads {
+        // The first step's clients send DONE under load; the rest hang up.
+        bulk_reports.push(if loaded {
+            l.hang_up()
+        } else {
+            loaded = true;
+            l.finish_paced(DONE_LOAD_RATE)
+        });
+    }
+    f.done_load_rate = DONE_LOAD_RATE;
+    f.from_reports(&timed, &bulk_reports, &c.hang_up(), s.mass_k);
     Ok(f)
 }
 
-/// PSS of Dovecot's imap processes per idle client when nothing
-/// hibernates, bytes.
-pub fn imap_process_bytes(bin: &Path, clients: usize, progress: bool) -> Result<f64, String> {
-    let names: Vec<String> = (1..=clients.div_ceil(PER_USER))
+/// Dovecot with nothing hibernated, at two sizes: PSS of its imap
+/// processes per idle client, the machine's server side per client, and
+/// the memory curve.
+pub fn unhibernated(
+    bin: &Path,
+    (n1, n2): (usize, usize),
+    client: &ClientSide,
+    progress: bool,
+) -> Result<Unparked, String> {
+    let names: Vec<String> = (1..=n2.div_ceil(PER_USER))
         .map(|i| format!("u{i}"))
         .collect();
+    // Every imap process inside IDLE holds an inotify instance.
+    raise_inotify_instances(2 * n2 as u64 + 1024)?;
     let dc = Dovecot::start(&names, Hibernation::Off, &bin.join("imap-idle"), 120)?;
-    let load = Load::connect(&load_opts(dc.port, clients, &names, progress))?;
+    let imap_kb = || -> u64 {
+        dc.processes("dovecot/imap")
+            .iter()
+            .map(|&p| procfs::pss_kb(p as u32))
+            .sum()
+    };
+    let split = n1.div_ceil(PER_USER);
+    let first = Load::connect(&load_opts(dc.port, n1, &names[..split], progress))?;
     std::thread::sleep(Duration::from_secs(1));
-    let kb: u64 = dc
-        .processes("dovecot/imap")
-        .iter()
-        .map(|&p| procfs::pss_kb(p as u32))
-        .sum();
-    drop(load);
-    Ok(kb as f64 * 1024.0 / clients as f64)
+    let (kb1, p1) = (imap_kb(), Point::take(first.idle(), &[&first]));
+    let second = Load::connect(&load_opts(dc.port, n2 - n1, &names[split..], progress))?;
+    std::thread::sleep(Duration::from_secs(1));
+    let p2 = Point::take(first.idle() + second.idle(), &[&first, &second]);
+    let kb2 = imap_kb();
+    drop((first, second));
+    Ok(Unparked::between((kb1, kb2), p1, p2, client))
 }

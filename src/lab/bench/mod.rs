@@ -4,7 +4,10 @@
 
 mod dovecot;
 mod figures;
+mod memory;
 mod native;
+mod plots;
+mod table;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -15,30 +18,39 @@ use crate::lab::rig::dovecot::{installed, Hibernation};
 pub use figures::Figures;
 
 const USAGE: &str = "\
-Usage: imap-idle-lab bench [--quick] [--dovecot] [--clients N]
+Usage: imap-idle-lab bench [--quick] [--dovecot] [--clients N] [--rounds K]
+                           [--plots DIR]
 
 Starts imap-idle, imap-tracker and the reference login and mail processes
 (from the directory of this binary: build them all first, e.g. with
 `cargo build --release`), holds N idle IMAP clients with `load` (10 per
-user) until they are all parked, and measures: memory (PSS growth between
-N/5 and N), fds and inotify instances per parked connection, time to park
-them, park rate straight into the daemon, the daemon's own wake latency,
-delivery -> EXISTS at the client, DONE -> OK, one delivery to a mailbox K
-parked clients watch, and the idle daemon's wake-ups per second. Prints
-one table and checks the targets.
+user) until they are all parked, and measures: memory per parked
+connection (user-space PSS growth, and the whole machine's growth with the
+client side subtracted), fds and inotify instances per parked connection,
+time to park them, park rate straight into the daemon, the daemon's own
+wake latency (paced deliveries and the mass wake apart), delivery ->
+EXISTS at the client (the clock starts at the rename into new/), DONE ->
+OK (paced, and under load), one delivery to a mailbox K parked clients
+watch, and the idle daemon's wake-ups per second. Every figure is the
+median of K rounds with its min..max. Prints one table and checks the
+targets. Runs as any user; --dovecot needs root.
 
-  --quick       about 1,000 clients; under a minute
+  --quick       about 1,000 clients, one round; under a minute
   --clients N   parked connections [default: what the open-file limit
                 allows one daemon, about 19,000 with a limit of 20,000]
-  --dovecot     also run a private Dovecot 2.3 twice, same sizes (at most
-                what 2 fds per client allow): once with its own
+  --rounds K    run everything K times [default: 3, or 1 with --quick]
+  --plots DIR   also write SVG plots there: memory against connections,
+                and latency CDFs
+  --dovecot     also run a private Dovecot 2.3 three times, same sizes (at
+                most what 2 fds per client allow): once with its own
                 imap-hibernate, once with imap-idle as its hibernation
-                service. Needs root and Dovecot (apt-get install
-                dovecot-imapd).
+                service, once with nothing hibernated (memory only). Needs
+                root and Dovecot (apt-get install dovecot-imapd).
   --quiet       no progress on stderr
 
-Exit code 0 when every client was parked and woken as expected (missed
-targets are reported, not failed); 1 otherwise.
+Exit code 0 when every client of every round was parked and woken as
+expected (missed targets are reported, not failed); 1 otherwise, with the
+failures printed and the setup's figures marked INVALID.
 ";
 
 pub struct Sizes {
@@ -81,36 +93,16 @@ impl Sizes {
     }
 }
 
-/// DONEs per second when timing DONE -> OK (on the first N/5 clients; the
-/// others just hang up): clients typing now and then, not a stampede of
-/// thousands at once, which would measure queueing in Dovecot.
+/// Clients per user, as on a server where people have a few devices.
+pub const PER_USER: usize = 10;
+
+/// DONEs per second when timing DONE -> OK on the first N/5 clients:
+/// clients typing now and then.
 pub const DONE_RATE: f64 = 100.0;
-
-/// What the three loads of a run (timed DONE, bulk, mass wake) saw.
-pub fn from_reports(f: &mut Figures, reports: &[crate::lab::load::Report; 3], mass_k: usize) {
-    let [timed, _, mass] = reports;
-    f.exists_ms = timed.latency_ms.clone();
-    f.exists_expected = timed.exists_expected;
-    f.done_ms = timed.done_ms.clone();
-    f.mass_k = mass_k;
-    f.mass_ms = mass.latency_ms.clone();
-    f.failures = merge_failures(reports);
-    f.keepalives = reports.iter().map(|r| r.keepalives).sum();
-    f.failed = reports.iter().map(|r| r.failed()).sum();
-}
-
-/// The failure reasons of several loads, most common first.
-pub fn merge_failures(reports: &[crate::lab::load::Report]) -> Vec<(String, usize)> {
-    let mut all: Vec<(String, usize)> = Vec::new();
-    for (why, n) in reports.iter().flat_map(|r| r.failures.iter()) {
-        match all.iter_mut().find(|(w, _)| w == why) {
-            Some((_, m)) => *m += n,
-            None => all.push((why.clone(), *n)),
-        }
-    }
-    all.sort_by_key(|f| std::cmp::Reverse(f.1));
-    all
-}
+/// DONEs per second for the same figure under load (on the first step of
+/// the bulk clients; the others just hang up): many clients typing at
+/// once, which queues in the server.
+pub const DONE_LOAD_RATE: f64 = 2000.0;
 
 /// Progress on stderr.
 pub fn say(line: &str) {
@@ -164,42 +156,57 @@ fn machine() -> String {
     )
 }
 
-pub fn main(args: Vec<String>) -> ExitCode {
-    let mut args = Args::new(args);
-    let mut quick = false;
-    let mut with_dovecot = false;
-    let mut clients: Option<usize> = None;
+/// What a run was asked for.
+struct Plan {
+    quick: bool,
+    with_dovecot: bool,
+    clients: Option<usize>,
+    rounds: usize,
+    plots: Option<PathBuf>,
+}
+
+fn parse(mut args: Args) -> Result<Option<Plan>, String> {
+    let mut p = Plan {
+        quick: false,
+        with_dovecot: false,
+        clients: None,
+        rounds: 0,
+        plots: None,
+    };
     while let Some(flag) = args.next_flag() {
-        let r: Result<(), String> = match flag.as_str() {
-            "-h" | "--help" => {
-                print!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            "--quick" => {
-                quick = true;
-                Ok(())
-            }
-            "--dovecot" => {
-                with_dovecot = true;
-                Ok(())
-            }
-            "--quiet" => {
-                QUIET.store(true, std::sync::atomic::Ordering::Relaxed);
-                Ok(())
-            }
-            "--clients" => args.number(&flag).map(|n| clients = Some(n)),
-            _ => Err(format!("unknown argument {flag:?}")),
-        };
-        if let Err(e) = r {
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--quick" => p.quick = true,
+            "--dovecot" => p.with_dovecot = true,
+            "--quiet" => QUIET.store(true, std::sync::atomic::Ordering::Relaxed),
+            "--clients" => p.clients = Some(args.number(&flag)?),
+            "--rounds" => p.rounds = args.number(&flag)?,
+            "--plots" => p.plots = Some(PathBuf::from(args.value(&flag)?)),
+            _ => return Err(format!("unknown argument {flag:?}")),
+        }
+    }
+    if p.clients.is_some_and(|n| n < 20) {
+        return Err("--clients must be at least 20".into());
+    }
+    if p.rounds == 0 {
+        p.rounds = if p.quick { 1 } else { 3 };
+    }
+    Ok(Some(p))
+}
+
+pub fn main(args: Vec<String>) -> ExitCode {
+    let plan = match parse(Args::new(args)) {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
             eprintln!("imap-idle-lab bench: {e}\n\n{USAGE}");
             return ExitCode::from(2);
         }
-    }
-    if clients.is_some_and(|n| n < 20) {
-        eprintln!("imap-idle-lab bench: --clients must be at least 20");
-        return ExitCode::from(2);
-    }
-    if with_dovecot && !nix::unistd::geteuid().is_root() {
+    };
+    if plan.with_dovecot && !nix::unistd::geteuid().is_root() {
         eprintln!(
             "imap-idle-lab bench: --dovecot needs root: it starts a private Dovecot, whose \
              master runs as root to start imap processes as the mail user; run it as root, \
@@ -207,11 +214,11 @@ pub fn main(args: Vec<String>) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    if with_dovecot && !installed() {
+    if plan.with_dovecot && !installed() {
         eprintln!("imap-idle-lab bench: --dovecot needs Dovecot: apt-get install dovecot-imapd");
         return ExitCode::FAILURE;
     }
-    match run(quick, with_dovecot, clients) {
+    match run(&plan) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -221,29 +228,29 @@ pub fn main(args: Vec<String>) -> ExitCode {
     }
 }
 
-/// Ok(true) when every client was parked and woken as expected.
-fn run(quick: bool, with_dovecot: bool, clients: Option<usize>) -> Result<bool, String> {
-    let _ = crate::sys::limits::raise_nofile();
-    let bin = bin_dir()?;
-    // A bar per load only on a terminal; logs get our own lines.
-    let progress = !QUIET.load(std::sync::atomic::Ordering::Relaxed)
-        && nix::unistd::isatty(std::io::stderr()).unwrap_or(false);
+/// One round of every setup: native, and with --dovecot Dovecot's own
+/// imap-hibernate and imap-idle under Dovecot.
+fn round(
+    bin: &Path,
+    plan: &Plan,
+    n: usize,
+    nd: usize,
+    progress: bool,
+) -> Result<Vec<Figures>, String> {
     let sizes = |n: usize| {
-        if quick {
+        if plan.quick {
             Sizes::quick(n)
         } else {
             Sizes::full(n)
         }
     };
-    let n = clients.unwrap_or(if quick { 1000 } else { default_size(1) });
-    let started = Instant::now();
-    let mut rows = vec![native::run(&bin, &sizes(n), progress)?];
-    if with_dovecot {
-        // Under Dovecot every parked client holds 2 fds.
-        let nd = clients
-            .unwrap_or(if quick { 1000 } else { default_size(2) })
-            .min(default_size(2));
-        let reference = dovecot::imap_process_bytes(&bin, 50, progress)?;
+    let s = sizes(n);
+    let client = memory::client_side(bin, s.n1, s.n, progress)?;
+    let mut rows = vec![native::run(bin, &s, &client, progress)?];
+    if plan.with_dovecot {
+        let s = sizes(nd);
+        let client = memory::client_side(bin, s.n1, s.n, progress)?;
+        let u = dovecot::unhibernated(bin, s.ref_clients, &client, progress)?;
         for (how, name, title) in [
             (
                 Hibernation::Dovecot,
@@ -256,37 +263,82 @@ fn run(quick: bool, with_dovecot: bool, clients: Option<usize>) -> Result<bool, 
                 "dovecot/imap-idle",
             ),
         ] {
-            let mut f = dovecot::run(&bin, how, name, title, &sizes(nd), progress)?;
-            f.server_bytes_per_client = Some(reference);
+            let mut f = dovecot::run(bin, how, name, title, &s, &client, progress)?;
+            f.server_bytes_per_client = Some(u.pss);
+            f.machine_server_per_client = u.machine;
+            f.memory_curve_unparked = u.curve.clone();
             rows.push(f);
         }
     }
+    Ok(rows)
+}
+
+/// Ok(true) when every client of every round was parked and woken as
+/// expected.
+fn run(plan: &Plan) -> Result<bool, String> {
+    let _ = crate::sys::limits::raise_nofile();
+    let bin = bin_dir()?;
+    // A bar per load only on a terminal; logs get our own lines.
+    let progress = !QUIET.load(std::sync::atomic::Ordering::Relaxed)
+        && nix::unistd::isatty(std::io::stderr()).unwrap_or(false);
+    let n = plan
+        .clients
+        .unwrap_or(if plan.quick { 1000 } else { default_size(1) });
+    // Under Dovecot every parked client holds 2 fds.
+    let nd = plan
+        .clients
+        .unwrap_or(if plan.quick { 1000 } else { default_size(2) })
+        .min(default_size(2));
+    let started = Instant::now();
+    // setups[i][r]: setup i in round r.
+    let mut setups: Vec<Vec<Figures>> = Vec::new();
+    for r in 0..plan.rounds {
+        say(&format!("round {} of {}", r + 1, plan.rounds));
+        for (i, f) in round(&bin, plan, n, nd, progress)?.into_iter().enumerate() {
+            if setups.len() <= i {
+                setups.push(Vec::new());
+            }
+            setups[i].push(f);
+        }
+    }
     println!(
-        "imap-idle-lab bench{}{}: {} idle IMAP clients, 10 per user; same machine, same run ({:.0} s)",
-        if quick { " --quick" } else { "" },
-        if with_dovecot { " --dovecot" } else { "" },
+        "imap-idle-lab bench{}{}: {} idle IMAP clients, 10 per user; same machine, same run; \
+         {} round{} ({:.0} s)",
+        if plan.quick { " --quick" } else { "" },
+        if plan.with_dovecot { " --dovecot" } else { "" },
         n,
+        plan.rounds,
+        if plan.rounds == 1 {
+            ""
+        } else {
+            "s, each figure the median (min..max)"
+        },
         started.elapsed().as_secs_f64()
     );
     println!("machine: {}", machine());
     println!();
-    print!("{}", figures::table(&rows));
-    for r in rows.iter().filter(|r| !r.failures.is_empty()) {
-        println!("why clients failed ({}):", r.name);
-        for (why, n) in r.failures.iter().take(5) {
-            println!("  {n:>6}  {why}");
+    print!("{}", table::table(&setups));
+    let mut complete = true;
+    for (r, f) in setups.iter().flat_map(|s| s.iter().enumerate()) {
+        if let Some(why) = f.invalid() {
+            complete = false;
+            println!("INVALID: {}, round {}: {why}", f.name, r + 1);
+            for (why, n) in f.failures.iter().take(5) {
+                println!("  {n:>6}  {why}");
+            }
         }
     }
     println!();
-    println!("targets:");
-    print!("{}", figures::targets(&rows));
-    let complete = rows.iter().all(|r| {
-        r.failed == 0 && r.exists_ms.len() == r.exists_expected && r.mass_ms.len() == r.mass_k
-    });
+    println!("targets (on the medians):");
+    print!("{}", table::targets(&setups));
+    if let Some(dir) = &plan.plots {
+        let written = plots::write(dir, &setups)?;
+        println!("plots: {}", written.join(", "));
+    }
     if complete {
         println!("OK: every client was parked, and woken by its delivery");
     } else {
-        println!("INCOMPLETE: some clients failed or missed their EXISTS (see the table)");
+        println!("INCOMPLETE: some clients failed or missed their EXISTS; figures marked INVALID");
     }
     Ok(complete)
 }

@@ -7,16 +7,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::figures::Figures;
-use super::{from_reports, say, Sizes, DONE_RATE};
+use super::figures::{wakes_between, Figures};
+use super::memory::{curve, server_side, ClientSide, Point, Unparked};
+use super::{say, Sizes, DONE_LOAD_RATE, DONE_RATE, PER_USER};
 use crate::lab::load::{Delivery, Load, LoadOptions};
 use crate::lab::rig::native::{NativeOptions, NativeStack, PASSWORD};
 use crate::lab::rig::{procfs, wait_until, PrivateDir};
 use crate::mail::{IdleLink, Parking};
 use crate::proto::state::SessionState;
-
-/// Clients per user, as on a server where people have a few devices.
-const PER_USER: usize = 10;
 
 fn accounts(prefix: &str, users: usize) -> Vec<(String, String)> {
     (1..=users)
@@ -42,20 +40,29 @@ fn load_opts(
 
 /// Parked connections, fds and memory of the daemon at one size.
 struct Size {
+    parked: usize,
     pss_kb: u64,
     fds: usize,
     inotify: usize,
+    point: Point,
 }
 
-fn measure(pid: u32) -> Size {
+fn measure(stack: &NativeStack, loads: &[&Load]) -> Size {
+    let pid = stack.idle.id();
+    let parked = stack.parked() as usize;
     Size {
+        parked,
         fds: procfs::settled_fds(pid),
         pss_kb: procfs::pss_kb(pid),
         inotify: procfs::inotify_instances(pid),
+        point: Point::take(parked, loads),
     }
 }
 
-pub fn run(bin: &Path, s: &Sizes, progress: bool) -> Result<Figures, String> {
+/// Bulk clients are connected in this many steps, for the memory curve.
+const STEPS: usize = 4;
+
+pub fn run(bin: &Path, s: &Sizes, client: &ClientSide, progress: bool) -> Result<Figures, String> {
     let mut f = Figures {
         name: "imap-idle (native)".into(),
         ..Figures::default()
@@ -92,34 +99,57 @@ pub fn run(bin: &Path, s: &Sizes, progress: bool) -> Result<Figures, String> {
     ))?;
     stack.wait_parked(a.idle() as u64, settle)?;
     let mut park_secs = t.elapsed().as_secs_f64();
-    let small = measure(idle_pid);
+    let small = measure(&stack, &[&a]);
+    let mut points = vec![small.point];
 
     say(&format!(
-        "native: {} more, {} of them on one mailbox",
-        s.n - s.n1,
+        "native: {} more in {STEPS} steps, then {} on one mailbox",
+        bulk - s.n1,
         s.mass_k
     ));
     let t = Instant::now();
-    let b = Load::connect(&load_opts(
-        stack.port,
-        bulk - s.n1,
-        accounts("b", users_b),
-        progress,
-    ))?;
+    let mut bulk_loads: Vec<Load> = Vec::new();
+    let b_accounts = accounts("b", users_b);
+    let per_step = users_b.div_ceil(STEPS);
+    let mut left = bulk - s.n1;
+    for chunk in b_accounts.chunks(per_step.max(1)) {
+        let clients = (chunk.len() * PER_USER).min(left);
+        left -= clients;
+        bulk_loads.push(Load::connect(&load_opts(
+            stack.port,
+            clients,
+            chunk.to_vec(),
+            progress,
+        ))?);
+        let idle: usize = a.idle() + bulk_loads.iter().map(Load::idle).sum::<usize>();
+        stack.wait_parked(idle as u64, settle)?;
+        let loads: Vec<&Load> = std::iter::once(&a).chain(&bulk_loads).collect();
+        points.push(Point::take(stack.parked() as usize, &loads));
+    }
     let mass_account = vec![("mass".to_owned(), PASSWORD.to_owned())];
     let mut c = Load::connect(&load_opts(stack.port, s.mass_k, mass_account, progress))?;
     // Clients that failed to get idle are reported; the rest must park.
-    let idle = (a.idle() + b.idle() + c.idle()) as u64;
+    let idle = (a.idle() + bulk_loads.iter().map(Load::idle).sum::<usize>() + c.idle()) as u64;
     stack.wait_parked(idle, settle)?;
     park_secs += t.elapsed().as_secs_f64();
-    let large = measure(idle_pid);
-    let grown = (s.n - s.n1) as f64;
-    f.parked = idle as usize;
+    let loads: Vec<&Load> = std::iter::once(&a).chain(&bulk_loads).chain([&c]).collect();
+    let large = measure(&stack, &loads);
+    points.push(large.point);
+    // Divide by what was parked, not by what was planned.
+    let grown = large.parked.saturating_sub(small.parked).max(1) as f64;
+    f.parked_small = small.parked;
+    f.parked = large.parked;
     f.park_secs = Some(park_secs);
     f.pss_kb = Some(large.pss_kb);
     f.bytes_per_conn = Some((large.pss_kb as f64 - small.pss_kb as f64) * 1024.0 / grown);
     f.fds_per_conn = Some((large.fds as f64 - small.fds as f64) / grown);
     f.inotify_per_conn = Some((large.inotify as f64 - small.inotify as f64) / grown);
+    if let Some((all, server)) = server_side(&small.point, &large.point, client) {
+        f.machine = Some(all);
+        f.machine_server_per_conn = Some(server);
+    }
+    f.memory_curve = curve(&points, client);
+    f.client_socket_end = Some(client.socket_end);
 
     say(&format!(
         "native: watching the idle daemon's wake-ups for {:.0} s",
@@ -136,14 +166,12 @@ pub fn run(bin: &Path, s: &Sizes, progress: bool) -> Result<Figures, String> {
         "native: {} deliveries, {PER_USER} clients per user",
         s.deliveries
     ));
+    let s0 = stack.stats()?;
     a.deliver(&maildir, s.deliveries, 100.0)?;
     a.wait_exists(Duration::from_secs(60));
-    f.wake_ms = stack
-        .stats()?
-        .wake_us
-        .iter()
-        .map(|&u| u as f64 / 1000.0)
-        .collect();
+    let s1 = stack.stats()?;
+    let (paced, changed, gave_up) = wakes_between(&s0, &s1);
+    f.wake_ms = paced;
     say(&format!(
         "native: one delivery to a mailbox {} parked clients watch",
         s.mass_k
@@ -151,11 +179,29 @@ pub fn run(bin: &Path, s: &Sizes, progress: bool) -> Result<Figures, String> {
     // The mass clients have been parked all along; wait until the wave of
     // restores from the deliveries above has parked again.
     stack.wait_parked(idle, settle)?;
+    let s2 = stack.stats()?;
     c.deliver(&maildir, 1, 0.0)?;
     c.wait_exists(Duration::from_secs(60));
+    let s3 = stack.stats()?;
+    let (mass, changed_m, gave_up_m) = wakes_between(&s2, &s3);
+    f.wake_mass_ms = mass;
+    f.wakes_changed = changed + changed_m;
+    f.wakes_gave_up = gave_up + gave_up_m;
 
-    let reports = [a.finish_paced(DONE_RATE), b.hang_up(), c.hang_up()];
-    from_reports(&mut f, &reports, s.mass_k);
+    let timed = a.finish_paced(DONE_RATE);
+    let mut bulk_reports = Vec::new();
+    let mut loaded = false;
+    for l in bulk_loads {
+        // The first step's clients send DONE under load; the rest hang up.
+        bulk_reports.push(if loaded {
+            l.hang_up()
+        } else {
+            loaded = true;
+            l.finish_paced(DONE_LOAD_RATE)
+        });
+    }
+    f.done_load_rate = DONE_LOAD_RATE;
+    f.from_reports(&timed, &bulk_reports, &c.hang_up(), s.mass_k);
     drop(stack);
 
     say(&format!(
@@ -167,7 +213,10 @@ pub fn run(bin: &Path, s: &Sizes, progress: bool) -> Result<Figures, String> {
         "native: reference mail process holding {} then {} idle clients itself",
         s.ref_clients.0, s.ref_clients.1
     ));
-    f.server_bytes_per_client = Some(mail_process_bytes(bin, s.ref_clients, progress)?);
+    let u = mail_process_bytes(bin, s.ref_clients, client, progress)?;
+    f.server_bytes_per_client = Some(u.pss);
+    f.machine_server_per_client = u.machine;
+    f.memory_curve_unparked = u.curve;
     Ok(f)
 }
 
@@ -223,8 +272,14 @@ fn raw_park_rate(bin: &Path, n: usize) -> Result<f64, String> {
 }
 
 /// PSS growth per idle client of the reference mail process when it keeps
-/// its clients (parking off), between two sizes.
-fn mail_process_bytes(bin: &Path, (n1, n2): (usize, usize), progress: bool) -> Result<f64, String> {
+/// its clients (parking off), between two sizes; the whole machine's
+/// server side too, and its curve.
+fn mail_process_bytes(
+    bin: &Path,
+    (n1, n2): (usize, usize),
+    client: &ClientSide,
+    progress: bool,
+) -> Result<Unparked, String> {
     let users = n2.div_ceil(PER_USER);
     let opts = NativeOptions {
         mails: 1,
@@ -247,10 +302,12 @@ fn mail_process_bytes(bin: &Path, (n1, n2): (usize, usize), progress: bool) -> R
     ))?;
     std::thread::sleep(Duration::from_millis(500));
     let small = procfs::pss_kb(pid);
+    let p1 = Point::take(first.idle(), &[&first]);
     let rest = accounts("r", users).split_off(n1.div_ceil(PER_USER));
     let second = Load::connect(&load_opts(stack.port, n2 - n1, rest, progress))?;
     std::thread::sleep(Duration::from_millis(500));
     let large = procfs::pss_kb(pid);
+    let p2 = Point::take(first.idle() + second.idle(), &[&first, &second]);
     drop((first, second));
-    Ok((large as f64 - small as f64) * 1024.0 / (n2 - n1) as f64)
+    Ok(Unparked::between((small, large), p1, p2, client))
 }

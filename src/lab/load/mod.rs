@@ -47,7 +47,8 @@ Options:
   --hold SECS             stay idle this long once all are connected
                           [default: 0]
   --deliver-maildir PAT   deliver into the Maildir PAT (%u = user name):
-                          written in tmp/, renamed into new/
+                          written in tmp/, renamed into new/ (the
+                          time counted starts at the rename)
   --deliver-cmd CMD       deliver by running `sh -c CMD` (%u = user name);
                           the time counted starts before the command
   --deliveries M          messages to deliver, round-robin over the users

@@ -182,6 +182,11 @@ impl Load {
         Ok(load)
     }
 
+    /// The client processes, for measuring what the client side costs.
+    pub fn pids(&self) -> Vec<u32> {
+        self.workers.iter().map(|w| w.child.id()).collect()
+    }
+
     pub fn idle(&self) -> usize {
         self.workers.iter().map(|w| w.idle).sum()
     }
@@ -265,15 +270,22 @@ impl Load {
             self.pump(start + gap * k as u32);
             let a = targets[k % targets.len()];
             let user = &self.opts.accounts[a].0;
-            let t = mono_ns();
+            let mut t = mono_ns();
             match how {
                 Delivery::Maildir(pattern) => {
                     let root = pattern.replace("%u", user);
                     let body = format!(
                         "From: load@localhost\r\nTo: {user}\r\nSubject: load {k}\r\n\r\nmessage {k}\r\n"
                     );
-                    maildir::deliver(root.as_ref(), &self.opts.mailbox, body.as_bytes())
-                        .map_err(|e| format!("delivering to {root}: {e}"))?;
+                    // The clock starts at the rename, when the message
+                    // becomes visible to a watcher.
+                    maildir::deliver_then(
+                        root.as_ref(),
+                        &self.opts.mailbox,
+                        body.as_bytes(),
+                        || t = mono_ns(),
+                    )
+                    .map_err(|e| format!("delivering to {root}: {e}"))?;
                 }
                 Delivery::Command(cmd) => {
                     let status = Command::new("/bin/sh")

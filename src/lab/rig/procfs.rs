@@ -84,6 +84,51 @@ pub fn children_named(ppid: u32, name: &str) -> Vec<u32> {
     found
 }
 
+/// Socket inodes of established TCP connections whose local port is
+/// `port` (IPv4 and IPv6).
+fn tcp_inodes_on_port(port: u16) -> std::collections::HashSet<u64> {
+    let mut found = std::collections::HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
+                continue;
+            };
+            let lport = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if lport == Some(port) && *state == "01" {
+                if let Ok(i) = inode.parse() {
+                    found.insert(i);
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Descriptors the processes `pids` hold of established TCP connections
+/// to local port `port`: the clients they serve, counted.
+pub fn tcp_conns_on_port(pids: &[u32], port: u16) -> usize {
+    let inodes = tcp_inodes_on_port(port);
+    pids.iter()
+        .filter_map(|pid| std::fs::read_dir(format!("/proc/{pid}/fd")).ok())
+        .flat_map(|d| d.flatten())
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|t| {
+                t.to_string_lossy()
+                    .strip_prefix("socket:[")
+                    .and_then(|r| r.strip_suffix(']'))
+                    .and_then(|i| i.parse::<u64>().ok())
+                    .is_some_and(|i| inodes.contains(&i))
+            })
+        })
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +143,14 @@ mod tests {
         assert!(inotify_instances(me) >= 1);
         std::thread::sleep(std::time::Duration::from_millis(2));
         assert!(wakeups(me) > 0);
+    }
+
+    #[test]
+    fn counts_our_own_tcp_connections() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let _c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let _s = l.accept().unwrap();
+        assert_eq!(tcp_conns_on_port(&[std::process::id()], port), 1);
     }
 }

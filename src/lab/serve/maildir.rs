@@ -362,6 +362,17 @@ fn unhex(s: &str) -> Option<[u8; 16]> {
 
 /// Deliver a message the Maildir way: write in `tmp/`, rename into `new/`.
 pub fn deliver(root: &Path, name: &str, body: &[u8]) -> io::Result<PathBuf> {
+    deliver_then(root, name, body, || ())
+}
+
+/// [`deliver`], calling `at_rename` just before the rename that makes the
+/// message visible: a delivery clock starts there, not at the `tmp/` write.
+pub fn deliver_then(
+    root: &Path,
+    name: &str,
+    body: &[u8],
+    at_rename: impl FnOnce(),
+) -> io::Result<PathBuf> {
     let dir = folder(root, name).ok_or_else(|| io::Error::other("bad mailbox name"))?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -381,6 +392,7 @@ pub fn deliver(root: &Path, name: &str, body: &[u8]) -> io::Result<PathBuf> {
     let tmp = dir.join("tmp").join(&unique);
     fs::write(&tmp, body)?;
     let to = dir.join("new").join(&unique);
+    at_rename();
     fs::rename(&tmp, &to)?;
     Ok(to)
 }

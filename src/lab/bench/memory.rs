@@ -1,0 +1,154 @@
+//! Whole-machine memory per idle client, server side only.
+//!
+//! The machine's growth between two sizes counts both ends of every
+//! loopback connection: the load processes and their sockets too. The
+//! client side is measured apart, against `imap-idle-lab hold` (a stand-in
+//! server that holds connections and nothing else): there the growth is
+//! the load processes, the stand-in, and two socket ends; the load
+//! processes and the stand-in are measured by their PSS, and what is left
+//! is two socket ends of the same kind, so one end is half of it. A
+//! setup's server side is then its machine growth minus its own load
+//! processes' PSS growth minus one socket end per connection.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use super::{say, PER_USER};
+use crate::lab::load::{Load, LoadOptions};
+use crate::lab::rig::machine::{Growth, MachineMem};
+use crate::lab::rig::procfs;
+
+/// What one connection's client end costs the machine, bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientSide {
+    /// Kernel memory of one socket end (half a bare connection).
+    pub socket_end: f64,
+}
+
+/// A server holding its idle clients itself (nothing parked), between two
+/// sizes.
+#[derive(Debug, Clone, Default)]
+pub struct Unparked {
+    /// PSS growth of the server processes per client, bytes.
+    pub pss: f64,
+    /// The whole machine's server side per client, bytes.
+    pub machine: Option<f64>,
+    pub curve: Vec<(f64, f64)>,
+}
+
+impl Unparked {
+    /// From the server processes' PSS (kB) and the points at two sizes.
+    pub fn between(kb: (u64, u64), p1: Point, p2: Point, client: &ClientSide) -> Unparked {
+        let grown = p2.conns.saturating_sub(p1.conns).max(1) as f64;
+        Unparked {
+            pss: (kb.1 as f64 - kb.0 as f64) * 1024.0 / grown,
+            machine: server_side(&p1, &p2, client).map(|s| s.1),
+            curve: curve(&[p1, p2], client),
+        }
+    }
+}
+
+/// A point of a size series: the machine, and the load processes' PSS.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Point {
+    pub conns: usize,
+    pub machine: MachineMem,
+    pub load_kb: u64,
+}
+
+impl Point {
+    pub fn take(conns: usize, loads: &[&Load]) -> Point {
+        let load_kb = loads
+            .iter()
+            .flat_map(|l| l.pids())
+            .map(procfs::pss_kb)
+            .sum();
+        Point {
+            conns,
+            machine: MachineMem::settled(),
+            load_kb,
+        }
+    }
+}
+
+/// The whole machine's growth per connection between two points (both
+/// ends), and the server side of it.
+pub fn server_side(small: &Point, large: &Point, client: &ClientSide) -> Option<(Growth, f64)> {
+    let grown = large.conns.checked_sub(small.conns).filter(|&g| g > 0)? as f64;
+    let all = large.machine.per(&small.machine, grown);
+    let load = (large.load_kb as f64 - small.load_kb as f64) * 1024.0 / grown;
+    Some((all, all.used - load - client.socket_end))
+}
+
+/// Server-side machine memory at each point above the first, bytes.
+pub fn curve(points: &[Point], client: &ClientSide) -> Vec<(f64, f64)> {
+    let Some(first) = points.first() else {
+        return Vec::new();
+    };
+    points
+        .iter()
+        .map(|p| {
+            let conns = p.conns as f64 - first.conns as f64;
+            let used = (p.machine.used_kb - first.machine.used_kb) * 1024.0;
+            let load = (p.load_kb as f64 - first.load_kb as f64) * 1024.0;
+            (p.conns as f64, used - load - client.socket_end * conns)
+        })
+        .collect()
+}
+
+/// The client side, measured against `imap-idle-lab hold` at two sizes.
+pub fn client_side(bin: &Path, n1: usize, n: usize, progress: bool) -> Result<ClientSide, String> {
+    say(&format!(
+        "client side: {n1} then {n} connections to a stand-in that only holds them"
+    ));
+    let mut hold = Command::new(bin.join("imap-idle-lab"))
+        .arg("hold")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting imap-idle-lab hold: {e}"))?;
+    let result = (|| {
+        let out = hold.stdout.take().ok_or("no stdout from hold")?;
+        let mut line = String::new();
+        BufReader::new(out)
+            .read_line(&mut line)
+            .map_err(|e| format!("reading hold's port: {e}"))?;
+        let port: u16 = line
+            .trim()
+            .parse()
+            .map_err(|_| format!("hold printed {line:?}, not a port"))?;
+        let opts = |clients: usize| LoadOptions {
+            port,
+            clients,
+            accounts: (1..=clients.div_ceil(PER_USER))
+                .map(|i| (format!("h{i}"), "x".to_owned()))
+                .collect(),
+            progress,
+            timeout_secs: 120,
+            ..LoadOptions::default()
+        };
+        let first = Load::connect(&opts(n1))?;
+        let hold_small = procfs::pss_kb(hold.id());
+        let small = Point::take(first.idle(), &[&first]);
+        let second = Load::connect(&opts(n - n1))?;
+        let hold_large = procfs::pss_kb(hold.id());
+        let large = Point::take(first.idle() + second.idle(), &[&first, &second]);
+        if first.failed() + second.failed() > 0 {
+            return Err(format!(
+                "{} clients failed against the stand-in",
+                first.failed() + second.failed()
+            ));
+        }
+        let grown = (large.conns - small.conns) as f64;
+        let all = large.machine.per(&small.machine, grown).used;
+        let load_user = (large.load_kb as f64 - small.load_kb as f64) * 1024.0 / grown;
+        let hold_user = (hold_large as f64 - hold_small as f64) * 1024.0 / grown;
+        Ok(ClientSide {
+            socket_end: ((all - load_user - hold_user) / 2.0).max(0.0),
+        })
+    })();
+    let _ = hold.kill();
+    let _ = hold.wait();
+    result
+}
