@@ -5,6 +5,7 @@ pub mod bench;
 mod demo;
 pub mod fuzz;
 pub mod load;
+pub mod plot;
 mod probe;
 pub mod rig;
 pub mod serve;
