@@ -286,7 +286,7 @@ mod tests {
         let t = table(std::slice::from_ref(&rounds));
         assert!(t.contains("19,000 (18,999..19,000)"), "{t}");
         assert!(t.contains("250 B (190 B..300 B)"), "{t}");
-        let g = targets(&[rounds.clone()]);
+        let g = targets(std::slice::from_ref(&rounds));
         assert!(g.contains("250 B, met"), "{g}");
         assert!(g.contains("0.500 ms, met"), "{g}");
         assert!(g.contains("125,000/s, met"), "{g}");
