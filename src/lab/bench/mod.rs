@@ -5,6 +5,7 @@
 mod dovecot;
 mod figures;
 mod native;
+pub mod park_rate;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
