@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::proto::native::{self, Message, RecvError, Role, Stats, MAX_PACKET};
-use crate::sys::SeqPacket;
+use crate::sys::{Ready, SeqPacket};
 
 /// How long a request waits for its answer before giving up.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,6 +80,21 @@ impl Link {
     /// Send one message without waiting.
     pub fn send(&mut self, msg: &Message, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
         native::send(&self.sock, msg, fd)
+    }
+
+    /// Send one message if there is room now; `WouldBlock` otherwise.
+    pub fn try_send(&mut self, msg: &Message, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+        let fds: &[BorrowedFd<'_>] = match &fd {
+            Some(fd) => std::slice::from_ref(fd),
+            None => &[],
+        };
+        self.sock.send_nowait(&msg.encode(), fds)
+    }
+
+    /// Wait up to [`ANSWER_TIMEOUT`] until a message waits or there is
+    /// room to send.
+    pub fn wait(&self) -> io::Result<Ready> {
+        self.sock.wait_readable_or_room(ANSWER_TIMEOUT)
     }
 
     /// Send one message and wait for the one answer.

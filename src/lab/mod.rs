@@ -22,6 +22,8 @@ Commands:
   bench   start our stack (and with --dovecot a private Dovecot twice),
           hold thousands of idle clients, print one table of costs and
           latencies; --quick takes under a minute
+  park-rate  parks per second straight into a private imap-idle, one at
+          a time and pipelined [--parks N] [--window W]
   load    hold N idle IMAP clients against any IMAP server, deliver mail,
           measure delivery -> EXISTS
   serve   the reference IMAP login and mail processes (a reference peer
@@ -46,6 +48,7 @@ pub fn main() -> ExitCode {
         Some("serve") => serve::main(args.collect()),
         Some("load") => load::main(args.collect()),
         Some("bench") => bench::main(args.collect()),
+        Some("park-rate") => bench::park_rate::main(args.collect()),
         // Started by `load` itself, one per client process.
         Some("load-worker") => load::worker::main(),
         Some("probe") => probe::main(args.collect()),

@@ -22,8 +22,10 @@
 
 mod login;
 mod park;
+mod pipelined;
 mod tracker;
 
 pub use login::{LoginAnswer, LoginLink};
-pub use park::{IdleLink, Kept, NotParked, Parking};
+pub use park::{Answer, IdleLink, Kept, NotParked, Parking};
+pub use pipelined::MAX_WINDOW;
 pub use tracker::{FromTracker, TrackerLink};

@@ -1,6 +1,8 @@
 //! Parking a client: a blocking request that either transfers the client
-//! to imap-idle or gives it back with the reason.
+//! to imap-idle or gives it back with the reason. Many parks in flight on
+//! one link are in `pipelined.rs`.
 
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
@@ -66,11 +68,23 @@ pub struct Kept {
     pub reason: String,
 }
 
-/// A connection to imap-idle's park socket, reusable for many parks.
+/// One park's outcome in the pipelined API: the request id and either
+/// the daemon's id for the client or why it was not parked.
+pub type Answer = (u64, Result<u64, NotParked>);
+
+/// A connection to imap-idle's park socket, reusable for many parks:
+/// one at a time with [`IdleLink::park`], or many in flight with
+/// [`IdleLink::send_park`] and [`IdleLink::next_answer`].
 pub struct IdleLink {
     /// `None` once closed after a failure.
-    link: Option<Link>,
-    next_req: u64,
+    pub(super) link: Option<Link>,
+    pub(super) next_req: u64,
+    /// Pipelined parks sent and not answered yet: our copy of each client,
+    /// kept until the daemon says whose it is.
+    pub(super) in_flight: HashMap<u64, OwnedFd>,
+    /// Answers already read (or settled by the link's end) but not yet
+    /// taken by the caller.
+    pub(super) ready: VecDeque<Answer>,
 }
 
 impl IdleLink {
@@ -82,6 +96,8 @@ impl IdleLink {
         Ok(IdleLink {
             link: Some(link),
             next_req: 1,
+            in_flight: HashMap::new(),
+            ready: VecDeque::new(),
         })
     }
 
@@ -94,7 +110,16 @@ impl IdleLink {
     /// Park `client`. On success imap-idle owns it and our descriptor is
     /// closed. `Kept` gives it back when imap-idle refused it or the
     /// request could not be sent; `Lost` when its fate is unknown.
+    /// While pipelined parks are in flight it refuses (`Kept`): their
+    /// answers would come first.
     pub fn park(&mut self, client: OwnedFd, park: &Park) -> Result<u64, NotParked> {
+        if !self.in_flight.is_empty() || !self.ready.is_empty() {
+            return Err(NotParked::Kept(Kept {
+                client,
+                kind: None,
+                reason: "pipelined parks are in flight on this link".into(),
+            }));
+        }
         let req = self.next_req;
         self.next_req += 1;
         let Some(link) = &mut self.link else {

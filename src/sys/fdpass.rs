@@ -118,6 +118,21 @@ pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
 
 /// Send one packet with descriptors attached (none is fine).
 pub fn send(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+    send_with(sock, data, fds, 0)
+}
+
+/// `send` that fails with `WouldBlock` instead of waiting, even on a
+/// blocking socket.
+pub fn send_nowait(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+    send_with(sock, data, fds, libc::MSG_DONTWAIT)
+}
+
+fn send_with(
+    sock: BorrowedFd<'_>,
+    data: &[u8],
+    fds: &[BorrowedFd<'_>],
+    flags: libc::c_int,
+) -> io::Result<usize> {
     const SPACE: usize = cmsg_space(MAX_FDS);
     if fds.len() > MAX_FDS {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many fds"));
@@ -152,7 +167,7 @@ pub fn send(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Re
     }
     // SAFETY: every pointer in `msg` refers to a live local buffer of the
     // length stated next to it; the kernel only reads them.
-    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL | flags) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -12,7 +12,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::socket::{getsockopt, sockopt, SockType};
 
-pub use seqpacket::{connect_unix, listen_unix, Peer, SeqPacket};
+pub use seqpacket::{connect_unix, listen_unix, Peer, Ready, SeqPacket};
 
 pub fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);

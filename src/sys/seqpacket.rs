@@ -17,6 +17,28 @@ pub struct SeqPacket {
     fd: OwnedFd,
 }
 
+/// What [`SeqPacket::wait_readable_or_room`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ready {
+    /// A packet (or the peer's end) waits to be read.
+    Readable,
+    /// There is room to send.
+    Room,
+    /// Neither before the timeout.
+    Neither,
+}
+
+/// SEQPACKET sends whole packets or nothing; anything else is a bug.
+fn whole(sent: usize, data: &[u8]) -> io::Result<()> {
+    if sent != data.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "short packet send",
+        ));
+    }
+    Ok(())
+}
+
 /// The credentials of the process at the other end (`SO_PEERCRED`).
 #[derive(Debug, Clone, Copy)]
 pub struct Peer {
@@ -101,15 +123,39 @@ impl SeqPacket {
     }
 
     pub fn send(&self, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-        let n = fdpass::send(self.fd.as_fd(), data, fds)?;
-        if n != data.len() {
-            // SEQPACKET sends whole packets or nothing; anything else is a bug.
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "short packet send",
-            ));
+        whole(fdpass::send(self.fd.as_fd(), data, fds)?, data)
+    }
+
+    /// `send` that never waits for room, even on a blocking socket.
+    pub fn send_nowait(&self, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        whole(fdpass::send_nowait(self.fd.as_fd(), data, fds)?, data)
+    }
+
+    /// Wait up to `timeout` until a packet can be read or sent (or the
+    /// peer is gone); returns whether one can be read.
+    pub fn wait_readable_or_room(&self, timeout: std::time::Duration) -> io::Result<Ready> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let ms = PollTimeout::try_from(timeout.as_millis().min(60_000) as i32)
+            .unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(
+            self.fd.as_fd(),
+            PollFlags::POLLIN | PollFlags::POLLOUT,
+        )];
+        loop {
+            match poll(&mut fds, ms) {
+                Ok(0) => return Ok(Ready::Neither),
+                Ok(_) => break,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
         }
-        Ok(())
+        let got = fds[0].revents().unwrap_or(PollFlags::empty());
+        // A hang-up or error is seen by reading.
+        if got.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+            Ok(Ready::Readable)
+        } else {
+            Ok(Ready::Room)
+        }
     }
 
     /// Like `send` on a non-blocking socket, but waits up to `patience`

@@ -6,6 +6,7 @@ mod dovecot;
 mod figures;
 mod memory;
 mod native;
+pub mod park_rate;
 mod plots;
 mod table;
 

@@ -1,20 +1,16 @@
 //! The native stack under load: imap-idle, imap-tracker and the reference
 //! login and mail processes, driven by `load`.
 
-use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::figures::{wakes_between, Figures};
 use super::memory::{curve, server_side, ClientSide, Point, Unparked};
+use super::park_rate::raw_park_rate;
 use super::{say, Sizes, DONE_LOAD_RATE, DONE_RATE, PER_USER};
 use crate::lab::load::{Delivery, Load, LoadOptions};
 use crate::lab::rig::native::{NativeOptions, NativeStack, PASSWORD};
-use crate::lab::rig::{procfs, wait_until, PrivateDir};
-use crate::mail::{IdleLink, Parking};
-use crate::proto::state::SessionState;
+use crate::lab::rig::procfs;
 
 fn accounts(prefix: &str, users: usize) -> Vec<(String, String)> {
     (1..=users)
@@ -218,57 +214,6 @@ pub fn run(bin: &Path, s: &Sizes, client: &ClientSide, progress: bool) -> Result
     f.machine_server_per_client = u.machine;
     f.memory_curve_unparked = u.curve;
     Ok(f)
-}
-
-/// Parks per second into a fresh imap-idle from one link, as fast as it
-/// answers: socket pairs stand in for clients (no IMAP involved).
-fn raw_park_rate(bin: &Path, n: usize) -> Result<f64, String> {
-    let dir = PrivateDir::new("parks")?;
-    let run = dir.path().join("run");
-    let watched = dir.path().join("new");
-    std::fs::create_dir(&watched).map_err(|e| e.to_string())?;
-    let mut daemon = Command::new(bin.join("imap-idle"))
-        .arg("--runtime-dir")
-        .arg(&run)
-        // No tracker here: the hang-ups at the end would only be warnings.
-        .args(["--log-level", "error"])
-        .stdin(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("starting imap-idle: {e}"))?;
-    let park_socket = run.join("park");
-    let result = (|| {
-        wait_until(
-            || crate::link::stats(&park_socket).is_ok(),
-            "imap-idle to listen",
-            Duration::from_secs(10),
-        )?;
-        let mut link = IdleLink::connect(&park_socket).map_err(|e| e.to_string())?;
-        let state = SessionState {
-            user: "user".into(),
-            mailbox: "INBOX".into(),
-            uidvalidity: 1,
-            watch: vec![watched.clone()],
-            tag: "c".into(),
-            keepalive_secs: 120,
-            ..SessionState::default()
-        };
-        let mut pairs: Vec<(UnixStream, UnixStream)> = Vec::with_capacity(n);
-        for _ in 0..n {
-            pairs.push(UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?);
-        }
-        let mut kept = Vec::with_capacity(n);
-        let t = Instant::now();
-        for (i, (ours, theirs)) in pairs.into_iter().enumerate() {
-            let park = Parking::idle(&format!("user{}", i % 1000), [7; 16], &state);
-            link.park(OwnedFd::from(theirs), &park)
-                .map_err(|k| format!("park refused: {k}"))?;
-            kept.push(ours);
-        }
-        Ok(n as f64 / t.elapsed().as_secs_f64())
-    })();
-    let _ = daemon.kill();
-    let _ = daemon.wait();
-    result
 }
 
 /// PSS growth per idle client of the reference mail process when it keeps

@@ -55,6 +55,15 @@ pub fn wakeups(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time the process has run so far, in nanoseconds (the scheduler's
+/// own count, finer than the clock ticks of `stat`).
+pub fn cpu_ns(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
 /// Processes whose parent is `ppid` and whose argv[0] (up to a space) is
 /// `name`.
 pub fn children_named(ppid: u32, name: &str) -> Vec<u32> {
