@@ -2,6 +2,7 @@
 //! ticks, the series in their styles, the legend.
 
 use super::axes::{self, Axis};
+use super::style::{marker, style, Style, LINE_WIDTH, MARKER_LIMIT};
 use super::svg::{text_width, Anchor, Doc, Stroke};
 use super::{Chart, Series};
 
@@ -17,59 +18,8 @@ const MINOR_TICK: f64 = 3.0;
 const LEGEND_PAD: f64 = 8.0;
 const LEGEND_SAMPLE: f64 = 36.0;
 const LEGEND_ROW: f64 = 20.0;
-const LINE_WIDTH: f64 = 2.0;
-/// A series with more points than this is drawn as a bare line: markers
-/// on a CDF of thousands of samples would merge into a thick smear.
-const MARKER_LIMIT: usize = 40;
-const MARKER_R: f64 = 3.5;
 /// How far outside its axis a point may map (rounding) and still be drawn.
 const SLACK: f64 = 1e-6;
-
-/// Okabe-Ito colours, which stay apart under the common colour-vision
-/// deficiencies; their yellow is left out as too pale on white.
-const COLOURS: [&str; 7] = [
-    "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000",
-];
-/// Dash patterns and markers keep series apart in greyscale. The three
-/// cycle lengths are coprime-ish (7, 5, 4), so the first 140 series each
-/// get their own combination.
-const DASHES: [Option<&str>; 5] = [
-    None,
-    Some("8 4"),
-    Some("2 3"),
-    Some("10 3 2 3"),
-    Some("4 2 1 2 1 2"),
-];
-const MARKERS: [Marker; 4] = [
-    Marker::Circle,
-    Marker::Square,
-    Marker::Triangle,
-    Marker::Diamond,
-];
-
-#[derive(Clone, Copy)]
-enum Marker {
-    Circle,
-    /// Hollow, so it differs from the circle in grey as well as in shape.
-    Square,
-    Triangle,
-    /// Hollow.
-    Diamond,
-}
-
-struct Style {
-    colour: &'static str,
-    dash: Option<&'static str>,
-    marker: Marker,
-}
-
-fn style(i: usize) -> Style {
-    Style {
-        colour: COLOURS[i % COLOURS.len()],
-        dash: DASHES[i % DASHES.len()],
-        marker: MARKERS[i % MARKERS.len()],
-    }
-}
 
 /// The plot area in pixels and the axes that map data onto it.
 struct Frame {
@@ -156,11 +106,29 @@ fn runs(frame: &Frame, s: &Series) -> Vec<Vec<(f64, f64)>> {
     out
 }
 
-fn legend_name(frame: &Frame, s: &Series) -> String {
-    if runs(frame, s).is_empty() {
-        format!("{} (no data)", s.name)
-    } else {
-        s.name.clone()
+/// A series placed on the frame, worked out once for its line, its
+/// markers and its legend entry.
+struct Placed {
+    legend: String,
+    runs: Vec<Vec<(f64, f64)>>,
+    /// Points drawn, over all runs.
+    drawn: usize,
+}
+
+impl Placed {
+    fn new(frame: &Frame, s: &Series) -> Placed {
+        let runs = runs(frame, s);
+        let drawn = runs.iter().map(Vec::len).sum();
+        let legend = if drawn == 0 {
+            format!("{} (no data)", s.name)
+        } else {
+            s.name.clone()
+        };
+        Placed {
+            legend,
+            runs,
+            drawn,
+        }
     }
 }
 
@@ -178,16 +146,20 @@ pub fn render(chart: &Chart) -> String {
         left,
         top: TOP,
     };
-    let names: Vec<String> = chart
+    let placed: Vec<Placed> = chart
         .series
         .iter()
-        .map(|s| legend_name(&frame, s))
+        .map(|s| Placed::new(&frame, s))
         .collect();
-    let legend_w = match names.iter().map(|n| text_width(n, FONT)).reduce(f64::max) {
+    let widest = placed
+        .iter()
+        .map(|p| text_width(&p.legend, FONT))
+        .reduce(f64::max);
+    let legend_w = match widest {
         Some(w) => LEGEND_PAD * 3.0 + LEGEND_SAMPLE + w,
         None => 0.0,
     };
-    let legend_h = LEGEND_PAD * 2.0 + LEGEND_ROW * names.len() as f64;
+    let legend_h = LEGEND_PAD * 2.0 + LEGEND_ROW * placed.len() as f64;
     // The last x label is centred on the plot's right edge.
     let x_overhang = frame
         .x
@@ -220,12 +192,12 @@ pub fn render(chart: &Chart) -> String {
             "no data",
         );
     }
-    for (i, s) in chart.series.iter().enumerate() {
-        draw_series(&mut doc, &frame, s, &style(i));
+    for (i, p) in placed.iter().enumerate() {
+        draw_series(&mut doc, p, &style(i));
     }
     if legend_w > 0.0 {
         let at = (frame.right() + MARGIN.max(x_overhang), TOP);
-        draw_legend(&mut doc, &frame, chart, &names, at, (legend_w, legend_h));
+        draw_legend(&mut doc, &placed, at, (legend_w, legend_h));
     }
     doc.finish()
 }
@@ -295,15 +267,14 @@ fn axis_label(label: &str, log: bool) -> String {
     }
 }
 
-fn draw_series(doc: &mut Doc, f: &Frame, s: &Series, st: &Style) {
+fn draw_series(doc: &mut Doc, p: &Placed, st: &Style) {
     let line = Stroke {
         colour: st.colour,
         width: LINE_WIDTH,
         dash: st.dash,
     };
-    let runs = runs(f, s);
-    let all_markers = runs.iter().map(Vec::len).sum::<usize>() <= MARKER_LIMIT;
-    for run in &runs {
+    let all_markers = p.drawn <= MARKER_LIMIT;
+    for run in &p.runs {
         if run.len() > 1 {
             doc.polyline(run, line);
         }
@@ -316,43 +287,14 @@ fn draw_series(doc: &mut Doc, f: &Frame, s: &Series, st: &Style) {
     }
 }
 
-fn marker(doc: &mut Doc, st: &Style, (x, y): (f64, f64)) {
-    let edge = Stroke {
-        colour: st.colour,
-        width: 1.5,
-        dash: None,
-    };
-    let r = MARKER_R;
-    match st.marker {
-        Marker::Circle => doc.circle((x, y), r, st.colour, edge),
-        Marker::Square => doc.rect((x - r, y - r), (2.0 * r, 2.0 * r), "white", edge),
-        Marker::Triangle => {
-            let pts = [(x, y - r * 1.3), (x - r * 1.2, y + r), (x + r * 1.2, y + r)];
-            doc.polygon(&pts, st.colour, edge)
-        }
-        Marker::Diamond => {
-            let d = r * 1.35;
-            let pts = [(x, y - d), (x + d, y), (x, y + d), (x - d, y)];
-            doc.polygon(&pts, "white", edge)
-        }
-    }
-}
-
-fn draw_legend(
-    doc: &mut Doc,
-    f: &Frame,
-    chart: &Chart,
-    names: &[String],
-    (lx, ly): (f64, f64),
-    size: (f64, f64),
-) {
+fn draw_legend(doc: &mut Doc, placed: &[Placed], (lx, ly): (f64, f64), size: (f64, f64)) {
     let frame = Stroke {
         colour: "#999999",
         width: 1.0,
         dash: None,
     };
     doc.rect((lx, ly), size, "white", frame);
-    for (i, (s, name)) in chart.series.iter().zip(names).enumerate() {
+    for (i, p) in placed.iter().enumerate() {
         let st = style(i);
         let y = ly + LEGEND_PAD + LEGEND_ROW * (i as f64 + 0.5);
         let x0 = lx + LEGEND_PAD;
@@ -362,11 +304,16 @@ fn draw_legend(
             dash: st.dash,
         };
         doc.line((x0, y), (x0 + LEGEND_SAMPLE, y), line);
-        let drawn: usize = runs(f, s).iter().map(Vec::len).sum();
-        if (1..=MARKER_LIMIT).contains(&drawn) {
+        if (1..=MARKER_LIMIT).contains(&p.drawn) {
             marker(doc, &st, (x0 + LEGEND_SAMPLE / 2.0, y));
         }
         let text_x = x0 + LEGEND_SAMPLE + LEGEND_PAD;
-        doc.text((text_x, y + FONT / 3.0), FONT, Anchor::Start, 0.0, name);
+        doc.text(
+            (text_x, y + FONT / 3.0),
+            FONT,
+            Anchor::Start,
+            0.0,
+            &p.legend,
+        );
     }
 }

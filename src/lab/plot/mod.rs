@@ -6,7 +6,7 @@
 //! - [`Chart::svg`] draws a chart as a standalone SVG 1.1 document.
 //! - [`cdf`] turns samples into the points of a CDF.
 //! - `axes.rs`: nice ticks; `svg.rs`: the writer and its escaping;
-//!   `draw.rs`: layout, series styles and the legend.
+//!   `draw.rs`: layout and the legend; `style.rs`: how series look.
 //!
 //! The output is a pure function of the chart (no clock, no hashing), so
 //! two runs on the same figures give the same file.
@@ -14,6 +14,7 @@
 mod axes;
 mod cdf;
 mod draw;
+mod style;
 mod svg;
 #[cfg(test)]
 mod tests;
