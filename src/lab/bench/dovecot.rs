@@ -169,6 +169,7 @@ pub fn run(
     let loads: Vec<&Load> = std::iter::once(&a).chain(&bulk_loads).chain([&c]).collect();
     let large = measure(&dc, title, &loads);
     points.push(large.point);
+    f.daemons = Holder::find(&dc, title).pids.len();
     // Divide by what hibernated, counted, not by what was planned.
     let grown = large.parked.saturating_sub(small.parked).max(1) as f64;
     f.parked_small = small.parked;

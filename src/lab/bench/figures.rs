@@ -10,6 +10,10 @@ pub struct Figures {
     /// Connections parked (measured) at the smaller and the larger size.
     pub parked_small: usize,
     pub parked: usize,
+    /// Hibernation processes at the larger size, and how many of them the
+    /// paced deliveries woke a client in.
+    pub daemons: usize,
+    pub daemons_woken: usize,
     /// PSS of the hibernation processes at the larger size, kB.
     pub pss_kb: Option<u64>,
     /// PSS growth per parked connection between the two sizes, bytes.
@@ -117,6 +121,20 @@ pub fn wakes_between(before: &Stats, after: &Stats) -> (Vec<f64>, u64, u64) {
         after.wake_changed.saturating_sub(before.wake_changed),
         after.gave_up.saturating_sub(before.gave_up),
     )
+}
+
+/// [`wakes_between`] over several daemons (readings in the same order),
+/// and how many daemons had a wake by a change between them.
+pub fn wakes_across(before: &[Stats], after: &[Stats]) -> (Vec<f64>, u64, u64, usize) {
+    let mut all = (Vec::new(), 0, 0, 0);
+    for (b, a) in before.iter().zip(after) {
+        let (ms, changed, gave_up) = wakes_between(b, a);
+        all.0.extend(ms);
+        all.1 += changed;
+        all.2 += gave_up;
+        all.3 += usize::from(changed > 0);
+    }
+    all
 }
 
 /// The failure reasons of several loads, most common first.

@@ -131,6 +131,7 @@ pub fn run(bin: &Path, s: &Sizes, client: &ClientSide, progress: bool) -> Result
     let loads: Vec<&Load> = std::iter::once(&a).chain(&bulk_loads).chain([&c]).collect();
     let large = measure(&stack, &loads);
     points.push(large.point);
+    f.daemons = 1;
     // Divide by what was parked, not by what was planned.
     let grown = large.parked.saturating_sub(small.parked).max(1) as f64;
     f.parked_small = small.parked;

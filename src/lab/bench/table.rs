@@ -78,6 +78,8 @@ fn lat(v: &[f64], p: f64) -> Option<f64> {
 fn lines() -> Vec<Line> {
     vec![
         line("connections parked (measured)", |f| Some(f.parked as f64), count),
+        line("hibernation processes", |f| (f.daemons > 0).then_some(f.daemons as f64), count),
+        line("  of them woken by the paced deliveries", |f| (f.daemons > 0 && f.wakes_changed > 0).then_some(f.daemons_woken as f64), count),
         line("memory per parked connection, user space (PSS growth)", |f| f.bytes_per_conn, bytes),
         line("memory per parked connection, whole machine, server side", |f| f.machine_server_per_conn, bytes),
         line("  whole machine, both ends (MemTotal - MemAvailable)", |f| f.machine.map(|m| m.used), bytes),
