@@ -84,6 +84,43 @@ pub fn children_named(ppid: u32, name: &str) -> Vec<u32> {
     found
 }
 
+/// TCP sockets the process holds open: for a hibernation process, its
+/// clients (everything else it holds is a UNIX socket, pipe or inotify).
+pub fn tcp_sockets(pid: u32) -> usize {
+    tcp_socket_inodes(pid).len()
+}
+
+/// Inodes of the TCP sockets among the process's descriptors, matched
+/// against the TCP tables of its own network namespace.
+pub fn tcp_socket_inodes(pid: u32) -> std::collections::HashSet<u64> {
+    let mut tcp = std::collections::HashSet::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        // Columns: sl local rem st tx:rx tr:when retrnsmt uid timeout inode.
+        tcp.extend(
+            text.lines()
+                .skip(1)
+                .filter_map(|l| l.split_whitespace().nth(9))
+                .filter_map(|i| i.parse::<u64>().ok())
+                .filter(|&i| i != 0),
+        );
+    }
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Default::default();
+    };
+    dir.flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|t| {
+            let t = t.to_string_lossy().into_owned();
+            t.strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse::<u64>()
+                .ok()
+        })
+        .filter(|i| tcp.contains(i))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +135,24 @@ mod tests {
         assert!(inotify_instances(me) >= 1);
         std::thread::sleep(std::time::Duration::from_millis(2));
         assert!(wakeups(me) > 0);
+    }
+
+    #[test]
+    fn finds_tcp_sockets_and_nothing_else() {
+        use std::os::fd::AsFd;
+        let inode = |fd: std::os::fd::BorrowedFd<'_>| nix::sys::stat::fstat(fd).unwrap().st_ino;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let (unix, _) = std::os::unix::net::UnixStream::pair().unwrap();
+        // Other tests open sockets meanwhile: look only for ours.
+        let held = tcp_socket_inodes(std::process::id());
+        for fd in [listener.as_fd(), client.as_fd(), server.as_fd()] {
+            assert!(held.contains(&inode(fd)));
+        }
+        assert!(!held.contains(&inode(unix.as_fd())));
+        let client_inode = inode(client.as_fd());
+        drop(client);
+        assert!(!tcp_socket_inodes(std::process::id()).contains(&client_inode));
     }
 }
