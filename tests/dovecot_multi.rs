@@ -88,6 +88,18 @@ fn the_master_starts_more_imap_idle_processes_when_one_is_full() {
         "{before:?}"
     );
 
+    // The operator's view: each process, and the sum.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_imap-idle-lab"))
+        .args(["stats", "--runtime-dir"])
+        .arg(&dc.run_dir)
+        .output()
+        .expect("imap-idle-lab stats");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let each = text.lines().filter(|l| l.ends_with(" parked")).count();
+    assert_eq!(each, daemons.len(), "{text}");
+    assert!(text.contains(&format!("parked: {total},")), "{text}");
+
     for user in &names {
         dc.deliver(user, "1.msg");
     }
@@ -171,4 +183,35 @@ fn past_the_process_limit_clients_stay_in_imap_and_still_get_mail() {
         assert_eq!(line, "* 1 EXISTS\r\n", "{user}");
     }
     assert_eq!(dc.stats().returned as usize, room);
+}
+
+/// A hand-off that queued while every process was full is taken as soon as
+/// a client leaves (the listener raises no new event for it), well before
+/// the imap process gives up after 10 s.
+#[test]
+fn a_full_process_takes_a_waiting_hand_off_when_a_client_leaves() {
+    if !available("dovecot_multi") {
+        return;
+    }
+    let (dc, names, mut clients) = idle_clients(Hibernation::ImapIdle, 1, CLIENT_LIMIT);
+    dc.wait_for(
+        || dc.hibernated() == CLIENT_LIMIT && dc.processes("dovecot/imap").is_empty(),
+        "one full imap-idle",
+        Duration::from_secs(30),
+    );
+    let mut late = Imap::login(dc.port, &names[0], PASSWORD);
+    late.idle("c");
+    // Past imap_hibernate_timeout (1 s): its hand-off waits in the queue.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(dc.hibernated(), CLIENT_LIMIT);
+    assert_eq!(dc.processes("dovecot/imap").len(), 1);
+    clients.remove(0).1.shutdown();
+    dc.wait_for(
+        || dc.processes("dovecot/imap").is_empty() && dc.hibernated() == CLIENT_LIMIT,
+        "the waiting client to hibernate in the room left",
+        Duration::from_secs(6),
+    );
+    dc.deliver(&names[0], "1.msg");
+    let (line, _) = late.expect("EXISTS");
+    assert_eq!(line, "* 1 EXISTS\r\n");
 }
