@@ -4,7 +4,7 @@
 use std::fmt;
 use std::io;
 use std::os::fd::BorrowedFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::proto::native::{self, Message, RecvError, Role, Stats, MAX_PACKET};
@@ -123,5 +123,73 @@ pub fn stats(path: &Path) -> Result<Stats, LinkError> {
     match link.request(&Message::StatsRequest, None)? {
         Message::Stats(s) => Ok(s),
         _ => Err(LinkError::Unexpected("expected Stats")),
+    }
+}
+
+/// The park sockets in a runtime directory: `park`, and the `park.PID` of
+/// each further imap-idle that Dovecot's master started there.
+pub fn park_sockets(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name == "park"
+                || name
+                    .strip_prefix("park.")
+                    .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// The counters of every imap-idle answering in `dir`, with its socket.
+/// A socket nobody listens on any more (its process died) is skipped;
+/// any other failure is returned with the socket it concerns.
+pub fn stats_in(dir: &Path) -> Result<Vec<(PathBuf, Stats)>, (PathBuf, LinkError)> {
+    let sockets = park_sockets(dir).map_err(|e| (dir.to_path_buf(), LinkError::Io(e)))?;
+    let mut all = Vec::new();
+    for path in sockets {
+        match stats(&path) {
+            Ok(s) => all.push((path, s)),
+            Err(LinkError::Io(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
+                ) => {}
+            Err(e) => return Err((path, e)),
+        }
+    }
+    Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn park_sockets_are_park_and_park_dot_pid() {
+        let dir = std::env::temp_dir().join(format!("imap-idle-link-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in ["park", "park.12", "park.", "park.x1", "parked", "tracker"] {
+            std::fs::write(dir.join(name), "").unwrap();
+        }
+        let found = park_sockets(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(found, [dir.join("park"), dir.join("park.12")]);
+    }
+
+    #[test]
+    fn a_dead_socket_is_skipped_and_an_empty_directory_is_no_error() {
+        let dir = std::env::temp_dir().join(format!("imap-idle-link-dead-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(stats_in(&dir).unwrap().is_empty());
+        // Bound, then its listener gone: what a crashed daemon leaves.
+        drop(std::os::unix::net::UnixListener::bind(dir.join("park.99")).unwrap());
+        let all = stats_in(&dir);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(all.unwrap().is_empty());
     }
 }

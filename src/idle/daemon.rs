@@ -55,6 +55,8 @@ pub struct Daemon {
     dovecot: Option<Dovecot>,
     signals: SignalAdapter,
     accept_paused_until: Option<Instant>,
+    /// Room opened up under the master's client_limit: accept what queued.
+    accept_again: bool,
     park_socket: PathBuf,
 }
 
@@ -66,7 +68,8 @@ impl Daemon {
         let budget = Budget::for_config(fd_limit, &cfg);
         let max_parked = budget.max_parked;
         let policy = Policy::from_config(&cfg, budget.controls)?;
-        let listener = park_socket::listen(&cfg)?;
+        let shared = cfg.dovecot && service::started_by_master();
+        let (listener, park_path) = park_socket::listen(&cfg, shared)?;
         let inotify = setup("creating the inotify instance", Inotify::new())?;
         let poll = setup("creating the poll", Poll::new())?;
         let reg = poll.registry();
@@ -94,18 +97,17 @@ impl Daemon {
                     reg.register(&mut SourceFd(&fd), token(source), Interest::READABLE),
                 )?;
             }
+            let (by, limit) = match &service {
+                Some(s) => (" (started by Dovecot's master)", s.limit(max_parked)),
+                None => ("", max_parked),
+            };
             info!(
-                "imap-idle {} in Dovecot mode{}: taking clients on {}, returning them to {}, \
-                 up to {max_parked} parked; statistics on {}",
+                "imap-idle {} in Dovecot mode{by}: taking clients on {}, returning them to {}, \
+                 up to {limit} parked; statistics on {}",
                 env!("CARGO_PKG_VERSION"),
-                if service.is_some() {
-                    " (started by Dovecot's master)"
-                } else {
-                    ""
-                },
                 base_dir.join("imap-hibernate").display(),
                 base_dir.join("imap-master").display(),
-                cfg.park_socket.display(),
+                park_path.display(),
             );
             let dovecot = Dovecot {
                 hand_off: HandOff::new(listener, budget.hand_offs),
@@ -121,7 +123,7 @@ impl Daemon {
             info!(
                 "imap-idle {} listening on {}, returning to {}, up to {max_parked} parked",
                 env!("CARGO_PKG_VERSION"),
-                cfg.park_socket.display(),
+                park_path.display(),
                 cfg.tracker_socket.display()
             );
             (Some(TrackerLink::new(cfg.tracker_socket.clone())), None)
@@ -136,7 +138,8 @@ impl Daemon {
             dovecot,
             signals,
             accept_paused_until: None,
-            park_socket: cfg.park_socket,
+            accept_again: false,
+            park_socket: park_path,
         })
     }
 
@@ -144,6 +147,9 @@ impl Daemon {
         self.report_capacity();
         let mut events = Events::with_capacity(1024);
         loop {
+            if std::mem::take(&mut self.accept_again) {
+                self.accept(Instant::now());
+            }
             let timeout = if self.clients.has_ready() {
                 Some(Duration::ZERO)
             } else {
@@ -259,10 +265,12 @@ impl Daemon {
         if self.accept_paused_until.is_some() {
             return;
         }
+        let max = self.core.max_parked();
+        let cap = self.service().map_or(usize::MAX, |s| s.limit(max));
         let (mut held, park, hand_off) = self.held(now);
         let mut result = park.accept(&mut held);
         if let Some(h) = hand_off {
-            result = result.and(h.accept(&mut held));
+            result = result.and(h.accept(&mut held, cap));
         }
         self.carry_out();
         self.report_capacity();
@@ -329,7 +337,7 @@ impl Daemon {
         if let Some(d) = &mut self.dovecot {
             let used = used + d.hand_off.len();
             if let Some(s) = &mut d.service {
-                s.report(used, max);
+                self.accept_again |= s.report(used, max);
             }
         }
     }

@@ -73,10 +73,15 @@ impl HandOff {
         self.conns.len()
     }
 
-    /// Accept what waits. `Err` carries the error that should pause
-    /// accepting (out of descriptors).
-    pub fn accept(&mut self, h: &mut Held<'_>) -> Result<(), io::Error> {
+    /// Accept what waits, while parked clients and hand-offs stay under
+    /// `cap` (Dovecot's master gives what is left to another process).
+    /// `Err` carries the error that should pause accepting (out of
+    /// descriptors).
+    pub fn accept(&mut self, h: &mut Held<'_>, cap: usize) -> Result<(), io::Error> {
         loop {
+            if h.core.len() + self.conns.len() >= cap {
+                return Ok(());
+            }
             if self.conns.len() >= self.max {
                 let max = self.max;
                 warn!("{max} hand-offs in progress; not accepting more for now");

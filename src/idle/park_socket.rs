@@ -7,6 +7,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use log::{debug, warn};
@@ -27,15 +28,27 @@ use crate::setup::{ensure_dir_mode, setup, SetupError};
 use crate::sys::SeqPacket;
 
 /// Bind the park socket as configured: its directory checked (or made)
-/// ours, its mode and group set.
-pub fn listen(cfg: &Config) -> Result<SeqPacket, SetupError> {
+/// ours, its mode and group set. With `shared` (Dovecot's master may run
+/// several of us with one runtime directory), a default path another live
+/// imap-idle holds gives way to `park.PID` beside it. Returns the path
+/// bound.
+pub fn listen(cfg: &Config, shared: bool) -> Result<(SeqPacket, PathBuf), SetupError> {
     if let Some(dir) = cfg.park_socket.parent() {
         ensure_dir_mode(dir, cfg.runtime_dir_mode)?;
     }
-    let listener = setup(
-        format_args!("listening on {}", cfg.park_socket.display()),
-        SeqPacket::listen(&cfg.park_socket, cfg.park_socket_mode),
-    )?;
+    let mut path = cfg.park_socket.clone();
+    let mut bound = SeqPacket::listen(&path, cfg.park_socket_mode);
+    let default = cfg.park_socket == cfg.runtime_dir.join("park");
+    if shared
+        && default
+        && bound
+            .as_ref()
+            .is_err_and(|e| e.kind() == io::ErrorKind::AddrInUse)
+    {
+        path = cfg.runtime_dir.join(format!("park.{}", std::process::id()));
+        bound = SeqPacket::listen(&path, cfg.park_socket_mode);
+    }
+    let listener = setup(format_args!("listening on {}", path.display()), bound)?;
     if let Some(name) = &cfg.park_socket_group {
         let Ok(Some(g)) = nix::unistd::Group::from_name(name) else {
             return Err(SetupError(format!(
@@ -43,11 +56,11 @@ pub fn listen(cfg: &Config) -> Result<SeqPacket, SetupError> {
             )));
         };
         setup(
-            format_args!("giving {} to group {name}", cfg.park_socket.display()),
-            nix::unistd::chown(&cfg.park_socket, None, Some(g.gid)).map_err(io::Error::from),
+            format_args!("giving {} to group {name}", path.display()),
+            nix::unistd::chown(&path, None, Some(g.gid)).map_err(io::Error::from),
         )?;
     }
-    Ok(listener)
+    Ok((listener, path))
 }
 
 /// What the park socket needs from the rest of the daemon for one event.

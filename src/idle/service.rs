@@ -26,15 +26,25 @@ pub(super) struct Service {
     generation: u32,
     client_limit: usize,
     last_available: Option<u32>,
+    /// At the limit: we stopped accepting, and the master (seeing 0
+    /// available) listens itself and starts another process.
+    full: bool,
     last_sent: Option<std::time::Instant>,
     /// A change not yet sent because the last record went out < 1 s ago.
     pub pending_until: Option<std::time::Instant>,
 }
 
+/// Started by Dovecot's master (with a listener to serve)?
+pub(super) fn started_by_master() -> bool {
+    let count = std::env::var("SOCKET_COUNT")
+        .ok()
+        .and_then(|c| c.parse::<u32>().ok());
+    count.is_some_and(|c| c > 0) && std::env::var_os("DOVECOT_CHILD_PROCESS").is_some()
+}
+
 /// Started by Dovecot's master? Then take its descriptors.
 pub(super) fn from_master() -> Option<(Service, OwnedFd)> {
-    let count: u32 = std::env::var("SOCKET_COUNT").ok()?.parse().ok()?;
-    if count == 0 || std::env::var_os("DOVECOT_CHILD_PROCESS").is_none() {
+    if !started_by_master() {
         return None;
     }
     let listener = fdpass::inherited(LISTEN_FD)?;
@@ -48,6 +58,7 @@ pub(super) fn from_master() -> Option<(Service, OwnedFd)> {
             generation: env_num("GENERATION").unwrap_or(0) as u32,
             client_limit: env_num("CLIENT_LIMIT").map_or(usize::MAX, |n| n as usize),
             last_available: None,
+            full: false,
             last_sent: None,
             pending_until: None,
         },
@@ -56,11 +67,26 @@ pub(super) fn from_master() -> Option<(Service, OwnedFd)> {
 }
 
 impl Service {
+    /// Clients this process holds at most: the master's `client_limit`,
+    /// or fewer when our descriptors allow fewer.
+    pub fn limit(&self, max_parked: usize) -> usize {
+        self.client_limit.min(max_parked)
+    }
+
     /// Tell the master how many more clients we take, when that changes.
     /// `used` counts parked clients and open hand-off connections, as
-    /// Dovecot's own service does.
-    pub fn report(&mut self, used: usize, max_parked: usize) {
-        let available = self.client_limit.min(max_parked).saturating_sub(used);
+    /// Dovecot's own service does. Returns whether room opened up after
+    /// being full: accepting must resume then, since connections that
+    /// queued meanwhile raise no new edge.
+    pub fn report(&mut self, used: usize, max_parked: usize) -> bool {
+        let limit = self.limit(max_parked);
+        let reopened = self.full && used < limit;
+        self.full = used >= limit;
+        self.send(limit.saturating_sub(used));
+        reopened
+    }
+
+    fn send(&mut self, available: usize) {
         let available = available.min(u32::MAX as usize) as u32;
         if self.last_available == Some(available) {
             self.pending_until = None;
@@ -201,4 +227,56 @@ pub(super) fn drop_privileges() -> Result<(), SetupError> {
     setgid(gid).map_err(|e| fail("setgid", e))?;
     setuid(Uid::from_raw(uid)).map_err(|e| fail("setuid", e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn service(client_limit: usize) -> (Service, std::fs::File) {
+        let (read, write) = nix::unistd::pipe().unwrap();
+        let s = Service {
+            status: std::fs::File::from(write),
+            master_dead: read.try_clone().unwrap(),
+            generation: 7,
+            client_limit,
+            last_available: None,
+            full: false,
+            last_sent: None,
+            pending_until: None,
+        };
+        (s, std::fs::File::from(read))
+    }
+
+    /// The available counts of the records written so far.
+    fn records(pipe: &mut std::fs::File, n: usize) -> Vec<u32> {
+        let mut buf = vec![0u8; 12 * n];
+        pipe.read_exact(&mut buf).unwrap();
+        buf.chunks(12)
+            .map(|r| {
+                assert_eq!(r[..4], (std::process::id() as i32).to_ne_bytes());
+                assert_eq!(r[4..8], 7u32.to_ne_bytes());
+                u32::from_ne_bytes(r[8..].try_into().unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn full_at_client_limit_and_reopened_below_it() {
+        let (mut s, mut pipe) = service(3);
+        assert_eq!(s.limit(100), 3);
+        assert_eq!(s.limit(2), 2, "fewer descriptors than client_limit");
+        assert!(!s.report(0, 100));
+        // Becoming full is told at once, whatever the last record's age.
+        assert!(!s.report(3, 100));
+        assert_eq!(records(&mut pipe, 2), [3, 0]);
+        assert!(!s.report(3, 100), "still full");
+        assert!(s.report(2, 100), "room again: accepting resumes");
+        assert!(!s.report(1, 100));
+        // Leaving full is told at once too (1 available); the next change
+        // waits out the second since.
+        assert_eq!(records(&mut pipe, 1), [1]);
+        assert!(s.pending_until.is_some());
+    }
 }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::process::ExitCode;
 
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
 const LISTENER: Token = Token(usize::MAX);
@@ -78,7 +78,9 @@ struct Conn {
 
 fn run(port: u16) -> Result<(), String> {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut listener = TcpListener::bind(addr).map_err(|e| format!("binding {addr}: {e}"))?;
+    // The login process's listener: a deep backlog for a burst of clients.
+    let mut listener =
+        crate::lab::serve::login::listen(addr).map_err(|e| format!("binding {addr}: {e}"))?;
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     println!("{port}");
     std::io::stdout().flush().map_err(|e| e.to_string())?;

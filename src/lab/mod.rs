@@ -75,44 +75,68 @@ pub fn main() -> ExitCode {
 }
 
 fn stats(args: Vec<String>) -> ExitCode {
-    let mut socket = crate::idle::config::default_runtime_dir().join("park");
+    let mut dir = crate::idle::config::default_runtime_dir();
+    let mut socket = None;
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         if a == "-h" || a == "--help" {
-            println!("Usage: imap-idle-lab stats [--runtime-dir DIR | --park-socket PATH]\n\nPrints a running imap-idle's counters and a summary of its latest wake\nlatencies. DIR defaults to imap-idle's default runtime directory.");
+            println!("Usage: imap-idle-lab stats [--runtime-dir DIR | --park-socket PATH]\n\nPrints a running imap-idle's counters and a summary of its latest wake\nlatencies. DIR defaults to imap-idle's default runtime directory; when\nDovecot's master runs several imap-idle processes there (DIR/park and\nDIR/park.PID), prints each one's parked count and the sum of all.");
             return ExitCode::SUCCESS;
         }
         match (a.as_str(), it.next()) {
-            ("--runtime-dir", Some(d)) => socket = std::path::PathBuf::from(d).join("park"),
-            ("--park-socket", Some(p)) => socket = std::path::PathBuf::from(p),
+            ("--runtime-dir", Some(d)) => dir = std::path::PathBuf::from(d),
+            ("--park-socket", Some(p)) => socket = Some(std::path::PathBuf::from(p)),
             _ => {
                 eprintln!("imap-idle-lab stats: unknown or incomplete argument {a:?}\n{USAGE}");
                 return ExitCode::from(2);
             }
         }
     }
-    match crate::link::stats(&socket) {
-        Ok(mut s) => {
-            let wake_ms: Vec<f64> = s.wake_us.iter().map(|&u| u as f64 / 1000.0).collect();
-            s.wake_us.clear();
-            let text = format!("{s:#?}");
-            // Everything but the latency samples, which get a summary.
-            for line in text.lines().filter(|l| !l.contains("wake_us")) {
-                println!("{line}");
-            }
-            let q = |p| load::quantile(&wake_ms, p).map_or("-".into(), |v| format!("{v:.3}"));
-            println!(
-                "wake latency (change noticed -> descriptor sent back), last {} wakes: \
-                 median {} ms, p99 {} ms",
-                wake_ms.len(),
-                q(0.5),
-                q(0.99)
+    let all = match socket {
+        Some(p) => crate::link::stats(&p)
+            .map(|s| vec![(p.clone(), s)])
+            .map_err(|e| (p, e)),
+        None => crate::link::stats_in(&dir),
+    };
+    let all = match all {
+        Ok(all) if all.is_empty() => {
+            eprintln!(
+                "imap-idle-lab stats: no imap-idle answers in {}",
+                dir.display()
             );
-            ExitCode::SUCCESS
+            return ExitCode::FAILURE;
         }
-        Err(e) => {
-            eprintln!("imap-idle-lab stats: {}: {e}", socket.display());
-            ExitCode::FAILURE
+        Ok(all) => all,
+        Err((path, e)) => {
+            eprintln!("imap-idle-lab stats: {}: {e}", path.display());
+            return ExitCode::FAILURE;
         }
+    };
+    let mut sum = crate::proto::native::Stats::default();
+    for (path, s) in &all {
+        if all.len() > 1 {
+            println!("{}: {} parked", path.display(), s.parked);
+        }
+        sum.add(s);
     }
+    print_stats(sum);
+    ExitCode::SUCCESS
+}
+
+fn print_stats(mut s: crate::proto::native::Stats) {
+    let wake_ms: Vec<f64> = s.wake_us.iter().map(|&u| u as f64 / 1000.0).collect();
+    s.wake_us.clear();
+    let text = format!("{s:#?}");
+    // Everything but the latency samples, which get a summary.
+    for line in text.lines().filter(|l| !l.contains("wake_us")) {
+        println!("{line}");
+    }
+    let q = |p| load::quantile(&wake_ms, p).map_or("-".into(), |v| format!("{v:.3}"));
+    println!(
+        "wake latency (change noticed -> descriptor sent back), last {} wakes: \
+         median {} ms, p99 {} ms",
+        wake_ms.len(),
+        q(0.5),
+        q(0.99)
+    );
 }

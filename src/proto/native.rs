@@ -161,6 +161,29 @@ pub struct Stats {
     pub wake_us: Vec<u32>,
 }
 
+impl Stats {
+    /// Fold in another daemon's counters: Dovecot's master may run several
+    /// imap-idle processes, and an operator wants their sum.
+    pub fn add(&mut self, other: &Stats) {
+        self.parked += other.parked;
+        self.returning += other.returning;
+        self.watches += other.watches;
+        self.parks += other.parks;
+        self.refused += other.refused;
+        self.wake_done += other.wake_done;
+        self.wake_bad_done += other.wake_bad_done;
+        self.wake_input += other.wake_input;
+        self.wake_changed += other.wake_changed;
+        self.wake_shutdown += other.wake_shutdown;
+        self.idle_restarted += other.idle_restarted;
+        self.returned += other.returned;
+        self.hung_up += other.hung_up;
+        self.gave_up += other.gave_up;
+        self.keepalives += other.keepalives;
+        self.wake_us.extend_from_slice(&other.wake_us);
+    }
+}
+
 /// An authenticated client, login process -> tracker, with its descriptor.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Login {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use imap_idle::lab::rig::dovecot as rig;
 #[allow(unused_imports)]
-pub use imap_idle::lab::rig::dovecot::{installed, Hibernation, PASSWORD};
+pub use imap_idle::lab::rig::dovecot::{installed, Hibernation, ServiceLimits, PASSWORD};
 use imap_idle::proto::native::Stats;
 
 /// Whether Dovecot must be there: CI sets this, so a missing Dovecot
@@ -42,9 +42,19 @@ impl Deref for Dovecot {
 
 impl Dovecot {
     pub fn start(users: &[String], hibernation: Hibernation) -> Dovecot {
+        Dovecot::start_with(users, hibernation, ServiceLimits::default())
+    }
+
+    /// With the imap-hibernate service's `client_limit`/`process_limit`.
+    pub fn start_with(
+        users: &[String],
+        hibernation: Hibernation,
+        limits: ServiceLimits,
+    ) -> Dovecot {
         let bin = Path::new(env!("CARGO_BIN_EXE_imap-idle"));
         // Short keepalives, so a test sees one soon.
-        Dovecot(rig::Dovecot::start(users, hibernation, bin, 3).expect("start Dovecot"))
+        let dc = rig::Dovecot::start_with(users, hibernation, bin, 3, limits);
+        Dovecot(dc.expect("start Dovecot"))
     }
 
     pub fn deliver(&self, user: &str, name: &str) {
@@ -54,6 +64,16 @@ impl Dovecot {
     /// Our daemon's counters (not with Hibernation::Dovecot).
     pub fn stats(&self) -> Stats {
         self.0.stats().expect("imap-idle stats")
+    }
+
+    /// Each imap-idle process's counters, with its park socket.
+    pub fn stats_each(&self) -> Vec<(std::path::PathBuf, Stats)> {
+        self.0.stats_each().expect("imap-idle stats")
+    }
+
+    /// Clients hibernated now, measured (see the rig).
+    pub fn hibernated(&self) -> usize {
+        self.0.hibernated().expect("count hibernated clients")
     }
 
     pub fn wait_for(&self, cond: impl FnMut() -> bool, what: &str, timeout: Duration) {
@@ -68,6 +88,10 @@ impl Dovecot {
 
     pub fn settled_fds(pid: i32) -> usize {
         rig::Dovecot::settled_fds(pid)
+    }
+
+    pub fn tcp_sockets(pid: i32) -> usize {
+        rig::Dovecot::tcp_sockets(pid)
     }
 }
 

@@ -4,12 +4,13 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::figures::{wakes_between, Figures};
+use super::figures::{wakes_across, Figures};
 use super::memory::{curve, server_side, ClientSide, Point, Unparked};
 use super::{say, Sizes, DONE_LOAD_RATE, DONE_RATE, PER_USER};
 use crate::lab::load::{Delivery, Load, LoadOptions};
 use crate::lab::rig::dovecot::{raise_inotify_instances, Dovecot, Hibernation, PASSWORD};
 use crate::lab::rig::procfs;
+use crate::proto::native::Stats;
 
 fn accounts(names: &[String]) -> Vec<(String, String)> {
     names
@@ -88,7 +89,7 @@ struct Size {
 
 fn measure(dc: &Dovecot, title: &str, loads: &[&Load]) -> Size {
     let h = Holder::find(dc, title);
-    let parked = hibernated(dc, &h);
+    let parked = hibernated(dc);
     Size {
         parked,
         pss_kb: h.pss_kb(),
@@ -98,11 +99,10 @@ fn measure(dc: &Dovecot, title: &str, loads: &[&Load]) -> Size {
     }
 }
 
-/// Clients the hibernation processes hold, counted: their descriptors of
-/// TCP connections to Dovecot's IMAP port.
-fn hibernated(dc: &Dovecot, h: &Holder) -> usize {
-    let pids: Vec<u32> = h.pids.iter().map(|&p| p as u32).collect();
-    procfs::tcp_conns_on_port(&pids, dc.port)
+/// Clients the hibernation processes hold, counted (see
+/// [`Dovecot::hibernated`]); 0 when that cannot be read.
+fn hibernated(dc: &Dovecot) -> usize {
+    dc.hibernated().unwrap_or(0)
 }
 
 /// Bulk clients are connected in this many steps, for the memory curve.
@@ -159,8 +159,7 @@ pub fn run(
         ))?);
         all_hibernated(&dc, title, settle)?;
         let loads: Vec<&Load> = std::iter::once(&a).chain(&bulk_loads).collect();
-        let h = Holder::find(&dc, title);
-        points.push(Point::take(hibernated(&dc, &h), &loads));
+        points.push(Point::take(hibernated(&dc), &loads));
     }
     let mass = vec!["mass".to_owned()];
     let mut c = Load::connect(&load_opts(dc.port, s.mass_k, &mass, progress))?;
@@ -201,23 +200,26 @@ pub fn run(
         "{name}: {} deliveries, {PER_USER} clients per user",
         s.deliveries
     ));
-    let s0 = if ours { Some(dc.stats()?) } else { None };
+    // Each imap-idle process's counters, in the same order each time.
+    let each = || -> Result<Vec<Stats>, String> {
+        Ok(dc.stats_each()?.into_iter().map(|(_, s)| s).collect())
+    };
+    let s0 = if ours { Some(each()?) } else { None };
     a.deliver(&maildir, s.deliveries, 100.0)?;
     a.wait_exists(Duration::from_secs(60));
-    let s1 = if ours { Some(dc.stats()?) } else { None };
+    let s1 = if ours { Some(each()?) } else { None };
     say(&format!(
         "{name}: one delivery to a mailbox {} hibernated clients watch",
         s.mass_k
     ));
     all_hibernated(&dc, title, settle)?;
-    let s2 = if ours { Some(dc.stats()?) } else { None };
+    let s2 = if ours { Some(each()?) } else { None };
     c.deliver(&maildir, 1, 0.0)?;
     c.wait_exists(Duration::from_secs(120));
-    if let (Some(s0), Some(s1), Some(s2), Some(s3)) =
-        (s0, s1, s2, ours.then(|| dc.stats()).transpose()?)
-    {
-        let (paced, changed, gave_up) = wakes_between(&s0, &s1);
-        let (mass, changed_m, gave_up_m) = wakes_between(&s2, &s3);
+    if let (Some(s0), Some(s1), Some(s2), Some(s3)) = (s0, s1, s2, ours.then(each).transpose()?) {
+        let (paced, changed, gave_up, woken) = wakes_across(&s0, &s1);
+        let (mass, changed_m, gave_up_m, _) = wakes_across(&s2, &s3);
+        f.daemons_woken = woken;
         f.wake_ms = paced;
         f.wake_mass_ms = mass;
         f.wakes_changed = changed + changed_m;

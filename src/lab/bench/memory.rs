@@ -141,10 +141,9 @@ pub fn client_side(bin: &Path, n1: usize, n: usize, progress: bool) -> Result<Cl
         let hold_large = procfs::pss_kb(hold.id());
         let large = Point::take(first.idle() + second.idle(), &[&first, &second]);
         if first.failed() + second.failed() > 0 {
-            return Err(format!(
-                "{} clients failed against the stand-in",
-                first.failed() + second.failed()
-            ));
+            let (r1, r2) = (first.hang_up(), second.hang_up());
+            let why = super::figures::merge_failures(&[&r1, &r2]);
+            return Err(format!("clients failed against the stand-in: {why:?}"));
         }
         let grown = (large.conns - small.conns) as f64;
         let all = large.machine.per(&small.machine, grown).used;

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::figures::{wakes_between, Figures};
+use super::figures::{wakes_across, Figures};
 use super::memory::{curve, server_side, ClientSide, Point, Unparked};
 use super::park_rate::raw_park_rate;
 use super::{say, Sizes, DONE_LOAD_RATE, DONE_RATE, PER_USER};
@@ -163,11 +163,12 @@ pub fn run(bin: &Path, s: &Sizes, client: &ClientSide, progress: bool) -> Result
         "native: {} deliveries, {PER_USER} clients per user",
         s.deliveries
     ));
-    let s0 = stack.stats()?;
+    let s0 = vec![stack.stats()?];
     a.deliver(&maildir, s.deliveries, 100.0)?;
     a.wait_exists(Duration::from_secs(60));
-    let s1 = stack.stats()?;
-    let (paced, changed, gave_up) = wakes_between(&s0, &s1);
+    let s1 = vec![stack.stats()?];
+    let (paced, changed, gave_up, woken) = wakes_across(&s0, &s1);
+    f.daemons_woken = woken;
     f.wake_ms = paced;
     say(&format!(
         "native: one delivery to a mailbox {} parked clients watch",
@@ -176,11 +177,11 @@ pub fn run(bin: &Path, s: &Sizes, client: &ClientSide, progress: bool) -> Result
     // The mass clients have been parked all along; wait until the wave of
     // restores from the deliveries above has parked again.
     stack.wait_parked(idle, settle)?;
-    let s2 = stack.stats()?;
+    let s2 = vec![stack.stats()?];
     c.deliver(&maildir, 1, 0.0)?;
     c.wait_exists(Duration::from_secs(60));
-    let s3 = stack.stats()?;
-    let (mass, changed_m, gave_up_m) = wakes_between(&s2, &s3);
+    let s3 = vec![stack.stats()?];
+    let (mass, changed_m, gave_up_m, _) = wakes_across(&s2, &s3);
     f.wake_mass_ms = mass;
     f.wakes_changed = changed + changed_m;
     f.wakes_gave_up = gave_up + gave_up_m;

@@ -36,6 +36,7 @@ pub fn raise_inotify_instances(at_least: u64) -> Result<(), String> {
     Ok(())
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hibernation {
     /// Our binary as Dovecot's imap-hibernate service executable.
     ImapIdle,
@@ -48,12 +49,45 @@ pub enum Hibernation {
     Off,
 }
 
+/// The imap-hibernate service's limits; `None` keeps what the snippet (or
+/// Dovecot's default) says. With `client_limit` C and `process_limit` P
+/// the master starts another hibernation process whenever every running
+/// one holds C clients, up to P processes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ServiceLimits {
+    pub client_limit: Option<u32>,
+    pub process_limit: Option<u32>,
+}
+
+impl ServiceLimits {
+    /// A later `service imap-hibernate` section: Dovecot merges it into
+    /// the earlier one, its settings winning.
+    fn conf(&self) -> String {
+        let set = [
+            ("client_limit", self.client_limit),
+            ("process_limit", self.process_limit),
+        ];
+        let lines: String = set
+            .iter()
+            .filter_map(|(k, v)| v.map(|v| format!("  {k} = {v}\n")))
+            .collect();
+        if lines.is_empty() {
+            return lines;
+        }
+        format!("service imap-hibernate {{\n{lines}}}\n")
+    }
+}
+
 pub struct Dovecot {
     pub dir: PathBuf,
     conf: PathBuf,
     pub port: u16,
     pub base: PathBuf,
+    /// imap-idle's runtime directory: `park`, and `park.PID` for each
+    /// further process the master starts.
+    pub run_dir: PathBuf,
     pub stats_socket: PathBuf,
+    hibernation: Hibernation,
     standalone: Option<std::process::Child>,
     _private: PrivateDir,
 }
@@ -85,6 +119,18 @@ impl Dovecot {
         hibernation: Hibernation,
         idle_bin: &Path,
         keepalive_secs: u32,
+    ) -> Result<Dovecot, String> {
+        let limits = ServiceLimits::default();
+        Dovecot::start_with(users, hibernation, idle_bin, keepalive_secs, limits)
+    }
+
+    /// [`Dovecot::start`] with the imap-hibernate service's limits set.
+    pub fn start_with(
+        users: &[String],
+        hibernation: Hibernation,
+        idle_bin: &Path,
+        keepalive_secs: u32,
+        limits: ServiceLimits,
     ) -> Result<Dovecot, String> {
         let private = PrivateDir::new("dovecot")?;
         let dir = private.path().to_path_buf();
@@ -172,8 +218,9 @@ service imap {{
   process_limit = 3000
 }}
 imap_hibernate_timeout = 1s
-{service}{imap_master}",
-            d = d.display()
+{service}{imap_master}{limits}",
+            d = d.display(),
+            limits = limits.conf()
         );
         io("dovecot.conf", std::fs::write(&conf, text))?;
         let ok = io(
@@ -186,7 +233,9 @@ imap_hibernate_timeout = 1s
         let mut dc = Dovecot {
             port,
             base: d.join("base"),
+            run_dir: d.join("idle-run"),
             stats_socket: d.join("idle-run/park"),
+            hibernation,
             conf,
             dir: dir.clone(),
             standalone: None,
@@ -242,9 +291,45 @@ imap_hibernate_timeout = 1s
         format!("{}{}", read("dovecot.log"), read("imap-idle.log"))
     }
 
-    /// Our daemon's counters (not with Hibernation::Dovecot).
+    /// Our daemons' counters, summed over every imap-idle process (not
+    /// with Hibernation::Dovecot).
     pub fn stats(&self) -> Result<Stats, String> {
-        crate::link::stats(&self.stats_socket).map_err(|e| e.to_string())
+        let each = self.stats_each()?;
+        if each.is_empty() {
+            return Err(format!(
+                "no imap-idle answers in {}",
+                self.run_dir.display()
+            ));
+        }
+        let mut sum = Stats::default();
+        for (_, s) in &each {
+            sum.add(s);
+        }
+        Ok(sum)
+    }
+
+    /// Each imap-idle process's counters, with its park socket.
+    pub fn stats_each(&self) -> Result<Vec<(PathBuf, Stats)>, String> {
+        crate::link::stats_in(&self.run_dir).map_err(|(p, e)| format!("{}: {e}", p.display()))
+    }
+
+    /// Clients hibernated right now, measured: with imap-idle, the sum of
+    /// its processes' parked counts; with Dovecot's own imap-hibernate (or
+    /// none), the TCP sockets its processes hold, read from /proc (they
+    /// hold nothing else over TCP).
+    pub fn hibernated(&self) -> Result<usize, String> {
+        match self.hibernation {
+            Hibernation::ImapIdle | Hibernation::Standalone => Ok(self
+                .stats_each()?
+                .iter()
+                .map(|(_, s)| s.parked as usize)
+                .sum()),
+            Hibernation::Dovecot | Hibernation::Off => Ok(self
+                .processes("dovecot/imap-hibernate")
+                .iter()
+                .map(|&p| procfs::tcp_sockets(p as u32))
+                .sum()),
+        }
     }
 
     fn master_pid(&self) -> i32 {
@@ -264,6 +349,11 @@ imap_hibernate_timeout = 1s
 
     pub fn fds(pid: i32) -> usize {
         procfs::fds(pid as u32)
+    }
+
+    /// TCP sockets (IMAP clients) the process holds.
+    pub fn tcp_sockets(pid: i32) -> usize {
+        procfs::tcp_sockets(pid as u32)
     }
 
     /// The fd count once it stops moving (our own stats connection may

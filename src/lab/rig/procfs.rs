@@ -93,49 +93,41 @@ pub fn children_named(ppid: u32, name: &str) -> Vec<u32> {
     found
 }
 
-/// Socket inodes of established TCP connections whose local port is
-/// `port` (IPv4 and IPv6).
-fn tcp_inodes_on_port(port: u16) -> std::collections::HashSet<u64> {
-    let mut found = std::collections::HashSet::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let text = std::fs::read_to_string(table).unwrap_or_default();
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
-            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
-                continue;
-            };
-            let lport = local
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok());
-            if lport == Some(port) && *state == "01" {
-                if let Ok(i) = inode.parse() {
-                    found.insert(i);
-                }
-            }
-        }
-    }
-    found
+/// TCP sockets the process holds open: for a hibernation process, its
+/// clients (everything else it holds is a UNIX socket, pipe or inotify).
+pub fn tcp_sockets(pid: u32) -> usize {
+    tcp_socket_inodes(pid).len()
 }
 
-/// Descriptors the processes `pids` hold of established TCP connections
-/// to local port `port`: the clients they serve, counted.
-pub fn tcp_conns_on_port(pids: &[u32], port: u16) -> usize {
-    let inodes = tcp_inodes_on_port(port);
-    pids.iter()
-        .filter_map(|pid| std::fs::read_dir(format!("/proc/{pid}/fd")).ok())
-        .flat_map(|d| d.flatten())
-        .filter(|e| {
-            std::fs::read_link(e.path()).is_ok_and(|t| {
-                t.to_string_lossy()
-                    .strip_prefix("socket:[")
-                    .and_then(|r| r.strip_suffix(']'))
-                    .and_then(|i| i.parse::<u64>().ok())
-                    .is_some_and(|i| inodes.contains(&i))
-            })
+/// Inodes of the TCP sockets among the process's descriptors, matched
+/// against the TCP tables of its own network namespace.
+pub fn tcp_socket_inodes(pid: u32) -> std::collections::HashSet<u64> {
+    let mut tcp = std::collections::HashSet::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        // Columns: sl local rem st tx:rx tr:when retrnsmt uid timeout inode.
+        tcp.extend(
+            text.lines()
+                .skip(1)
+                .filter_map(|l| l.split_whitespace().nth(9))
+                .filter_map(|i| i.parse::<u64>().ok())
+                .filter(|&i| i != 0),
+        );
+    }
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Default::default();
+    };
+    dir.flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|t| {
+            let t = t.to_string_lossy().into_owned();
+            t.strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse::<u64>()
+                .ok()
         })
-        .count()
+        .filter(|i| tcp.contains(i))
+        .collect()
 }
 
 #[cfg(test)]
@@ -155,11 +147,21 @@ mod tests {
     }
 
     #[test]
-    fn counts_our_own_tcp_connections() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let _c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let _s = l.accept().unwrap();
-        assert_eq!(tcp_conns_on_port(&[std::process::id()], port), 1);
+    fn finds_tcp_sockets_and_nothing_else() {
+        use std::os::fd::AsFd;
+        let inode = |fd: std::os::fd::BorrowedFd<'_>| nix::sys::stat::fstat(fd).unwrap().st_ino;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let (unix, _) = std::os::unix::net::UnixStream::pair().unwrap();
+        // Other tests open sockets meanwhile: look only for ours.
+        let held = tcp_socket_inodes(std::process::id());
+        for fd in [listener.as_fd(), client.as_fd(), server.as_fd()] {
+            assert!(held.contains(&inode(fd)));
+        }
+        assert!(!held.contains(&inode(unix.as_fd())));
+        let client_inode = inode(client.as_fd());
+        drop(client);
+        assert!(!tcp_socket_inodes(std::process::id()).contains(&client_inode));
     }
 }

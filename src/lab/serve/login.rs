@@ -83,7 +83,7 @@ struct LoginServer {
 /// and the default of 128 drops the surplus until they retry.
 const BACKLOG: i32 = 4096;
 
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     use nix::sys::socket::{
         self, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, SockaddrIn6,
     };

@@ -5,7 +5,7 @@
 
 pub mod bounds;
 pub(crate) mod imap;
-mod login;
+pub mod login;
 mod mail;
 pub mod maildir;
 pub(crate) mod session;
