@@ -2,7 +2,8 @@
 //! registers with imap-tracker ([`TrackerLink`]), receives clients (fresh
 //! logins and clients back from imap-idle, whose state it restores with
 //! [`SessionState`](crate::proto::state::SessionState)), parks idle ones
-//! ([`IdleLink`]) and reports them leaving; a login process hands
+//! ([`IdleLink`], or [`IdlePool`] over several imap-idle daemons) and
+//! reports them leaving; a login process hands
 //! authenticated clients to the tracker ([`LoginLink`]).
 //!
 //! ```no_run
@@ -22,8 +23,10 @@
 
 mod login;
 mod park;
+mod pool;
 mod tracker;
 
 pub use login::{LoginAnswer, LoginLink};
 pub use park::{IdleLink, Kept, NotParked, Parking};
+pub use pool::{IdlePool, ParkedIn, FULL_BACKOFF};
 pub use tracker::{FromTracker, TrackerLink};

@@ -71,6 +71,8 @@ pub struct IdleLink {
     /// `None` once closed after a failure.
     link: Option<Link>,
     next_req: u64,
+    /// The daemon's pid from its Hello, which the tracker knows it by.
+    pid: u32,
 }
 
 impl IdleLink {
@@ -80,9 +82,16 @@ impl IdleLink {
             return Err(LinkError::Unexpected("the peer is not imap-idle"));
         }
         Ok(IdleLink {
+            pid: link.peer_pid(),
             link: Some(link),
             next_req: 1,
         })
+    }
+
+    /// The daemon's pid, as its Hello gave it: what `Release::Parked`
+    /// names it by (several imap-idle daemons may serve one tracker).
+    pub fn daemon_pid(&self) -> u32 {
+        self.pid
     }
 
     /// Whether the link still works; after a lost park it is closed and a
