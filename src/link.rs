@@ -17,6 +17,8 @@ pub struct Link {
     sock: SeqPacket,
     buf: Vec<u8>,
     peer_role: Role,
+    /// The pid the peer gave in its Hello.
+    peer_pid: u32,
 }
 
 #[derive(Debug)]
@@ -56,13 +58,17 @@ impl Link {
             sock,
             buf: vec![0; MAX_PACKET + 1],
             peer_role: role,
+            peer_pid: 0,
         };
         let hello = Message::Hello {
             role,
             pid: std::process::id(),
         };
         match link.request(&hello, None)? {
-            Message::Hello { role, .. } => link.peer_role = role,
+            Message::Hello { role, pid } => {
+                link.peer_role = role;
+                link.peer_pid = pid;
+            }
             _ => return Err(LinkError::Unexpected("expected Hello")),
         }
         Ok(link)
@@ -70,6 +76,12 @@ impl Link {
 
     pub fn peer_role(&self) -> Role {
         self.peer_role
+    }
+
+    /// The pid the peer gave in its Hello: how the tracker tells several
+    /// imap-idle daemons apart.
+    pub fn peer_pid(&self) -> u32 {
+        self.peer_pid
     }
 
     /// The socket, for peers that go on without blocking after the hellos.

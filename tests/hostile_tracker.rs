@@ -280,10 +280,16 @@ fn parked(t: &Tracker, mail: &Peer, conn: u64, idle_id: u64) {
         conn,
         how: Release::Parked {
             idle_id,
+            idle_pid: std::process::id(),
             mailbox: "INBOX".into(),
         },
     });
-    t.wait_log(&format!("conn={conn}: parked as imap-idle id {idle_id}"));
+    // The fake imap-idle peers say pid 0: the tracker knows them by this
+    // process's pid (SO_PEERCRED).
+    t.wait_log(&format!(
+        "conn={conn}: parked in imap-idle pid={} as id {idle_id}",
+        std::process::id()
+    ));
 }
 
 fn return_msg(id: u64, user: &str, cookie: Cookie) -> Message {
@@ -506,6 +512,7 @@ fn a_mail_process_cannot_release_or_park_what_is_not_its_own() {
         conn: carol.conn,
         how: Release::Parked {
             idle_id: 77,
+            idle_pid: std::process::id(),
             mailbox: "INBOX".into(),
         },
     });
@@ -518,9 +525,10 @@ fn a_mail_process_cannot_release_or_park_what_is_not_its_own() {
         bob.conn ^ 1
     ));
     t.wait_log(&format!(
-        "release of conn={} as parked under imap-idle id 77, which is user=bob's: that \
-         imap-idle id already stands for another connection; refused",
-        carol.conn
+        "release of conn={} as parked under imap-idle pid={} id 77, which is user=bob's: \
+         that imap-idle id already stands for another connection; refused",
+        carol.conn,
+        std::process::id()
     ));
     assert_eq!(security_lines(&t), before + 3);
 
@@ -709,19 +717,20 @@ fn a_return_sent_again_after_a_lost_link_is_not_placed_twice() {
     // socket is no re-send: it is placed.
     let n = t
         .log()
-        .matches(&format!("conn={}: parked as", bob.conn))
+        .matches(&format!("conn={}: parked in", bob.conn))
         .count();
     a.send(&Message::Released {
         conn: bob.conn,
         how: Release::Parked {
             idle_id: 77,
+            idle_pid: std::process::id(),
             mailbox: "INBOX".into(),
         },
     });
     wait_for(
         || {
             t.log()
-                .matches(&format!("conn={}: parked as", bob.conn))
+                .matches(&format!("conn={}: parked in", bob.conn))
                 .count()
                 > n
         },

@@ -121,3 +121,28 @@ fn deliveries_by_command_are_timed_too() {
         "{table}"
     );
 }
+
+#[test]
+fn clients_come_from_the_source_addresses_asked_for() {
+    let s = Stack::start(Options::default());
+    let users = s.dir.as_path().join("users");
+    std::fs::write(&users, format!("alice:{PASSWORD}\n")).unwrap();
+    let (ok, table, _) = load(
+        &s,
+        &[
+            "--clients",
+            "9",
+            "--users",
+            users.to_str().unwrap(),
+            "--source-addrs",
+            "3",
+        ],
+    );
+    assert!(ok, "{table}");
+    let log = s.tracker_log();
+    for last in 2..=4 {
+        let from = format!("login from 127.0.0.{last}:");
+        assert_eq!(log.matches(&from).count(), 3, "{from}\n{log}");
+    }
+    assert!(!log.contains("login from 127.0.0.1:"), "{log}");
+}

@@ -74,7 +74,10 @@ fn garbage_bad_versions_and_truncated_messages() {
     let d = Daemon::start(&[]);
     let baseline = d.settled_fds();
     error_mentions(send_raw(&d, true, &[7, 1, 2, 3], &[]), "version 7");
-    error_mentions(send_raw(&d, true, &[2, 250, 250, 250], &[]), "malformed");
+    // The version before this one is refused as such.
+    error_mentions(send_raw(&d, true, &[2, 12], &[]), "version 2");
+    let garbage = [native::VERSION, 250, 250, 250];
+    error_mentions(send_raw(&d, true, &garbage, &[]), "malformed");
     let park = Message::Park {
         req: 1,
         park: idle_park("alice", vec![]),

@@ -173,6 +173,7 @@ fn each_routing_policy_places_connections_as_promised() {
         spawn: true,
         park_after: 0,
         users: &users,
+        ..Options::default()
     });
     let _c = three_by_three(&s);
     let p = placement(&s);

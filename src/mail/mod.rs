@@ -2,7 +2,8 @@
 //! registers with imap-tracker ([`TrackerLink`]), receives clients (fresh
 //! logins and clients back from imap-idle, whose state it restores with
 //! [`SessionState`](crate::proto::state::SessionState)), parks idle ones
-//! ([`IdleLink`]) and reports them leaving; a login process hands
+//! ([`IdleLink`], or [`IdlePool`] over several imap-idle daemons) and
+//! reports them leaving; a login process hands
 //! authenticated clients to the tracker ([`LoginLink`]).
 //!
 //! ```no_run
@@ -23,9 +24,11 @@
 mod login;
 mod park;
 mod pipelined;
+mod pool;
 mod tracker;
 
 pub use login::{LoginAnswer, LoginLink};
 pub use park::{Answer, IdleLink, Kept, NotParked, Parking};
 pub use pipelined::MAX_WINDOW;
+pub use pool::{IdlePool, ParkedIn, FULL_BACKOFF};
 pub use tracker::{FromTracker, TrackerLink};

@@ -85,6 +85,8 @@ pub struct IdleLink {
     /// Answers already read (or settled by the link's end) but not yet
     /// taken by the caller.
     pub(super) ready: VecDeque<Answer>,
+    /// The daemon's pid from its Hello, which the tracker knows it by.
+    pub(super) pid: u32,
 }
 
 impl IdleLink {
@@ -94,11 +96,18 @@ impl IdleLink {
             return Err(LinkError::Unexpected("the peer is not imap-idle"));
         }
         Ok(IdleLink {
+            pid: link.peer_pid(),
             link: Some(link),
             next_req: 1,
             in_flight: HashMap::new(),
             ready: VecDeque::new(),
         })
+    }
+
+    /// The daemon's pid, as its Hello gave it: what `Release::Parked`
+    /// names it by (several imap-idle daemons may serve one tracker).
+    pub fn daemon_pid(&self) -> u32 {
+        self.pid
     }
 
     /// Whether the link still works; after a lost park it is closed and a

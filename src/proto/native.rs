@@ -1,4 +1,4 @@
-//! Native protocol v2: what our processes say to each other.
+//! Native protocol v3: what our processes say to each other.
 //!
 //! Every packet on a UNIX `SOCK_SEQPACKET` socket is one message: a version
 //! byte, then a postcard-encoded [`Message`]. A message that hands over a
@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::sys::SeqPacket;
 
-/// 2: parks carry a request id that their answer echoes.
-pub const VERSION: u8 = 2;
+/// 2: parks carry a request id that their answer echoes. 3: a parked
+/// release names the daemon (its pid), since several may serve one tracker.
+pub const VERSION: u8 = 3;
 /// Largest packet either side accepts; larger ones are an error.
 pub const MAX_PACKET: usize = 64 * 1024;
 pub const MAX_USER: usize = 256;
@@ -229,8 +230,16 @@ pub struct Assign {
 pub enum Release {
     /// Logged out, hung up, or disconnected by the server.
     Closed,
-    /// Parked in imap-idle under the daemon's id `idle_id`.
-    Parked { idle_id: u64, mailbox: String },
+    /// Parked in imap-idle under the daemon's id `idle_id`. `idle_pid` is
+    /// the pid that daemon gave in its Hello on the park socket: ids of
+    /// different daemons may collide, so the tracker keys parked
+    /// connections by both, and takes a return or gone notice for them
+    /// only from the link whose Hello gave that pid.
+    Parked {
+        idle_id: u64,
+        idle_pid: u32,
+        mailbox: String,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -709,6 +718,7 @@ mod tests {
                 conn: 8,
                 how: Release::Parked {
                     idle_id: 5,
+                    idle_pid: 4321,
                     mailbox: "INBOX".into(),
                 },
             },
@@ -741,13 +751,13 @@ mod tests {
 
     #[test]
     fn variant_indices_match_the_manual() {
-        assert_eq!(Message::Registered.encode(), [2, 12]);
-        assert_eq!(Message::WhoRequest { user: None }.encode(), [2, 18, 0]);
+        assert_eq!(Message::Registered.encode(), [3, 12]);
+        assert_eq!(Message::WhoRequest { user: None }.encode(), [3, 18, 0]);
         let hello = Message::Hello {
             role: Role::Login,
             pid: 1,
         };
-        assert_eq!(hello.encode(), [2, 0, 4, 1]);
+        assert_eq!(hello.encode(), [3, 0, 4, 1]);
         let long: Vec<u32> = (0..100_000).collect();
         let pieces = chunks(long);
         assert!(pieces.len() > 1);
@@ -773,9 +783,10 @@ mod tests {
     fn rejects_bad_packets_without_panicking() {
         assert_eq!(Message::decode(&[]), Err(ProtoError::Empty));
         assert_eq!(Message::decode(&[1, 0]), Err(ProtoError::Version(1)));
-        assert!(matches!(Message::decode(&[2]), Err(ProtoError::Decode(_))));
+        assert_eq!(Message::decode(&[2, 12]), Err(ProtoError::Version(2)));
+        assert!(matches!(Message::decode(&[3]), Err(ProtoError::Decode(_))));
         assert!(matches!(
-            Message::decode(&[2, 200]),
+            Message::decode(&[3, 200]),
             Err(ProtoError::Decode(_))
         ));
         let mut extra = Message::StatsRequest.encode();

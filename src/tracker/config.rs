@@ -24,7 +24,9 @@ Options:
   --control-socket PATH   where `imap-tracker who` asks
                           [default: RUNTIME_DIR/tracker-control], mode 0600
   --idle-socket PATH      imap-idle's park socket, asked about parked
-                          connections by `who` [default: RUNTIME_DIR/park]
+                          connections by `who`; once per imap-idle when
+                          several serve this tracker [default:
+                          RUNTIME_DIR/park]
   --socket-mode MODE      permissions of --socket, octal [default: 0660]
   --policy POLICY         user: a mail process serves one user only;
                           uid: one UNIX uid only; prefer-user: prefer a
@@ -69,7 +71,8 @@ pub struct Config {
     pub runtime_dir: PathBuf,
     pub socket: PathBuf,
     pub control_socket: PathBuf,
-    pub idle_socket: PathBuf,
+    /// Every imap-idle's park socket, for `who`.
+    pub idle_sockets: Vec<PathBuf>,
     pub socket_mode: u32,
     pub policy: Policy,
     pub spawn: Option<String>,
@@ -102,7 +105,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     let mut runtime_dir = None;
     let mut socket = None;
     let mut control_socket = None;
-    let mut idle_socket = None;
+    let mut idle_sockets = Vec::new();
     let mut socket_mode = 0o660;
     let mut policy = Policy::PreferUser;
     let mut spawn = None;
@@ -126,7 +129,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
             "--runtime-dir" => runtime_dir = Some(PathBuf::from(args.value(&flag)?)),
             "--socket" => socket = Some(PathBuf::from(args.value(&flag)?)),
             "--control-socket" => control_socket = Some(PathBuf::from(args.value(&flag)?)),
-            "--idle-socket" => idle_socket = Some(PathBuf::from(args.value(&flag)?)),
+            "--idle-socket" => idle_sockets.push(PathBuf::from(args.value(&flag)?)),
             "--socket-mode" => {
                 let v = args.value(&flag)?;
                 socket_mode = u32::from_str_radix(&v, 8)
@@ -173,9 +176,12 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
             control_socket,
         });
     }
+    if idle_sockets.is_empty() {
+        idle_sockets.push(runtime_dir.join("park"));
+    }
     Ok(Parsed::Run(Box::new(Config {
         socket: socket.unwrap_or_else(|| runtime_dir.join("tracker")),
-        idle_socket: idle_socket.unwrap_or_else(|| runtime_dir.join("park")),
+        idle_sockets,
         control_socket,
         runtime_dir,
         socket_mode,
@@ -230,7 +236,7 @@ mod tests {
         };
         assert_eq!(c.socket, PathBuf::from("/x/tracker"));
         assert_eq!(c.control_socket, PathBuf::from("/x/tracker-control"));
-        assert_eq!(c.idle_socket, PathBuf::from("/x/park"));
+        assert_eq!(c.idle_sockets, [PathBuf::from("/x/park")]);
         assert_eq!(c.policy, Policy::Uid);
         assert_eq!(c.socket_mode, 0o660);
         assert!(parse(s(&["--policy", "random"])).is_err());
@@ -259,6 +265,19 @@ mod tests {
             "{gone}"
         );
         assert!(parse(s(&["--max-peers", "0"])).is_err());
+    }
+
+    #[test]
+    fn several_idle_sockets() {
+        let Ok(Parsed::Run(c)) =
+            parse(s(&["--idle-socket", "/a/park", "--idle-socket", "/b/park"]))
+        else {
+            panic!()
+        };
+        assert_eq!(
+            c.idle_sockets,
+            [PathBuf::from("/a/park"), PathBuf::from("/b/park")]
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! What imap-idle may say: return a parked client (with the user's
-//! cookie) and report one gone. Only ids parked for that very user are
-//! acted on; another user's id is refused and logged as `SECURITY`. A
+//! cookie) and report one gone. Only ids parked for that very user in
+//! that very daemon (the pid of its Hello) are acted on; another user's id
+//! is refused and logged as `SECURITY`, and another daemon's id is not
+//! this one's to speak of. A
 //! return we placed already, sent again after a lost link, is answered
 //! `Accepted` and not placed twice (see `pending`).
 
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 
 use super::handler::Handler;
+use super::parking::IdleRef;
 use super::pending::Pending;
 use crate::proto::native::{Gone, Return};
 
@@ -35,7 +38,8 @@ impl Handler<'_> {
             );
             return;
         }
-        match self.routing.gone(g.id, &g.user, Instant::now()) {
+        let idle = IdleRef { pid, id: g.id };
+        match self.routing.gone(idle, &g.user, Instant::now()) {
             Ok(conn) => info!(
                 "user={} conn={}: parked client gone ({:?}: {})",
                 g.user,

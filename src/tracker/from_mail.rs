@@ -8,6 +8,7 @@ use std::time::Instant;
 use log::{debug, info, warn};
 
 use super::handler::Handler;
+use super::parking::IdleRef;
 use crate::proto::native::{ConnInfo, Message, Release};
 
 impl Handler<'_> {
@@ -46,19 +47,27 @@ impl Handler<'_> {
             return self.fail_peer(key, "Released before Register");
         }
         let parked_as = match &how {
-            Release::Parked { idle_id, .. } => Some(*idle_id),
+            Release::Parked {
+                idle_id, idle_pid, ..
+            } => Some(IdleRef {
+                pid: *idle_pid,
+                id: *idle_id,
+            }),
             Release::Closed => None,
         };
         let pid = p.pid();
         if let Err(e) = self.routing.released(key, conn, how, Instant::now()) {
-            let under = parked_as.map_or(String::new(), |id| {
+            let under = parked_as.map_or(String::new(), |idle| {
                 let holder = self
                     .routing
                     .parking
-                    .conn_of(id)
+                    .conn_of(idle)
                     .and_then(|c| self.routing.conns.get(&c))
                     .map_or(String::new(), |c| format!(", which is user={}'s", c.user));
-                format!(" as parked under imap-idle id {id}{holder}")
+                format!(
+                    " as parked under imap-idle pid={} id {}{holder}",
+                    idle.pid, idle.id
+                )
             });
             warn!(
                 "SECURITY: mail process pid={} uid={}: release of conn={conn}{under}: {e}; \
@@ -66,8 +75,11 @@ impl Handler<'_> {
                 p.pid(),
                 p.uid()
             );
-        } else if let Some(id) = parked_as {
-            debug!("mail process pid={pid} conn={conn}: parked as imap-idle id {id}");
+        } else if let Some(idle) = parked_as {
+            debug!(
+                "mail process pid={pid} conn={conn}: parked in imap-idle pid={} as id {}",
+                idle.pid, idle.id
+            );
         } else {
             debug!("mail process pid={pid} conn={conn}: closed");
         }

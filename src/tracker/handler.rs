@@ -349,16 +349,14 @@ impl<'a> Handler<'a> {
                 .ask(id, key, self.peers, self.routing, self.registry);
             self.settle();
         }
-        let idle = self.who.connect_idle(
-            id,
-            &self.cfg.idle_socket,
-            self.peers,
-            self.routing,
-            self.registry,
-        );
-        if let Some(key) = idle {
-            // Packets that came before registration raise no new edge.
-            self.peer_event(key);
+        for socket in &self.cfg.idle_sockets {
+            let idle = self
+                .who
+                .connect_idle(id, socket, self.peers, self.routing, self.registry);
+            if let Some(key) = idle {
+                // Packets that came before registration raise no new edge.
+                self.peer_event(key);
+            }
         }
         if self.who.answered(id) {
             self.finish_who(id);

@@ -8,6 +8,7 @@
 use std::fmt;
 use std::time::Instant;
 
+use super::parking::IdleRef;
 use super::routing::{ConnEntry, Place, RouteError, Routing, User};
 use crate::proto::native::{Cookie, Release};
 
@@ -41,7 +42,7 @@ impl Routing {
     /// process `key`; returns our connection id for it.
     pub fn restore(
         &mut self,
-        idle_id: u64,
+        idle: IdleRef,
         key: usize,
         user: &str,
         cookie: Cookie,
@@ -50,7 +51,7 @@ impl Routing {
         let uid = self.users.get(user).map_or(0, |u| u.uid);
         // Only an entry parked for this very user is taken back: an id
         // another user's entry stands under is not this return's.
-        let mine = self.parked_conn(idle_id, user);
+        let mine = self.parked_conn(idle, user);
         let conn = match mine {
             Some(conn) => conn,
             None => self.new_conn()?,
@@ -63,11 +64,11 @@ impl Routing {
             conns: 0,
         });
         if mine.is_some() {
-            self.parking.unpark(idle_id);
+            self.parking.unpark(idle);
         } else {
             // Back before its mail process said it was parked: count it
             // now, and drop the old entry when that `Released` arrives.
-            self.parking.early.insert(idle_id, user.to_owned(), now);
+            self.parking.early.insert(idle, user.to_owned(), now);
             if let Some(u) = self.users.get_mut(user) {
                 u.conns += 1;
             }
@@ -86,48 +87,48 @@ impl Routing {
         Ok(conn)
     }
 
-    /// Our connection parked in imap-idle as `idle_id`, if it is `user`'s.
-    fn parked_conn(&self, idle_id: u64, user: &str) -> Option<u64> {
-        let conn = self.parking.conn_of(idle_id)?;
+    /// Our connection parked in imap-idle as `idle`, if it is `user`'s.
+    fn parked_conn(&self, idle: IdleRef, user: &str) -> Option<u64> {
+        let conn = self.parking.conn_of(idle)?;
         self.conns
             .get(&conn)
             .is_some_and(|c| c.user == user)
             .then_some(conn)
     }
 
-    /// May imap-idle speak of `idle_id` as `user`'s? Not when that id
-    /// stands for another user's parked connection.
-    pub fn check_idle_id(&self, idle_id: u64, user: &str) -> Result<(), Refusal> {
-        match self.parking.conn_of(idle_id) {
-            Some(_) if self.parked_conn(idle_id, user).is_none() => Err(Refusal::OtherUser),
+    /// May imap-idle speak of `idle` as `user`'s? Not when that id of that
+    /// daemon stands for another user's parked connection.
+    pub fn check_idle_id(&self, idle: IdleRef, user: &str) -> Result<(), Refusal> {
+        match self.parking.conn_of(idle) {
+            Some(_) if self.parked_conn(idle, user).is_none() => Err(Refusal::OtherUser),
             _ => Ok(()),
         }
     }
 
     /// Where `user`'s returning connection stands before
     /// [`Routing::restore`], to undo it if the assignment cannot be sent.
-    pub fn parked_place(&self, idle_id: u64, user: &str) -> Option<Place> {
-        let conn = self.parked_conn(idle_id, user)?;
+    pub fn parked_place(&self, idle: IdleRef, user: &str) -> Option<Place> {
+        let conn = self.parked_conn(idle, user)?;
         self.conns.get(&conn).map(|c| c.place.clone())
     }
 
     /// Undo `login` (`was` None) or `restore` (`was` the place before)
     /// of `conn` on process `key`.
-    pub fn unassign(&mut self, key: usize, conn: u64, was: Option<Place>, idle_id: Option<u64>) {
+    pub fn unassign(&mut self, key: usize, conn: u64, was: Option<Place>, idle: Option<IdleRef>) {
         match was {
-            Some(place @ Place::Parked { idle_id, .. }) => {
+            Some(place @ Place::Parked { idle, .. }) => {
                 let user = self.conns.get(&conn).map(|c| c.user.clone());
                 if let Some(user) = user {
                     self.take_off(key, conn, &user);
                 }
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.place = place;
-                    self.parking.park(idle_id, conn);
+                    self.parking.park(idle, conn);
                 }
             }
             _ => {
-                if let Some(id) = idle_id {
-                    self.parking.early.remove(&id);
+                if let Some(idle) = idle {
+                    self.parking.early.remove(&idle);
                 }
                 self.remove_conn(conn);
             }
@@ -135,8 +136,8 @@ impl Routing {
     }
 
     /// Mail process `key` says a connection left it. Only its own
-    /// connections, and only to park them under an imap-idle id that
-    /// stands for nothing else.
+    /// connections, and only to park them under an imap-idle id (of the
+    /// daemon named) that stands for nothing else.
     pub fn released(
         &mut self,
         key: usize,
@@ -151,11 +152,18 @@ impl Routing {
             return Err(Refusal::NotYours);
         }
         let user = entry.user.clone();
-        if let Release::Parked { idle_id, .. } = &how {
-            if self.parking.conn_of(*idle_id).is_some() {
+        if let Release::Parked {
+            idle_id, idle_pid, ..
+        } = &how
+        {
+            let idle = IdleRef {
+                pid: *idle_pid,
+                id: *idle_id,
+            };
+            if self.parking.conn_of(idle).is_some() {
                 return Err(Refusal::IdTaken);
             }
-            if self.parking.early.get(idle_id).is_some_and(|u| *u != user) {
+            if self.parking.early.get(&idle).is_some_and(|u| *u != user) {
                 return Err(Refusal::OtherUser);
             }
         }
@@ -164,31 +172,44 @@ impl Routing {
             Release::Closed => {
                 self.remove_conn(conn);
             }
-            Release::Parked { idle_id, mailbox } => {
-                if self.parking.early.remove(&idle_id).is_some() {
+            Release::Parked {
+                idle_id,
+                idle_pid,
+                mailbox,
+            } => {
+                let idle = IdleRef {
+                    pid: idle_pid,
+                    id: idle_id,
+                };
+                if self.parking.early.remove(&idle).is_some() {
                     // Already came back (or hung up) under a new entry.
                     self.remove_conn(conn);
                 } else if let Some(e) = self.conns.get_mut(&conn) {
-                    e.place = Place::Parked { idle_id, mailbox };
+                    e.place = Place::Parked { idle, mailbox };
                     e.since = now;
-                    self.parking.park(idle_id, conn);
+                    self.parking.park(idle, conn);
                 }
             }
         }
         Ok(())
     }
 
-    /// imap-idle says `user`'s parked client hung up (cookie already
-    /// checked); our connection id, if we had it as parked.
-    pub fn gone(&mut self, idle_id: u64, user: &str, now: Instant) -> Result<Option<u64>, Refusal> {
-        self.check_idle_id(idle_id, user)?;
-        match self.parking.unpark(idle_id) {
+    /// imap-idle `idle.pid` says `user`'s parked client hung up (cookie
+    /// already checked); our connection id, if we had it as parked.
+    pub fn gone(
+        &mut self,
+        idle: IdleRef,
+        user: &str,
+        now: Instant,
+    ) -> Result<Option<u64>, Refusal> {
+        self.check_idle_id(idle, user)?;
+        match self.parking.unpark(idle) {
             Some(conn) => {
                 self.remove_conn(conn);
                 Ok(Some(conn))
             }
             None => {
-                self.parking.early.insert(idle_id, user.to_owned(), now);
+                self.parking.early.insert(idle, user.to_owned(), now);
                 Ok(None)
             }
         }

@@ -20,12 +20,21 @@ pub const PLACED_TTL: Duration = Duration::from_secs(600);
 /// ... and at most this many (the oldest are forgotten first).
 pub const MAX_PLACED: usize = 65_536;
 
-/// A return as imap-idle sent it: its id, and the inode of the client
-/// socket that came with it. A re-send carries the same socket; a new
-/// return that reuses an id (imap-idle restarted) does not.
+/// A connection parked in one imap-idle: that daemon's pid (from its
+/// Hello) and the id it gave. Several daemons may serve us and each counts
+/// its ids on its own, so an id alone names nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IdleRef {
+    pub pid: u32,
+    pub id: u64,
+}
+
+/// A return as imap-idle sent it: the daemon and its id, and the inode of
+/// the client socket that came with it. A re-send carries the same socket;
+/// a new return that reuses an id (imap-idle restarted) does not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ReturnKey {
-    pub id: u64,
+    pub idle: IdleRef,
     pub socket: u64,
 }
 
@@ -91,11 +100,11 @@ impl<K: Eq + Hash + Clone, V> Recent<K, V> {
 }
 
 pub struct Parking {
-    /// imap-idle's id -> our connection id.
-    parked: HashMap<u64, u64>,
+    /// imap-idle's (pid, id) -> our connection id.
+    parked: HashMap<IdleRef, u64>,
     /// imap-idle ids already returned or gone before `Released` said
     /// parked, with the user they were for.
-    pub early: Recent<u64, String>,
+    pub early: Recent<IdleRef, String>,
     /// Returns placed lately.
     placed: Recent<ReturnKey, ()>,
 }
@@ -111,16 +120,16 @@ impl Default for Parking {
 }
 
 impl Parking {
-    pub fn conn_of(&self, idle_id: u64) -> Option<u64> {
-        self.parked.get(&idle_id).copied()
+    pub fn conn_of(&self, idle: IdleRef) -> Option<u64> {
+        self.parked.get(&idle).copied()
     }
 
-    pub fn park(&mut self, idle_id: u64, conn: u64) {
-        self.parked.insert(idle_id, conn);
+    pub fn park(&mut self, idle: IdleRef, conn: u64) {
+        self.parked.insert(idle, conn);
     }
 
-    pub fn unpark(&mut self, idle_id: u64) -> Option<u64> {
-        self.parked.remove(&idle_id)
+    pub fn unpark(&mut self, idle: IdleRef) -> Option<u64> {
+        self.parked.remove(&idle)
     }
 
     pub fn count(&self) -> usize {
@@ -169,13 +178,29 @@ mod tests {
     }
 
     #[test]
-    fn a_placed_return_is_known_by_id_and_socket() {
+    fn a_placed_return_is_known_by_daemon_id_and_socket() {
         let mut p = Parking::default();
         let now = Instant::now();
-        p.placed(ReturnKey { id: 5, socket: 9 }, now);
-        assert!(p.was_placed(&ReturnKey { id: 5, socket: 9 }));
-        assert!(!p.was_placed(&ReturnKey { id: 5, socket: 10 }));
+        let key = |pid, id, socket| ReturnKey {
+            idle: IdleRef { pid, id },
+            socket,
+        };
+        p.placed(key(1, 5, 9), now);
+        assert!(p.was_placed(&key(1, 5, 9)));
+        assert!(!p.was_placed(&key(1, 5, 10)));
+        assert!(!p.was_placed(&key(2, 5, 9)));
         p.expire(now + PLACED_TTL);
-        assert!(!p.was_placed(&ReturnKey { id: 5, socket: 9 }));
+        assert!(!p.was_placed(&key(1, 5, 9)));
+    }
+
+    #[test]
+    fn equal_ids_of_two_daemons_are_two_connections() {
+        let mut p = Parking::default();
+        p.park(IdleRef { pid: 10, id: 1 }, 100);
+        p.park(IdleRef { pid: 11, id: 1 }, 200);
+        assert_eq!(p.count(), 2);
+        assert_eq!(p.unpark(IdleRef { pid: 11, id: 1 }), Some(200));
+        assert_eq!(p.conn_of(IdleRef { pid: 10, id: 1 }), Some(100));
+        assert_eq!(p.conn_of(IdleRef { pid: 11, id: 1 }), None);
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 use mio::Registry;
 
-use super::parking::ReturnKey;
+use super::parking::{IdleRef, ReturnKey};
 use super::peers::Peers;
 use super::routing::Routing;
 use crate::proto::native::{Assign, Assignment, Login, Message, Return};
@@ -88,7 +88,8 @@ impl Pending {
     ) -> Result<Pending, Box<Message>> {
         let user = ret.park.user.clone();
         let socket = nix::sys::stat::fstat(&fd).map_or(0, |st| st.st_ino);
-        let key = ReturnKey { id: ret.id, socket };
+        let idle = IdleRef { pid, id: ret.id };
+        let key = ReturnKey { idle, socket };
         if routing.parking.was_placed(&key) {
             // Placed already: our `Accepted` was lost with the link. The
             // client is with its mail process; this is only another copy.
@@ -112,7 +113,7 @@ impl Pending {
             drop(fd);
             return Err(Box::new(Message::Accepted { id: ret.id }));
         }
-        if let Err(e) = routing.check_idle_id(ret.id, &user) {
+        if let Err(e) = routing.check_idle_id(idle, &user) {
             // Leave that entry alone; the client itself, with the user's
             // right cookie, is placed as a connection we did not know of.
             warn!(
@@ -147,8 +148,8 @@ impl Pending {
         };
         let now = Instant::now();
         let pid = routing.procs.get(&proc_key).map_or(0, |p| p.pid);
-        let (was, idle_id) = match &wait.from {
-            From::Idle { ret, .. } => (routing.parked_place(ret.id, &wait.user), Some(ret.id)),
+        let (was, idle) = match &wait.from {
+            From::Idle { key, .. } => (routing.parked_place(key.idle, &wait.user), Some(key.idle)),
             From::Login { .. } => (None, None),
         };
         let (conn, cookie, remote, how) = match &wait.from {
@@ -167,9 +168,10 @@ impl Pending {
                     }
                 }
             }
-            From::Idle { ret, .. } => {
-                let conn = match routing.restore(ret.id, proc_key, &wait.user, ret.park.cookie, now)
-                {
+            From::Idle { ret, key, .. } => {
+                let restored =
+                    routing.restore(key.idle, proc_key, &wait.user, ret.park.cookie, now);
+                let conn = match restored {
                     Ok(conn) => conn,
                     Err(e) => {
                         warn!("user={}: cannot make a connection id: {e:?}", wait.user);
@@ -202,7 +204,7 @@ impl Pending {
             None => Err(io::ErrorKind::NotConnected.into()),
         };
         if let Err(e) = sent {
-            routing.unassign(proc_key, conn, was, idle_id);
+            routing.unassign(proc_key, conn, was, idle);
             if e.kind() == io::ErrorKind::WouldBlock {
                 // Busy reading: skip it until its socket drains.
                 debug!("mail process pid={pid} is busy; waiting for it to drain");

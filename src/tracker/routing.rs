@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
 use super::cookie;
-use super::parking::Parking;
+use super::parking::{IdleRef, Parking};
 use super::policy::{Bound, Policy};
 use crate::proto::native::Cookie;
 
@@ -41,10 +41,8 @@ pub struct User {
 pub enum Place {
     /// In the mail process registered under this peer key.
     Mail(usize),
-    Parked {
-        idle_id: u64,
-        mailbox: String,
-    },
+    /// In the imap-idle `idle.pid`, under its id `idle.id`.
+    Parked { idle: IdleRef, mailbox: String },
 }
 
 pub struct ConnEntry {
@@ -245,8 +243,8 @@ impl Routing {
         let entry = self.conns.remove(&conn)?;
         match &entry.place {
             Place::Mail(key) => self.take_off(*key, conn, &entry.user),
-            Place::Parked { idle_id, .. } => {
-                self.parking.unpark(*idle_id);
+            Place::Parked { idle, .. } => {
+                self.parking.unpark(*idle);
             }
         }
         if let Some(u) = self.users.get_mut(&entry.user) {
@@ -289,6 +287,13 @@ mod tests {
     use super::*;
     use crate::proto::native::Release;
     use crate::tracker::moves::Refusal;
+
+    /// The pid of the imap-idle most tests park in.
+    const D: u32 = 500;
+
+    fn at(id: u64) -> IdleRef {
+        IdleRef { pid: D, id }
+    }
 
     fn with_procs(policy: Policy, procs: &[(usize, u32)]) -> Routing {
         let mut r = Routing::new(policy);
@@ -350,13 +355,14 @@ mod tests {
         assert!(!r.cookie_ok("bob", &k1));
         let parked = Release::Parked {
             idle_id: 77,
+            idle_pid: D,
             mailbox: "INBOX".into(),
         };
         r.released(1, c1, parked, now).unwrap();
         r.released(1, c2, Release::Closed, now).unwrap();
         assert_eq!(r.users["alice"].conns, 1, "parked still counts");
         assert_eq!(r.procs[&1].active, 0);
-        let back = r.restore(77, 1, "alice", k1, now).unwrap();
+        let back = r.restore(at(77), 1, "alice", k1, now).unwrap();
         assert_eq!(back, c1);
         assert_eq!(r.procs[&1].active, 1);
         r.released(1, c1, Release::Closed, now).unwrap();
@@ -373,10 +379,11 @@ mod tests {
         let mut r = with_procs(Policy::PreferUser, &[(1, 0), (2, 0)]);
         let now = Instant::now();
         let (c, _) = r.login(1, "alice", 1, "", now).unwrap();
-        let back = r.restore(5, 2, "alice", [0; 16], now).unwrap();
+        let back = r.restore(at(5), 2, "alice", [0; 16], now).unwrap();
         assert_ne!(back, c);
         let parked = Release::Parked {
             idle_id: 5,
+            idle_pid: D,
             mailbox: "INBOX".into(),
         };
         r.released(1, c, parked, now).unwrap();
@@ -384,9 +391,10 @@ mod tests {
         assert_eq!(r.conns.len(), 1);
         // Same for a hang-up reported before the release.
         let (c2, _) = r.login(1, "alice", 1, "", now).unwrap();
-        assert_eq!(r.gone(6, "alice", now), Ok(None));
+        assert_eq!(r.gone(at(6), "alice", now), Ok(None));
         let parked = Release::Parked {
             idle_id: 6,
+            idle_pid: D,
             mailbox: "INBOX".into(),
         };
         r.released(1, c2, parked, now).unwrap();
@@ -400,16 +408,17 @@ mod tests {
         let (c, k) = r.login(1, "alice", 1, "", now).unwrap();
         let parked = Release::Parked {
             idle_id: 3,
+            idle_pid: D,
             mailbox: "INBOX".into(),
         };
         r.released(1, c, parked, now).unwrap();
-        let was = r.parked_place(3, "alice");
-        let back = r.restore(3, 1, "alice", k, now).unwrap();
-        r.unassign(1, back, was, Some(3));
+        let was = r.parked_place(at(3), "alice");
+        let back = r.restore(at(3), 1, "alice", k, now).unwrap();
+        r.unassign(1, back, was, Some(at(3)));
         assert_eq!(r.parked_count(), 1);
         assert_eq!(r.procs[&1].active, 0);
         assert_eq!(
-            r.restore(3, 1, "alice", k, now),
+            r.restore(at(3), 1, "alice", k, now),
             Ok(c),
             "the same connection comes back"
         );
@@ -429,6 +438,7 @@ mod tests {
         r.login(2, "alice", 1, "", now).unwrap();
         let parked = Release::Parked {
             idle_id: 9,
+            idle_pid: D,
             mailbox: "INBOX".into(),
         };
         r.released(1, a1, parked, now).unwrap();
@@ -452,6 +462,7 @@ mod tests {
         assert_ne!(bob >> 32, eve >> 32, "a counter above the random part");
         let park = |idle_id| Release::Parked {
             idle_id,
+            idle_pid: D,
             mailbox: "INBOX".into(),
         };
         assert_eq!(
@@ -464,20 +475,45 @@ mod tests {
         );
         r.released(1, bob, park(7), now).unwrap();
         assert_eq!(r.released(2, eve, park(7), now), Err(Refusal::IdTaken));
-        assert_eq!(r.gone(7, "eve", now), Err(Refusal::OtherUser));
-        assert_eq!(r.check_idle_id(7, "eve"), Err(Refusal::OtherUser));
-        assert_eq!(r.parked_place(7, "eve"), None);
+        assert_eq!(r.gone(at(7), "eve", now), Err(Refusal::OtherUser));
+        assert_eq!(r.check_idle_id(at(7), "eve"), Err(Refusal::OtherUser));
+        assert_eq!(r.parked_place(at(7), "eve"), None);
         // A return of eve's under bob's id leaves bob's entry alone.
-        let other = r.restore(7, 2, "eve", ke, now).unwrap();
+        let other = r.restore(at(7), 2, "eve", ke, now).unwrap();
         assert_ne!(other, bob);
         assert_eq!(r.parked_count(), 1);
-        assert_eq!(r.restore(7, 1, "bob", kb, now), Ok(bob));
+        assert_eq!(r.restore(at(7), 1, "bob", kb, now), Ok(bob));
         // An early return is for its user only.
-        r.restore(8, 2, "eve", ke, now).unwrap();
+        r.restore(at(8), 2, "eve", ke, now).unwrap();
         assert_eq!(r.released(2, eve, park(8), now), Ok(()));
         let (carol, _) = r.login(1, "carol", 1, "", now).unwrap();
-        r.restore(9, 2, "eve", ke, now).unwrap();
+        r.restore(at(9), 2, "eve", ke, now).unwrap();
         assert_eq!(r.released(1, carol, park(9), now), Err(Refusal::OtherUser));
         assert!(r.owns(1, carol) && !r.owns(2, carol));
+    }
+
+    #[test]
+    fn the_same_id_in_two_daemons_is_two_connections() {
+        let mut r = with_procs(Policy::PreferUser, &[(1, 0)]);
+        let now = Instant::now();
+        let (a, _) = r.login(1, "alice", 1, "", now).unwrap();
+        let (b, kb) = r.login(1, "bob", 1, "", now).unwrap();
+        let park = |idle_pid| Release::Parked {
+            idle_id: 1,
+            idle_pid,
+            mailbox: "INBOX".into(),
+        };
+        r.released(1, a, park(D), now).unwrap();
+        r.released(1, b, park(D + 1), now).unwrap();
+        assert_eq!(r.parked_count(), 2);
+        // Each daemon speaks for its own id 1 only.
+        let other = IdleRef { pid: D + 1, id: 1 };
+        assert_eq!(r.check_idle_id(at(1), "bob"), Err(Refusal::OtherUser));
+        assert_eq!(r.check_idle_id(other, "alice"), Err(Refusal::OtherUser));
+        assert_eq!(r.gone(other, "alice", now), Err(Refusal::OtherUser));
+        assert_eq!(r.restore(other, 1, "bob", kb, now), Ok(b));
+        assert_eq!(r.parked_count(), 1);
+        assert_eq!(r.gone(at(1), "alice", now), Ok(Some(a)));
+        assert_eq!(r.parked_count(), 0);
     }
 }

@@ -1,5 +1,9 @@
 //! `imap-tracker who`: the tracker asks the mail processes concerned and
-//! imap-idle what each connection is doing, and answers with one table.
+//! every imap-idle it is configured with (`--idle-socket`, repeatable)
+//! what each connection is doing, and answers with one table. A parked
+//! connection is matched to a daemon's answer by that daemon's pid (from
+//! the Hello on our query connection) and its id, as the mail process
+//! named both when it parked the client.
 //! `Who` owns the queries in flight; the connections it talks over and
 //! the routing tables it reports on are lent to it by the daemon, which
 //! also undoes what a peer closed here leaves behind.
@@ -11,6 +15,7 @@ use std::time::{Duration, Instant};
 use log::warn;
 use mio::Registry;
 
+use super::parking::IdleRef;
 use super::peers::Peers;
 use super::routing::{Place, Routing};
 use crate::proto::native::{self, chunks, Activity, ConnInfo, Message, Role, WhoRow};
@@ -29,9 +34,8 @@ struct WhoQuery {
     waiting: HashSet<usize>,
     /// Mail processes' answers by our connection id.
     mail: HashMap<u64, ConnInfo>,
-    /// imap-idle's answers by its own id.
-    idle: HashMap<u64, ConnInfo>,
-    idle_pid: u32,
+    /// The imap-idle daemons' answers by their pid and own id.
+    idle: HashMap<IdleRef, ConnInfo>,
     missing: Vec<String>,
     deadline: Instant,
 }
@@ -67,7 +71,8 @@ impl Who {
     }
 
     /// Open a query for `admin`; returns its id and the mail processes to
-    /// [`Who::ask`], then the caller tries [`Who::connect_idle`].
+    /// [`Who::ask`], then the caller tries [`Who::connect_idle`] for each
+    /// imap-idle.
     pub fn open(
         &mut self,
         admin: usize,
@@ -89,7 +94,6 @@ impl Who {
             waiting: HashSet::new(),
             mail: HashMap::new(),
             idle: HashMap::new(),
-            idle_pid: 0,
             missing: Vec::new(),
             deadline: Instant::now() + ANSWER_WITHIN,
         });
@@ -117,8 +121,9 @@ impl Who {
         }
     }
 
-    /// If query `id` concerns parked connections, connect to imap-idle for
-    /// it; returns the new peer, which the caller reads once.
+    /// If query `id` concerns parked connections, connect to the imap-idle
+    /// at `idle_socket` for it; returns the new peer, which the caller
+    /// reads once.
     pub fn connect_idle(
         &mut self,
         id: u64,
@@ -201,13 +206,10 @@ impl Who {
         }
         for c in conns {
             if from_idle {
-                q.idle.insert(c.id, c);
+                q.idle.insert(IdleRef { pid, id: c.id }, c);
             } else {
                 q.mail.insert(c.id, c);
             }
-        }
-        if from_idle {
-            q.idle_pid = pid;
         }
         if last {
             q.waiting.remove(&key);
@@ -253,7 +255,7 @@ impl Who {
         let waiting: Vec<usize> = q.waiting.drain().collect();
         for key in &waiting {
             let name = match peers.get(*key) {
-                Some(p) if p.query().is_some() => "imap-idle".to_owned(),
+                Some(p) if p.query().is_some() => format!("imap-idle pid={}", p.pid()),
                 Some(p) => format!("mail process pid={}", p.pid()),
                 None => format!("peer #{key}"),
             };
@@ -290,12 +292,12 @@ impl Who {
                         remote: c.remote.clone(),
                     }
                 }
-                Place::Parked { idle_id, mailbox } => {
-                    let info = q.idle.get(idle_id);
+                Place::Parked { idle, mailbox } => {
+                    let info = q.idle.get(idle);
                     WhoRow {
                         user: c.user.clone(),
                         conn,
-                        pid: q.idle_pid,
+                        pid: idle.pid,
                         mailbox: mailbox.clone(),
                         activity: info.map_or(Activity::Parked, |i| i.activity),
                         secs: info.map_or(since, |i| i.secs),

@@ -21,6 +21,10 @@ pub struct Options<'a> {
     pub park_after: u32,
     /// `user:uid` accounts; every password is PASSWORD.
     pub users: &'a [(&'a str, u32)],
+    /// imap-idle daemons behind the one tracker.
+    pub idles: usize,
+    /// `--max-parked` of each daemon, in order (the rest keep the default).
+    pub idle_max_parked: &'a [usize],
 }
 
 impl Default for Options<'_> {
@@ -31,6 +35,8 @@ impl Default for Options<'_> {
             spawn: false,
             park_after: 1,
             users: &[("alice", 0), ("bob", 0), ("carol", 0)],
+            idles: 1,
+            idle_max_parked: &[],
         }
     }
 }
@@ -66,6 +72,8 @@ impl Stack {
             users: o.users.iter().map(|(u, id)| (u.to_string(), *id)).collect(),
             login_args: login.iter().map(|a| a.to_string()).collect(),
             mail_args: mail.iter().map(|a| a.to_string()).collect(),
+            idles: o.idles,
+            idle_max_parked: o.idle_max_parked.to_vec(),
             ..NativeOptions::default()
         };
         Stack(NativeStack::start(bin, &opts).expect("start the native stack"))
@@ -132,13 +140,15 @@ pub fn tcp_sockets_of(pid: u32) -> usize {
 impl Drop for Stack {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            for f in [
+            let more = (1..self.idle_pids().len()).map(|i| format!("imap-idle-{i}.log"));
+            let logs = [
                 "imap-tracker.log",
                 "imap-idle.log",
                 "login.log",
                 "mail-0.log",
-            ] {
-                let text = self.log(f);
+            ];
+            for f in logs.iter().map(|f| f.to_string()).chain(more) {
+                let text = self.log(&f);
                 let tail: Vec<&str> = text.lines().rev().take(40).collect();
                 eprintln!("--- {f} (last lines) ---");
                 for l in tail.iter().rev() {

@@ -205,6 +205,7 @@ pub fn native(rng: &mut Rng) -> Vec<u8> {
             } else {
                 Release::Parked {
                     idle_id: number(rng),
+                    idle_pid: number(rng) as u32,
                     mailbox: text(rng, MAX_TEXT),
                 }
             },

@@ -4,6 +4,7 @@
 mod client;
 mod report;
 mod run;
+pub mod source;
 pub mod worker;
 
 use std::path::Path;
@@ -21,7 +22,10 @@ Usage: imap-idle-lab load --clients N (--users FILE | --user-pattern P
 
 Opens N IMAP connections (plain TCP, no TLS), each doing LOGIN, SELECT and
 IDLE, and keeps them idle. Client processes are added as needed so that
-none holds more than 8,000 connections (the per-process open-file limit).
+none holds more than 8,000 connections (the per-process open-file limit);
+past 25,000 connections to a 127.x.x.x server they come from source
+addresses 127.0.0.2, 127.0.0.3, ... (one address reaches one server
+address with at most about 28,000, its ephemeral ports).
 Optionally delivers messages and measures, per client, the time from the
 delivery to the `* N EXISTS` it receives. At the end each client sends
 DONE (timed until the tagged OK) and LOGOUT. Prints a summary; exit code 0
@@ -44,6 +48,9 @@ Options:
                           as the server takes them, at most 256 pending
                           per client process]
   --procs K               client processes [default: N / 8000, at least 1]
+  --source-addrs K        bind the clients to 127.0.0.2 .. 127.0.0.(K+1) in
+                          turn; 0 lets the kernel pick [default: none up to
+                          25,000 clients, else N / 25,000 rounded up]
   --hold SECS             stay idle this long once all are connected
                           [default: 0]
   --deliver-maildir PAT   deliver into the Maildir PAT (%u = user name):
@@ -156,6 +163,7 @@ fn parse(mut args: Args) -> Result<Option<(LoadOptions, Plan)>, String> {
             "--mailbox" => o.mailbox = args.value(&flag)?,
             "--connect-rate" => o.connect_rate = args.number(&flag)?,
             "--procs" => o.procs = args.number(&flag)?,
+            "--source-addrs" => o.source_addrs = Some(args.number(&flag)?),
             "--hold" => plan.hold = Duration::from_secs(args.number(&flag)?),
             "--deliver-maildir" => plan.delivery = Some(Delivery::Maildir(args.value(&flag)?)),
             "--deliver-cmd" => plan.delivery = Some(Delivery::Command(args.value(&flag)?)),

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::mono_ns;
 use super::report::Report;
+use super::source;
 use crate::lab::serve::maildir;
 
 /// Most connections one worker process holds: the hard open-file limit is
@@ -30,6 +31,9 @@ pub struct LoadOptions {
     pub timeout_secs: u64,
     /// Worker processes; 0 picks enough for [`PER_WORKER`] each.
     pub procs: usize,
+    /// Source addresses 127.0.0.2.. to spread the clients over; `None`
+    /// picks enough for [`super::source::PER_SOURCE`] each, 0 binds none.
+    pub source_addrs: Option<usize>,
     /// Progress on stderr.
     pub progress: bool,
 }
@@ -45,6 +49,7 @@ impl Default for LoadOptions {
             connect_rate: 0.0,
             timeout_secs: 30,
             procs: 0,
+            source_addrs: None,
             progress: true,
         }
     }
@@ -95,6 +100,7 @@ impl Load {
             .map_err(|e| format!("{}:{}: {e}", opts.host, opts.port))?
             .next()
             .ok_or_else(|| format!("{}: no address", opts.host))?;
+        let sources = source::sources(target, opts.clients, opts.source_addrs)?;
         let procs = if opts.procs > 0 {
             opts.procs
         } else {
@@ -122,10 +128,11 @@ impl Load {
                 return Err("worker pipes missing".into());
             };
             let mut orders = format!(
-                "target {target}\nmailbox {}\ntimeout {}\nrate {}\n",
+                "target {target}\nmailbox {}\ntimeout {}\nrate {}\nsources {} {base}\n",
                 opts.mailbox,
                 opts.timeout_secs,
-                opts.connect_rate / procs as f64
+                opts.connect_rate / procs as f64,
+                source::to_order(&sources),
             );
             for &a in &account_of[base..end] {
                 let (u, p) = &opts.accounts[a];

@@ -2,8 +2,9 @@
 //! started by `load`): its share of the connections in one mio loop.
 //!
 //! Orders come on stdin, one per line: `target ADDR`, `mailbox NAME`,
-//! `timeout SECS`, `rate PER_SEC`, `client USER PASSWORD` (one per
-//! connection), `go`, later `finish [PER_SEC]` (DONE to every idle client,
+//! `timeout SECS`, `rate PER_SEC`, `sources ADDR,ADDR.. FIRST` (client i
+//! binds to source (FIRST + i) mod the count; `-` for none), `client USER
+//! PASSWORD` (one per connection), `go`, later `finish [PER_SEC]` (DONE to every idle client,
 //! at most PER_SEC a second when given) or `hangup` (close them all).
 //! Reports go to stdout: `progress IDLE
 //! FAILED`, `ready`, `exists INDEX NS`, `fail INDEX REASON`, then after
@@ -11,7 +12,7 @@
 //! CLOCK_MONOTONIC nanoseconds, comparable across processes.
 
 use std::io::{self, BufRead, Read, Write};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::client::{Client, Event, Step};
 use super::mono_ns;
+use super::source;
 
 const STDIN: Token = Token(0);
 const FIRST: usize = 16;
@@ -36,6 +38,8 @@ struct Conn {
 struct Worker {
     poll: Poll,
     target: SocketAddr,
+    /// Source addresses, and the index of our first client among all.
+    sources: (Vec<Ipv4Addr>, usize),
     conns: Vec<Conn>,
     next: usize,
     in_flight: usize,
@@ -72,6 +76,7 @@ fn run() -> Result<(), String> {
     let mut timeout = 30u64;
     let mut rate = 0.0f64;
     let mut clients = Vec::new();
+    let mut sources = (Vec::new(), 0);
     for line in stdin.lock().lines() {
         let line = line.map_err(|e| e.to_string())?;
         let mut w = line.splitn(3, ' ');
@@ -82,6 +87,10 @@ fn run() -> Result<(), String> {
             (Some("mailbox"), Some(m), None) => mailbox = m.to_owned(),
             (Some("timeout"), Some(t), None) => timeout = t.parse().map_err(|_| "bad timeout")?,
             (Some("rate"), Some(r), None) => rate = r.parse().map_err(|_| "bad rate")?,
+            (Some("sources"), Some(list), Some(first)) => {
+                let first = first.parse().map_err(|_| "bad first client index")?;
+                sources = (source::from_order(list)?, first);
+            }
             (Some("client"), Some(u), Some(p)) => clients.push((u.to_owned(), p.to_owned())),
             (Some("go"), None, None) => break,
             _ => return Err(format!("unknown order {line:?}")),
@@ -109,6 +118,7 @@ fn run() -> Result<(), String> {
     let mut w = Worker {
         poll,
         target,
+        sources,
         conns,
         next: 0,
         in_flight: 0,
@@ -209,7 +219,9 @@ impl Worker {
             self.next += 1;
             self.in_flight += 1;
             self.conns[i].client.started = mono_ns();
-            match TcpStream::connect(self.target) {
+            let (list, first) = &self.sources;
+            let from = (!list.is_empty()).then(|| list[(first + i) % list.len()]);
+            match source::connect(self.target, from) {
                 Ok(mut s) => {
                     let r = self.poll.registry().register(
                         &mut s,

@@ -2,6 +2,7 @@
 //! stack, and a private Dovecot with either hibernation process.
 
 pub mod dovecot;
+pub mod idles;
 pub mod machine;
 pub mod native;
 pub mod procfs;

@@ -1,14 +1,18 @@
 //! The whole native system as real processes in a private directory:
 //! imap-idle, imap-tracker, the reference login process and mail
-//! processes. Used by `imap-idle-lab bench` and by the tests.
+//! processes. Used by `imap-idle-lab bench` and by the tests. With
+//! [`NativeOptions::idles`] above 1, several imap-idle daemons serve the
+//! one tracker (see `idles`); the figures here add them up.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::idles::{self, IdleSpec};
 use super::{wait_until, PrivateDir};
 use crate::link;
+use crate::proto::native::Stats;
 
 pub const PASSWORD: &str = "secret";
 
@@ -30,6 +34,15 @@ pub struct NativeOptions {
     pub login_args: Vec<String>,
     /// More arguments for every mail process, spawned ones included.
     pub mail_args: Vec<String>,
+    /// imap-idle daemons, each with its own runtime directory and park
+    /// socket, all returning to the one tracker; the mail processes get
+    /// every park socket and spread their parks over them.
+    pub idles: usize,
+    /// `--max-parked` of daemon i (daemons past the list, or all when it
+    /// is empty, keep their default: what their open-file limit allows).
+    pub idle_max_parked: Vec<usize>,
+    /// More arguments for every imap-idle.
+    pub idle_args: Vec<String>,
 }
 
 impl Default for NativeOptions {
@@ -47,6 +60,9 @@ impl Default for NativeOptions {
             log_level: "debug".into(),
             login_args: Vec::new(),
             mail_args: Vec::new(),
+            idles: 1,
+            idle_max_parked: Vec::new(),
+            idle_args: Vec::new(),
         }
     }
 }
@@ -56,7 +72,12 @@ pub struct NativeStack {
     pub run: PathBuf,
     pub mail_root: PathBuf,
     pub port: u16,
+    /// The first imap-idle (its runtime directory is `run`).
     pub idle: Child,
+    /// The others, when [`NativeOptions::idles`] is above 1.
+    pub more_idles: Vec<Child>,
+    /// Every imap-idle's park socket, the first one's first.
+    park_sockets: Vec<PathBuf>,
     pub tracker: Child,
     login: Child,
     pub mails: Vec<Child>,
@@ -68,7 +89,7 @@ pub struct NativeStack {
     _private: PrivateDir,
 }
 
-fn spawn(cmd: &mut Command, log: &Path) -> Result<Child, String> {
+pub(super) fn spawn(cmd: &mut Command, log: &Path) -> Result<Child, String> {
     let file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
     cmd.env_remove("RUST_LOG")
         .stdin(Stdio::null())
@@ -103,22 +124,44 @@ impl NativeStack {
             .map(|(u, uid)| format!("{u}:{PASSWORD}:{}\n", mail_uid(*uid)))
             .collect();
         std::fs::write(&passwd, accounts).map_err(|e| e.to_string())?;
-        let mut idle = spawn(
-            Command::new(bin.join("imap-idle"))
-                .arg("--runtime-dir")
-                .arg(&run)
-                .args(["--log-level", &o.log_level]),
-            &dir.join("imap-idle.log"),
-        )?;
-        if let Err(e) = wait_until(
-            || link::stats(&run.join("park")).is_ok(),
-            "imap-idle to listen",
-            Duration::from_secs(10),
-        ) {
-            let _ = idle.kill();
-            return Err(e);
+        let mut children = Vec::new();
+        for i in 0..o.idles.max(1) {
+            let spec = IdleSpec {
+                bin,
+                dir: &dir,
+                run: &run,
+                log_level: &o.log_level,
+                max_parked: o.idle_max_parked.get(i).copied(),
+                args: &o.idle_args,
+            };
+            match idles::start(&spec, i) {
+                Ok(c) => children.push(c),
+                Err(e) => {
+                    for mut c in children {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                    }
+                    return Err(e);
+                }
+            }
         }
+        let mut children = children.into_iter();
+        let Some(idle) = children.next() else {
+            return Err("no imap-idle started".into());
+        };
+        let more_idles: Vec<Child> = children.collect();
+        let park_sockets: Vec<PathBuf> = (0..=more_idles.len())
+            .map(|i| idles::runtime_dir(&dir, &run, i).join("park"))
+            .collect();
+        // One daemon: the defaults (RUNTIME_DIR/park) say it already.
+        let idle_args = if park_sockets.len() > 1 {
+            idles::socket_args(&park_sockets)
+        } else {
+            Vec::new()
+        };
         let lab = bin.join("imap-idle-lab");
+        let mut mail_args = idle_args.clone();
+        mail_args.extend(o.mail_args.iter().cloned());
         let mail_cmd = format!(
             "{} serve mail --runtime-dir {} --maildir {}/%u/Maildir --park-after {} \
              --capacity {} --log-level {} {} 2>>{}/mail-spawned.log",
@@ -128,7 +171,7 @@ impl NativeStack {
             o.park_after,
             o.capacity,
             o.log_level,
-            o.mail_args.join(" "),
+            mail_args.join(" "),
             dir.display()
         );
         let mut tracker_cmd = Command::new(bin.join("imap-tracker"));
@@ -144,6 +187,7 @@ impl NativeStack {
             "--log-level",
             tracker_level,
         ]);
+        tracker_cmd.args(&idle_args);
         if o.spawn {
             tracker_cmd.args(["--spawn", &mail_cmd, "--max-processes", "8"]);
         }
@@ -178,6 +222,8 @@ impl NativeStack {
             mail_root,
             port,
             idle,
+            more_idles,
+            park_sockets,
             tracker,
             login,
             mails: Vec::new(),
@@ -185,7 +231,7 @@ impl NativeStack {
             park_after: o.park_after,
             capacity: o.capacity,
             log_level: o.log_level.clone(),
-            mail_args: o.mail_args.clone(),
+            mail_args,
             _private: private,
         };
         if port == 0 {
@@ -243,8 +289,36 @@ impl NativeStack {
         self.mail_root.join(user).join("Maildir")
     }
 
+    /// The first imap-idle's park socket.
     pub fn park_socket(&self) -> PathBuf {
         self.run.join("park")
+    }
+
+    /// Every imap-idle's park socket, in the order of [`Self::idle_pids`].
+    pub fn park_sockets(&self) -> &[PathBuf] {
+        &self.park_sockets
+    }
+
+    /// Every imap-idle's pid, the first one's first (the bench measures
+    /// memory per process).
+    pub fn idle_pids(&self) -> Vec<u32> {
+        std::iter::once(&self.idle)
+            .chain(&self.more_idles)
+            .map(Child::id)
+            .collect()
+    }
+
+    /// The log of imap-idle `i`.
+    pub fn idle_log(&self, i: usize) -> String {
+        self.log(&idles::log_name(i))
+    }
+
+    /// Each imap-idle's counters, in the order of [`Self::idle_pids`].
+    pub fn idle_stats(&self) -> Result<Vec<Stats>, String> {
+        self.park_sockets
+            .iter()
+            .map(|p| link::stats(p).map_err(|e| format!("{}: {e}", p.display())))
+            .collect()
     }
 
     /// What `imap-tracker who [USER]` prints.
@@ -262,8 +336,9 @@ impl NativeStack {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    pub fn stats(&self) -> Result<crate::proto::native::Stats, String> {
-        link::stats(&self.park_socket()).map_err(|e| e.to_string())
+    /// The counters of every imap-idle added up.
+    pub fn stats(&self) -> Result<Stats, String> {
+        Ok(idles::sum(&self.idle_stats()?))
     }
 
     pub fn parked(&self) -> u64 {
@@ -306,6 +381,7 @@ impl Drop for NativeStack {
             .mails
             .iter_mut()
             .chain([&mut self.login, &mut self.tracker, &mut self.idle])
+            .chain(self.more_idles.iter_mut())
         {
             let _ = c.kill();
             let _ = c.wait();

@@ -20,7 +20,7 @@ use slab::Slab;
 
 use super::bounds::MAX_QUEUED_OUTPUT;
 use super::session::{Session, CAPABILITY};
-use crate::mail::{FromTracker, IdleLink, TrackerLink};
+use crate::mail::{FromTracker, IdlePool, TrackerLink};
 use crate::proto::native::{Assign, Assignment, Release};
 use park::dirs_changed;
 use restore::restore;
@@ -31,7 +31,8 @@ const TICK: Duration = Duration::from_millis(250);
 
 pub struct MailConfig {
     pub tracker_socket: PathBuf,
-    pub idle_socket: PathBuf,
+    /// Every imap-idle's park socket: parks go to each in turn.
+    pub idle_sockets: Vec<PathBuf>,
     /// `%u` is the user name.
     pub maildir: String,
     pub park_after: Option<Duration>,
@@ -59,7 +60,7 @@ struct Mail {
     cfg: MailConfig,
     poll: Poll,
     tracker: TrackerLink,
-    idle: Option<IdleLink>,
+    idle: IdlePool,
     clients: Slab<Client>,
     buf: Vec<u8>,
 }
@@ -82,11 +83,12 @@ pub fn run(cfg: MailConfig) -> Result<(), String> {
         cfg.tracker_socket.display(),
         cfg.capacity
     );
+    let idle = IdlePool::new(cfg.idle_sockets.clone());
     let mut m = Mail {
         cfg,
         poll,
         tracker,
-        idle: None,
+        idle,
         clients: Slab::new(),
         buf: vec![0; 16 * 1024],
     };

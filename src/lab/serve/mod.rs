@@ -47,7 +47,10 @@ the EXPUNGE / FETCH / EXISTS / RECENT that happened meanwhile.
   --maildir PATTERN       where each user's Maildir is
   --tracker-socket PATH   [default: $IMAP_TRACKER_SOCKET, else
                           RUNTIME_DIR/tracker]
-  --idle-socket PATH      imap-idle's park socket [default: RUNTIME_DIR/park]
+  --idle-socket PATH      imap-idle's park socket [default: RUNTIME_DIR/park];
+                          given again (or as PATH,PATH..) for several
+                          imap-idle daemons: parks go to each in turn, and
+                          one that is full passes the client to the next
   --park-after SECS       idle this long before parking; 0 never parks
                           [default: 10]
   --keepalive SECS        `* OK Still here` interval while parked
@@ -98,7 +101,7 @@ fn parse(role: Option<&str>, mut args: Args) -> Result<Option<Run>, String> {
     let mut listen = "127.0.0.1:1143".to_owned();
     let mut passwd = None;
     let mut tracker_socket = None;
-    let mut idle_socket = None;
+    let mut idle_sockets: Vec<PathBuf> = Vec::new();
     let mut maildir = None;
     let mut park_after = 10u64;
     let mut keepalive = 120u32;
@@ -118,7 +121,12 @@ fn parse(role: Option<&str>, mut args: Args) -> Result<Option<Run>, String> {
             "--listen" => listen = args.value(&flag)?,
             "--passwd" => passwd = Some(PathBuf::from(args.value(&flag)?)),
             "--tracker-socket" => tracker_socket = Some(PathBuf::from(args.value(&flag)?)),
-            "--idle-socket" => idle_socket = Some(PathBuf::from(args.value(&flag)?)),
+            "--idle-socket" => idle_sockets.extend(
+                args.value(&flag)?
+                    .split(',')
+                    .filter(|p| !p.is_empty())
+                    .map(PathBuf::from),
+            ),
             "--maildir" => maildir = Some(args.value(&flag)?),
             "--park-after" => park_after = args.number(&flag)?,
             "--keepalive" => keepalive = args.number(&flag)?,
@@ -158,7 +166,11 @@ fn parse(role: Option<&str>, mut args: Args) -> Result<Option<Run>, String> {
     }
     let cfg = mail::MailConfig {
         tracker_socket,
-        idle_socket: idle_socket.unwrap_or_else(|| runtime_dir.join("park")),
+        idle_sockets: if idle_sockets.is_empty() {
+            vec![runtime_dir.join("park")]
+        } else {
+            idle_sockets
+        },
         maildir,
         park_after: (park_after > 0).then(|| Duration::from_secs(park_after)),
         keepalive_secs: keepalive,

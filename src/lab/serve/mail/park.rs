@@ -11,7 +11,7 @@ use mio::unix::SourceFd;
 
 use super::super::session::Session;
 use super::{Client, Mail};
-use crate::mail::{IdleLink, NotParked, Parking};
+use crate::mail::{NotParked, ParkedIn, Parking};
 use crate::proto::native::Release;
 
 impl Mail {
@@ -60,23 +60,8 @@ impl Mail {
         };
         let park = Parking::idle(&s.user, s.cookie, &state);
         let (conn, user, mailbox) = (s.conn, s.user.clone(), state.mailbox.clone());
-        if self.idle.is_none() {
-            match IdleLink::connect(&self.cfg.idle_socket) {
-                Ok(l) => self.idle = Some(l),
-                Err(e) => {
-                    warn!(
-                        "cannot reach imap-idle at {}: {e}",
-                        self.cfg.idle_socket.display()
-                    );
-                    return self.park_refused(key);
-                }
-            }
-        }
-        let Some(idle) = &mut self.idle else {
-            return;
-        };
-        match idle.park(OwnedFd::from(dup), &park) {
-            Ok(idle_id) => {
+        match self.idle.park(OwnedFd::from(dup), &park) {
+            Ok(into) => {
                 // imap-idle owns the client now; our descriptor goes.
                 if let Some(c) = self.clients.try_remove(key) {
                     let _ = self
@@ -84,8 +69,23 @@ impl Mail {
                         .registry()
                         .deregister(&mut SourceFd(&c.stream.as_raw_fd()));
                 }
-                debug!("user={user} conn={conn}: parked in imap-idle as {idle_id}");
-                self.release(conn, &user, Release::Parked { idle_id, mailbox });
+                let ParkedIn {
+                    idle_id, idle_pid, ..
+                } = into;
+                if into.passed_over > 0 {
+                    info!(
+                        "user={user} conn={conn}: parked in imap-idle pid={idle_pid} after {} \
+                         refused or could not be reached",
+                        into.passed_over
+                    );
+                }
+                debug!("user={user} conn={conn}: parked in imap-idle pid={idle_pid} as {idle_id}");
+                let how = Release::Parked {
+                    idle_id,
+                    idle_pid,
+                    mailbox,
+                };
+                self.release(conn, &user, how);
                 // imap-idle watches from before its answer. A change between
                 // our last look and then would go unnoticed: poke a watched
                 // directory so it wakes the client (at worst needlessly).
@@ -97,9 +97,6 @@ impl Mail {
                 }
             }
             Err(NotParked::Kept(kept)) => {
-                if !idle.is_open() {
-                    self.idle = None;
-                }
                 info!(
                     "user={user} conn={conn}: not parked ({}); keeping it",
                     kept.reason
@@ -109,7 +106,6 @@ impl Mail {
             Err(NotParked::Lost { reason }) => {
                 // imap-idle may have it: serving it on could mean two
                 // processes serve one client, so we let it go.
-                self.idle = None;
                 warn!("user={user} conn={conn}: park {reason}; closing our copy");
                 if let Some(c) = self.clients.try_remove(key) {
                     let _ = self
