@@ -34,7 +34,20 @@ fn load_opts(
     }
 }
 
-/// Parked connections, fds and memory of the daemon at one size.
+/// Load `k` of a run with `total` clients: past what one source address
+/// can open to one server (the ephemeral ports), each load gets its own.
+fn from_source(o: LoadOptions, k: usize, total: usize) -> LoadOptions {
+    if total <= crate::lab::load::source::PER_SOURCE {
+        return o;
+    }
+    LoadOptions {
+        source_addrs: Some(1),
+        source_skip: k,
+        ..o
+    }
+}
+
+/// Parked connections, fds and memory of the daemons at one size.
 struct Size {
     parked: usize,
     pss_kb: u64,
@@ -44,13 +57,13 @@ struct Size {
 }
 
 fn measure(stack: &NativeStack, loads: &[&Load]) -> Size {
-    let pid = stack.idle.id();
+    let pids = stack.idle_pids();
     let parked = stack.parked() as usize;
     Size {
         parked,
-        fds: procfs::settled_fds(pid),
-        pss_kb: procfs::pss_kb(pid),
-        inotify: procfs::inotify_instances(pid),
+        fds: pids.iter().map(|&p| procfs::settled_fds(p)).sum(),
+        pss_kb: pids.iter().map(|&p| procfs::pss_kb(p)).sum(),
+        inotify: pids.iter().map(|&p| procfs::inotify_instances(p)).sum(),
         point: Point::take(parked, loads),
     }
 }
@@ -58,7 +71,15 @@ fn measure(stack: &NativeStack, loads: &[&Load]) -> Size {
 /// Bulk clients are connected in this many steps, for the memory curve.
 const STEPS: usize = 4;
 
-pub fn run(bin: &Path, s: &Sizes, client: &ClientSide, progress: bool) -> Result<Figures, String> {
+/// The native stack with `s.n` clients, spread over `daemons` imap-idle
+/// processes of at most `per_daemon` parked connections each.
+pub fn run(
+    bin: &Path,
+    s: &Sizes,
+    (daemons, per_daemon): (usize, usize),
+    client: &ClientSide,
+    progress: bool,
+) -> Result<Figures, String> {
     let mut f = Figures {
         name: "imap-idle (native)".into(),
         ..Figures::default()
@@ -79,19 +100,24 @@ pub fn run(bin: &Path, s: &Sizes, client: &ClientSide, progress: bool) -> Result
         users,
         capacity: 4000,
         log_level: "warn".into(),
+        idles: daemons,
+        idle_max_parked: if daemons > 1 {
+            vec![per_daemon; daemons]
+        } else {
+            Vec::new()
+        },
         ..NativeOptions::default()
     };
     let stack = NativeStack::start(bin, &opts)?;
-    let idle_pid = stack.idle.id();
+    let idle_pids = stack.idle_pids();
     let settle = Duration::from_secs(600);
 
     say(&format!("native: {} idle clients, parked after 1 s", s.n1));
     let t = Instant::now();
-    let mut a = Load::connect(&load_opts(
-        stack.port,
-        s.n1,
-        accounts("a", users_a),
-        progress,
+    let source = |o, k| from_source(o, k, s.n);
+    let mut a = Load::connect(&source(
+        load_opts(stack.port, s.n1, accounts("a", users_a), progress),
+        0,
     ))?;
     stack.wait_parked(a.idle() as u64, settle)?;
     let mut park_secs = t.elapsed().as_secs_f64();
@@ -111,19 +137,16 @@ pub fn run(bin: &Path, s: &Sizes, client: &ClientSide, progress: bool) -> Result
     for chunk in b_accounts.chunks(per_step.max(1)) {
         let clients = (chunk.len() * PER_USER).min(left);
         left -= clients;
-        bulk_loads.push(Load::connect(&load_opts(
-            stack.port,
-            clients,
-            chunk.to_vec(),
-            progress,
-        ))?);
+        let o = load_opts(stack.port, clients, chunk.to_vec(), progress);
+        bulk_loads.push(Load::connect(&source(o, 1 + bulk_loads.len()))?);
         let idle: usize = a.idle() + bulk_loads.iter().map(Load::idle).sum::<usize>();
         stack.wait_parked(idle as u64, settle)?;
         let loads: Vec<&Load> = std::iter::once(&a).chain(&bulk_loads).collect();
         points.push(Point::take(stack.parked() as usize, &loads));
     }
     let mass_account = vec![("mass".to_owned(), PASSWORD.to_owned())];
-    let mut c = Load::connect(&load_opts(stack.port, s.mass_k, mass_account, progress))?;
+    let o = load_opts(stack.port, s.mass_k, mass_account, progress);
+    let mut c = Load::connect(&source(o, 1 + bulk_loads.len()))?;
     // Clients that failed to get idle are reported; the rest must park.
     let idle = (a.idle() + bulk_loads.iter().map(Load::idle).sum::<usize>() + c.idle()) as u64;
     stack.wait_parked(idle, settle)?;
@@ -131,7 +154,7 @@ pub fn run(bin: &Path, s: &Sizes, client: &ClientSide, progress: bool) -> Result
     let loads: Vec<&Load> = std::iter::once(&a).chain(&bulk_loads).chain([&c]).collect();
     let large = measure(&stack, &loads);
     points.push(large.point);
-    f.daemons = 1;
+    f.daemons = idle_pids.len();
     // Divide by what was parked, not by what was planned.
     let grown = large.parked.saturating_sub(small.parked).max(1) as f64;
     f.parked_small = small.parked;
@@ -152,9 +175,10 @@ pub fn run(bin: &Path, s: &Sizes, client: &ClientSide, progress: bool) -> Result
         "native: watching the idle daemon's wake-ups for {:.0} s",
         s.idle_window.as_secs_f64()
     ));
-    let before = procfs::wakeups(idle_pid);
+    let wakeups = || idle_pids.iter().map(|&p| procfs::wakeups(p)).sum::<u64>();
+    let before = wakeups();
     std::thread::sleep(s.idle_window);
-    let after = procfs::wakeups(idle_pid);
+    let after = wakeups();
     f.wakeup_window_secs = s.idle_window.as_secs_f64();
     f.wakeups_per_sec = Some((after - before) as f64 / f.wakeup_window_secs);
 
@@ -163,10 +187,10 @@ pub fn run(bin: &Path, s: &Sizes, client: &ClientSide, progress: bool) -> Result
         "native: {} deliveries, {PER_USER} clients per user",
         s.deliveries
     ));
-    let s0 = vec![stack.stats()?];
+    let s0 = stack.idle_stats()?;
     a.deliver(&maildir, s.deliveries, 100.0)?;
     a.wait_exists(Duration::from_secs(60));
-    let s1 = vec![stack.stats()?];
+    let s1 = stack.idle_stats()?;
     let (paced, changed, gave_up, woken) = wakes_across(&s0, &s1);
     f.daemons_woken = woken;
     f.wake_ms = paced;
@@ -177,10 +201,10 @@ pub fn run(bin: &Path, s: &Sizes, client: &ClientSide, progress: bool) -> Result
     // The mass clients have been parked all along; wait until the wave of
     // restores from the deliveries above has parked again.
     stack.wait_parked(idle, settle)?;
-    let s2 = vec![stack.stats()?];
+    let s2 = stack.idle_stats()?;
     c.deliver(&maildir, 1, 0.0)?;
     c.wait_exists(Duration::from_secs(60));
-    let s3 = vec![stack.stats()?];
+    let s3 = stack.idle_stats()?;
     let (mass, changed_m, gave_up_m, _) = wakes_across(&s2, &s3);
     f.wake_mass_ms = mass;
     f.wakes_changed = changed + changed_m;

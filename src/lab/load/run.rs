@@ -34,6 +34,9 @@ pub struct LoadOptions {
     /// Source addresses 127.0.0.2.. to spread the clients over; `None`
     /// picks enough for [`super::source::PER_SOURCE`] each, 0 binds none.
     pub source_addrs: Option<usize>,
+    /// Source addresses to leave out at the start of 127.0.0.2.. (for
+    /// several loads to one server at once).
+    pub source_skip: usize,
     /// Progress on stderr.
     pub progress: bool,
 }
@@ -50,6 +53,7 @@ impl Default for LoadOptions {
             timeout_secs: 30,
             procs: 0,
             source_addrs: None,
+            source_skip: 0,
             progress: true,
         }
     }
@@ -100,7 +104,7 @@ impl Load {
             .map_err(|e| format!("{}:{}: {e}", opts.host, opts.port))?
             .next()
             .ok_or_else(|| format!("{}: no address", opts.host))?;
-        let sources = source::sources(target, opts.clients, opts.source_addrs)?;
+        let sources = source::sources(target, opts.clients, opts.source_addrs, opts.source_skip)?;
         let procs = if opts.procs > 0 {
             opts.procs
         } else {

@@ -20,12 +20,15 @@ pub const MAX_SOURCES: usize = 253;
 
 /// The source addresses for `clients` connections to `target`: `asked`
 /// of them when given (0 none: the kernel picks the source), else as many
-/// as keep each under [`PER_SOURCE`] (none while one is enough). Only a
-/// loopback target can be reached from 127.0.0.x.
+/// as keep each under [`PER_SOURCE`] (none while one is enough), starting
+/// `skip` addresses past 127.0.0.2 (so that several loads to one server
+/// use different ones). Only a loopback target can be reached from
+/// 127.0.0.x.
 pub fn sources(
     target: SocketAddr,
     clients: usize,
     asked: Option<usize>,
+    skip: usize,
 ) -> Result<Vec<Ipv4Addr>, String> {
     let n = match asked {
         Some(n) => n,
@@ -42,10 +45,12 @@ pub fn sources(
              give --source-addrs 0, or fewer clients"
         ));
     }
-    if n > MAX_SOURCES {
-        return Err(format!("at most {MAX_SOURCES} source addresses, not {n}"));
+    if n + skip > MAX_SOURCES {
+        return Err(format!(
+            "at most {MAX_SOURCES} source addresses, not {n} past the first {skip}"
+        ));
     }
-    Ok((0..n)
+    Ok((skip..skip + n)
         .map(|i| Ipv4Addr::new(127, 0, 0, 2 + i as u8))
         .collect())
 }
@@ -103,16 +108,19 @@ mod tests {
 
     #[test]
     fn enough_sources_to_stay_under_the_port_range() {
-        assert!(sources(lo(143), PER_SOURCE, None).unwrap().is_empty());
-        let s = sources(lo(143), 100_000, None).unwrap();
+        assert!(sources(lo(143), PER_SOURCE, None, 0).unwrap().is_empty());
+        let s = sources(lo(143), 100_000, None, 0).unwrap();
         assert_eq!(s.len(), 4);
         assert_eq!(s[0], Ipv4Addr::new(127, 0, 0, 2));
         assert_eq!(s[3], Ipv4Addr::new(127, 0, 0, 5));
-        assert_eq!(sources(lo(143), 10, Some(2)).unwrap().len(), 2);
-        assert!(sources(lo(143), 100_000, Some(0)).unwrap().is_empty());
+        assert_eq!(sources(lo(143), 10, Some(2), 0).unwrap().len(), 2);
+        assert!(sources(lo(143), 100_000, Some(0), 0).unwrap().is_empty());
         let remote = SocketAddr::from(([192, 0, 2, 1], 143));
-        assert!(sources(remote, 100_000, None).is_err());
-        assert!(sources(lo(143), 10, Some(MAX_SOURCES + 1)).is_err());
+        assert!(sources(remote, 100_000, None, 0).is_err());
+        assert!(sources(lo(143), 10, Some(MAX_SOURCES + 1), 0).is_err());
+        let skipped = sources(lo(143), 10, Some(2), 3).unwrap();
+        assert_eq!(skipped, [Ipv4Addr::new(127, 0, 0, 5), Ipv4Addr::new(127, 0, 0, 6)]);
+        assert!(sources(lo(143), 10, Some(2), MAX_SOURCES - 1).is_err());
         assert_eq!(from_order(&to_order(&s)).unwrap(), s);
         assert!(from_order("-").unwrap().is_empty());
     }
