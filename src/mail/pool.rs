@@ -1,5 +1,7 @@
 //! Several imap-idle daemons for one mail process: one [`IdleLink`] each,
-//! parks spread over them in turn, and a daemon that refuses for want of
+//! parks spread over them by user (each user has a home daemon, the same
+//! in every mail process, so that a user's connections share one user
+//! entry and one set of watches there), and a daemon that refuses for want of
 //! room (full, out of inotify watches, shutting down) or cannot be reached
 //! passes the client on to the next. Only when every daemon said no does
 //! the mail process keep the client. One process's open-file limit caps a
@@ -38,8 +40,16 @@ struct Daemon {
 
 pub struct IdlePool {
     daemons: Vec<Daemon>,
-    /// Who is asked first next time.
-    next: usize,
+}
+
+/// The daemon `user`'s clients are offered to first (FNV-1a of the name):
+/// stable across mail processes and restarts, and spread evenly.
+fn home(user: &str, daemons: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in user.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % daemons.max(1) as u64) as usize
 }
 
 /// Whether another daemon may take what this one refused: yes when the
@@ -66,7 +76,6 @@ impl IdlePool {
                     full_until: None,
                 })
                 .collect(),
-            next: 0,
         }
     }
 
@@ -78,12 +87,11 @@ impl IdlePool {
         self.daemons.is_empty()
     }
 
-    /// The order to ask in: round robin from `next`, the daemons that
-    /// refused for room lately last.
-    fn order(&mut self, now: Instant) -> Vec<usize> {
+    /// The order to ask in: from the user's home daemon on, the daemons
+    /// that refused for room lately last.
+    fn order(&self, user: &str, now: Instant) -> Vec<usize> {
         let n = self.daemons.len();
-        let start = self.next;
-        self.next = (self.next + 1) % n.max(1);
+        let start = home(user, n);
         let mut order: Vec<usize> = (0..n).map(|k| (start + k) % n).collect();
         order.sort_by_key(|&i| self.daemons[i].full_until.is_some_and(|t| t > now));
         order
@@ -97,7 +105,7 @@ impl IdlePool {
         let mut client = client;
         let mut kind = None;
         let mut refusals = Vec::new();
-        for (tried, i) in self.order(now).into_iter().enumerate() {
+        for (tried, i) in self.order(&park.user, now).into_iter().enumerate() {
             let d = &mut self.daemons[i];
             if !d.link.as_ref().is_some_and(IdleLink::is_open) {
                 match IdleLink::connect(&d.path) {
@@ -225,30 +233,51 @@ mod tests {
         }
     }
 
+    fn park_for(user: &str) -> Park {
+        Park {
+            user: user.into(),
+            ..park()
+        }
+    }
+
     #[test]
-    fn parks_go_round_and_a_full_daemon_passes_them_on() {
+    fn a_user_goes_home_and_a_full_daemon_passes_clients_on() {
         let t = tempfile::tempdir().unwrap();
         let paths: Vec<PathBuf> = (0..3).map(|i| t.path().join(format!("park{i}"))).collect();
-        let asked: Vec<_> = [(101, 1), (102, 10), (103, 10)]
+        let asked: Vec<_> = [(101, 1), (102, 100), (103, 100)]
             .iter()
             .zip(&paths)
             .map(|(&(pid, room), p)| daemon(p, pid, room))
             .collect();
         let mut pool = IdlePool::new(paths);
-        let mut got = Vec::new();
-        for _ in 0..9 {
-            got.push(pool.park(client(), &park()).unwrap());
+        // Users spread over the daemons; each user's clients stay together.
+        let users: Vec<String> = (0..30).map(|i| format!("u{i}")).collect();
+        let homes: Vec<usize> = users.iter().map(|u| home(u, 3)).collect();
+        assert!((0..3).all(|d| homes.contains(&d)), "{homes:?}");
+        for u in users.iter().filter(|u| home(u, 3) != 0) {
+            let got: Vec<_> = (0..3)
+                .map(|_| pool.park(client(), &park_for(u)).unwrap())
+                .collect();
+            assert!(
+                got.iter()
+                    .all(|p| p.daemon == home(u, 3) && p.passed_over == 0),
+                "{got:?}"
+            );
         }
-        let in_daemon = |pid| got.iter().filter(|p| p.idle_pid == pid).count();
-        assert_eq!(in_daemon(101), 1, "{got:?}");
-        assert_eq!(in_daemon(102) + in_daemon(103), 8);
-        assert!(in_daemon(102) >= 3 && in_daemon(103) >= 3, "{got:?}");
-        // The full daemon's refusal sent its turn's client to the next one,
-        // and for a while it is asked last, not first.
-        let passed: Vec<_> = got.iter().filter(|p| p.passed_over > 0).collect();
-        assert_eq!(passed.len(), 1, "{got:?}");
+        // Daemon 0 has room for one: the next client of a user at home
+        // there passes on, and for a while daemon 0 is asked last.
+        let u0 = users.iter().find(|u| home(u, 3) == 0).unwrap();
+        let first = pool.park(client(), &park_for(u0)).unwrap();
+        assert_eq!((first.idle_pid, first.passed_over), (101, 0));
+        let second = pool.park(client(), &park_for(u0)).unwrap();
+        assert_ne!(second.idle_pid, 101);
+        assert_eq!(second.passed_over, 1);
+        let third = pool.park(client(), &park_for(u0)).unwrap();
+        assert_eq!(
+            third.passed_over, 0,
+            "the full daemon was asked first again"
+        );
         assert_eq!(asked[0].load(Ordering::SeqCst), 2);
-        assert!(got.iter().all(|p| p.idle_id >= 1));
     }
 
     #[test]

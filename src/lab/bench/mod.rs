@@ -250,7 +250,13 @@ fn round(
     // Past what one daemon holds under the open-file limit, several.
     let per_daemon = plan.clients.map_or(n, |_| default_size(1)).min(n);
     let daemons = n.div_ceil(per_daemon.max(1));
-    let mut rows = vec![native::run(bin, &s, (daemons, per_daemon), &client, progress)?];
+    let mut rows = vec![native::run(
+        bin,
+        &s,
+        (daemons, per_daemon),
+        &client,
+        progress,
+    )?];
     if plan.with_dovecot {
         let s = sizes(nd);
         let client = memory::client_side(bin, s.n1, s.n, progress)?;

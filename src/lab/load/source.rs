@@ -119,7 +119,10 @@ mod tests {
         assert!(sources(remote, 100_000, None, 0).is_err());
         assert!(sources(lo(143), 10, Some(MAX_SOURCES + 1), 0).is_err());
         let skipped = sources(lo(143), 10, Some(2), 3).unwrap();
-        assert_eq!(skipped, [Ipv4Addr::new(127, 0, 0, 5), Ipv4Addr::new(127, 0, 0, 6)]);
+        assert_eq!(
+            skipped,
+            [Ipv4Addr::new(127, 0, 0, 5), Ipv4Addr::new(127, 0, 0, 6)]
+        );
         assert!(sources(lo(143), 10, Some(2), MAX_SOURCES - 1).is_err());
         assert_eq!(from_order(&to_order(&s)).unwrap(), s);
         assert!(from_order("-").unwrap().is_empty());

@@ -31,7 +31,7 @@ const TICK: Duration = Duration::from_millis(250);
 
 pub struct MailConfig {
     pub tracker_socket: PathBuf,
-    /// Every imap-idle's park socket: parks go to each in turn.
+    /// Every imap-idle's park socket: a user's parks go to its home daemon.
     pub idle_sockets: Vec<PathBuf>,
     /// `%u` is the user name.
     pub maildir: String,

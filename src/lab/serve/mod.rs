@@ -49,8 +49,9 @@ the EXPUNGE / FETCH / EXISTS / RECENT that happened meanwhile.
                           RUNTIME_DIR/tracker]
   --idle-socket PATH      imap-idle's park socket [default: RUNTIME_DIR/park];
                           given again (or as PATH,PATH..) for several
-                          imap-idle daemons: parks go to each in turn, and
-                          one that is full passes the client to the next
+                          imap-idle daemons: a user's parks go to its home
+                          daemon (a hash of the name), and one that is
+                          full passes the client to the next
   --park-after SECS       idle this long before parking; 0 never parks
                           [default: 10]
   --keepalive SECS        `* OK Still here` interval while parked
