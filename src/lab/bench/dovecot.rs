@@ -193,7 +193,8 @@ pub fn run(
     let before = h.wakeups();
     std::thread::sleep(s.idle_window);
     f.wakeup_window_secs = s.idle_window.as_secs_f64();
-    f.wakeups_per_sec = Some((h.wakeups() - before) as f64 / f.wakeup_window_secs);
+    let per = h.pids.len().max(1) as f64;
+    f.wakeups_per_sec = Some((h.wakeups() - before) as f64 / f.wakeup_window_secs / per);
 
     let maildir = Delivery::Maildir(format!("{}/mail/%u/Maildir", dc.dir.display()));
     say(&format!(

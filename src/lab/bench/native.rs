@@ -180,7 +180,9 @@ pub fn run(
     std::thread::sleep(s.idle_window);
     let after = wakeups();
     f.wakeup_window_secs = s.idle_window.as_secs_f64();
-    f.wakeups_per_sec = Some((after - before) as f64 / f.wakeup_window_secs);
+    // Per daemon: each sleeps on its own, and the target is one daemon's.
+    let per = idle_pids.len().max(1) as f64;
+    f.wakeups_per_sec = Some((after - before) as f64 / f.wakeup_window_secs / per);
 
     let maildir = Delivery::Maildir(format!("{}/%u/Maildir", stack.mail_root.display()));
     say(&format!(

@@ -112,7 +112,7 @@ fn lines() -> Vec<Line> {
         line("mass wake: watchers of one mailbox (K)", |f| (f.mass_k > 0).then_some(f.mass_k as f64), count),
         line("mass wake: EXISTS at client, p50", |f| lat(&f.mass_ms, 0.5), ms),
         line("mass wake: all K have it", |f| lat(&f.mass_ms, 1.0), ms),
-        line("idle wake-ups per second (from /proc)", |f| f.wakeups_per_sec, two),
+        line("idle wake-ups per second per hibernation process", |f| f.wakeups_per_sec, two),
         line("keepalives seen by clients", |f| Some(f.keepalives as f64), count),
         line("clients failed", |f| Some(f.failed as f64), count),
     ]
@@ -242,7 +242,7 @@ pub fn targets(setups: &[Vec<Figures>]) -> String {
         if let Some(w) = median(n, |f| f.wakeups_per_sec) {
             let _ = writeln!(
                 out,
-                "idle daemon with {} parked wakes < 1/s: {w:.2}/s, {}",
+                "idle daemon with {} parked wakes < 1/s (per daemon): {w:.2}/s, {}",
                 thousands(parked),
                 check(w < 1.0)
             );
