@@ -27,19 +27,10 @@ fn stand_in<T: Send + 'static>(
     script: impl FnOnce(&SeqPacket, Vec<(u64, OwnedFd)>) -> T + Send + 'static,
 ) -> (tempfile::TempDir, PathBuf, JoinHandle<T>) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("park");
-    let listener = SeqPacket::listen(&path, 0o600).unwrap();
-    listener.set_nonblocking(false).unwrap();
+    let (path, listener) = stand_in_listener(dir.path());
     let fake = std::thread::spawn(move || {
-        let sock = listener.accept().unwrap();
-        sock.set_nonblocking(false).unwrap();
+        let sock = accept_as_idle(&listener);
         let mut buf = vec![0; MAX_PACKET + 1];
-        native::recv(&sock, &mut buf).unwrap();
-        let hello = Message::Hello {
-            role: Role::Idle,
-            pid: 1,
-        };
-        native::send(&sock, &hello, None).unwrap();
         let mut got = Vec::new();
         for _ in 0..parks {
             let incoming = native::recv(&sock, &mut buf).unwrap();
@@ -347,4 +338,52 @@ fn a_wide_window_into_the_real_daemon_parks_everyone_and_refuses_by_request() {
     assert_eq!(d.stats().parked, parked as u64);
     drop(clients);
     wait_for(|| d.stats().parked == 0, "every hang-up");
+}
+
+#[test]
+fn the_daemon_answers_what_it_read_before_its_error() {
+    let d = Daemon::start(&[]);
+    // Everything at once, before the daemon has even accepted: it reads
+    // the lot in one turn, so the answers to the parks are still queued
+    // when the bad packet comes.
+    let sock = SeqPacket::connect(&d.park, false).unwrap();
+    let hello = Message::Hello {
+        role: Role::MailProcess,
+        pid: 1,
+    };
+    native::send(&sock, &hello, None).unwrap();
+    let pairs: Vec<_> = (0..3).map(|_| UnixStream::pair().unwrap()).collect();
+    for (req, (_, server)) in (1..).zip(&pairs) {
+        let park = Message::Park {
+            req,
+            park: idle_park("alice", vec![]),
+        };
+        native::send(&sock, &park, Some(std::os::fd::AsFd::as_fd(server))).unwrap();
+    }
+    // A park without its descriptor.
+    let bare = Message::Park {
+        req: 4,
+        park: idle_park("alice", vec![]),
+    };
+    sock.send(&bare.encode(), &[]).unwrap();
+    let mut buf = vec![0; MAX_PACKET + 1];
+    assert!(matches!(
+        native::recv(&sock, &mut buf).unwrap().msg,
+        Message::Hello { .. }
+    ));
+    for want in 1..=3 {
+        match native::recv(&sock, &mut buf).unwrap().msg {
+            Message::Parked { req, .. } => assert_eq!(req, want),
+            other => panic!("expected Parked {want}, got {other:?}"),
+        }
+    }
+    match native::recv(&sock, &mut buf).unwrap().msg {
+        Message::Error { reason } => assert!(reason.contains("fds"), "{reason}"),
+        other => panic!("expected Error, got {other:?}"),
+    }
+    assert!(matches!(
+        native::recv(&sock, &mut buf),
+        Err(RecvError::Closed)
+    ));
+    assert_eq!(d.stats().parked, 3);
 }

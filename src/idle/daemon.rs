@@ -16,7 +16,7 @@ use mio::{Events, Interest, Poll, Token};
 use nix::sys::inotify::WatchDescriptor;
 use nix::sys::socket::{self, Shutdown};
 
-use super::accept::PAUSE_MS;
+use super::accept::{self, PAUSE_MS};
 use super::admission::Policy;
 use super::budget::Budget;
 use super::clients::{self, Clients, IdleCore};
@@ -25,7 +25,7 @@ use super::core::{Action, Core};
 use super::hand_off::HandOff;
 use super::inotify::Inotify;
 use super::master_return::Masters;
-use super::park_socket::{self, Held, ParkSocket};
+use super::park_socket::{Held, ParkSocket};
 use super::service::{self, Service};
 use super::signals::{Command, SignalAdapter};
 use super::tokens::{source, token, Source};
@@ -66,7 +66,7 @@ impl Daemon {
         let budget = Budget::for_config(fd_limit, &cfg);
         let max_parked = budget.max_parked;
         let policy = Policy::from_config(&cfg, budget.controls)?;
-        let listener = park_socket::listen(&cfg)?;
+        let listener = accept::listen(&cfg)?;
         let inotify = setup("creating the inotify instance", Inotify::new())?;
         let poll = setup("creating the poll", Poll::new())?;
         let reg = poll.registry();
@@ -144,7 +144,7 @@ impl Daemon {
         self.report_capacity();
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = if self.clients.has_ready() {
+            let timeout = if self.clients.has_ready() || self.park.has_ready() {
                 Some(Duration::ZERO)
             } else {
                 self.next_deadline()
@@ -162,6 +162,7 @@ impl Daemon {
             }
             self.clients.turn(&mut self.core, now);
             self.carry_out();
+            self.park_turn(now);
             self.fire_timers(Instant::now());
             self.pump(Instant::now());
             if self.core.done() {
@@ -251,6 +252,19 @@ impl Daemon {
                     self.core.notify_ready(id, now);
                 }
             }
+        }
+    }
+
+    /// Control connections with packets left from their last turn.
+    fn park_turn(&mut self, now: Instant) {
+        if !self.park.has_ready() {
+            return;
+        }
+        let (mut held, park, _) = self.held(now);
+        let resume = park.turn(&mut held);
+        self.carry_out();
+        if resume {
+            self.accept(now);
         }
     }
 
