@@ -260,20 +260,10 @@ fn answers_carry_the_park_request_id_and_a_mismatch_loses_nothing_twice() {
     // keep serving the client (the daemon may have it) nor misread later
     // answers. We play that daemon.
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("park");
-    let listener = SeqPacket::listen(&path, 0o600).unwrap();
-    // Our stand-in waits for the library to connect.
-    listener.set_nonblocking(false).unwrap();
+    let (path, listener) = stand_in_listener(dir.path());
     let fake = std::thread::spawn(move || {
-        let sock = listener.accept().unwrap();
-        sock.set_nonblocking(false).unwrap();
+        let sock = accept_as_idle(&listener);
         let mut buf = vec![0; MAX_PACKET + 1];
-        native::recv(&sock, &mut buf).unwrap();
-        let hello = Message::Hello {
-            role: Role::Idle,
-            pid: 1,
-        };
-        native::send(&sock, &hello, None).unwrap();
         let got = native::recv(&sock, &mut buf).unwrap();
         let Message::Park { req, .. } = got.msg else {
             panic!("expected a park");

@@ -1,13 +1,17 @@
-//! One accept step for both listeners (the park socket, Dovecot's
-//! imap-hibernate): the same handling of a peer that left early, and of
-//! running out of descriptors, which pauses accepting instead of spinning.
+//! The listeners: the park socket bound as configured, and one accept
+//! step for both it and Dovecot's imap-hibernate: the same handling of a
+//! peer that left early, and of running out of descriptors, which pauses
+//! accepting instead of spinning.
 
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
+use std::path::PathBuf;
 
 use nix::errno::Errno;
 
-use crate::sys::fdpass;
+use super::config::Config;
+use crate::setup::{ensure_dir_mode, setup, SetupError};
+use crate::sys::{fdpass, SeqPacket};
 
 /// How long accepting pauses after EMFILE/ENFILE.
 pub const PAUSE_MS: u64 = 100;
@@ -35,4 +39,40 @@ pub fn next(listener: BorrowedFd<'_>) -> Next {
             },
         },
     }
+}
+
+/// Bind the park socket as configured: its directory checked (or made)
+/// ours, its mode and group set. With `shared` (Dovecot's master may run
+/// several of us with one runtime directory), a default path another live
+/// imap-idle holds gives way to `park.PID` beside it. Returns the path
+/// bound.
+pub fn listen(cfg: &Config, shared: bool) -> Result<(SeqPacket, PathBuf), SetupError> {
+    if let Some(dir) = cfg.park_socket.parent() {
+        ensure_dir_mode(dir, cfg.runtime_dir_mode)?;
+    }
+    let mut path = cfg.park_socket.clone();
+    let mut bound = SeqPacket::listen(&path, cfg.park_socket_mode);
+    let default = cfg.park_socket == cfg.runtime_dir.join("park");
+    if shared
+        && default
+        && bound
+            .as_ref()
+            .is_err_and(|e| e.kind() == io::ErrorKind::AddrInUse)
+    {
+        path = cfg.runtime_dir.join(format!("park.{}", std::process::id()));
+        bound = SeqPacket::listen(&path, cfg.park_socket_mode);
+    }
+    let listener = setup(format_args!("listening on {}", path.display()), bound)?;
+    if let Some(name) = &cfg.park_socket_group {
+        let Ok(Some(g)) = nix::unistd::Group::from_name(name) else {
+            return Err(SetupError(format!(
+                "--park-socket-group: no group {name:?}"
+            )));
+        };
+        setup(
+            format_args!("giving {} to group {name}", path.display()),
+            nix::unistd::chown(&path, None, Some(g.gid)).map_err(io::Error::from),
+        )?;
+    }
+    Ok((listener, path))
 }

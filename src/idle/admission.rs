@@ -11,6 +11,7 @@ use log::warn;
 
 use super::config::Config;
 use crate::access::Allowed;
+use crate::proto::native::Role;
 use crate::setup::SetupError;
 use crate::sys::Peer;
 
@@ -44,6 +45,31 @@ impl Policy {
             handshake: Duration::from_secs(cfg.handshake_timeout_secs),
             max_controls,
         })
+    }
+}
+
+impl Policy {
+    /// Whether `peer` may take `role` here (in Dovecot mode nobody parks
+    /// through this socket); the reason to tell it if not.
+    pub fn claim(&self, peer: &Peer, role: Role, dovecot: bool) -> Result<(), String> {
+        if role == Role::MailProcess && dovecot {
+            return Err(
+                "this imap-idle runs in Dovecot mode: it parks clients of Dovecot only".into(),
+            );
+        }
+        let (allowed, flag) = match role {
+            Role::MailProcess => (&self.mail, "--mail-uid"),
+            Role::Admin => (&self.admin, "--admin-group"),
+            _ => return Err(format!("role {role:?} does not park connections")),
+        };
+        if !allowed.admits(peer) {
+            warn!(
+                "SECURITY: pid={} uid={} claimed the {role:?} role; refused ({flag})",
+                peer.pid, peer.uid
+            );
+            return Err(format!("uid {} may not take the {role:?} role", peer.uid));
+        }
+        Ok(())
     }
 }
 

@@ -16,7 +16,7 @@ use mio::{Events, Interest, Poll, Token};
 use nix::sys::inotify::WatchDescriptor;
 use nix::sys::socket::{self, Shutdown};
 
-use super::accept::PAUSE_MS;
+use super::accept::{self, PAUSE_MS};
 use super::admission::Policy;
 use super::budget::Budget;
 use super::clients::{self, Clients, IdleCore};
@@ -25,7 +25,7 @@ use super::core::{Action, Core};
 use super::hand_off::HandOff;
 use super::inotify::Inotify;
 use super::master_return::Masters;
-use super::park_socket::{self, Held, ParkSocket};
+use super::park_socket::{Held, ParkSocket};
 use super::service::{self, Service};
 use super::signals::{Command, SignalAdapter};
 use super::tokens::{source, token, Source};
@@ -69,7 +69,7 @@ impl Daemon {
         let max_parked = budget.max_parked;
         let policy = Policy::from_config(&cfg, budget.controls)?;
         let shared = cfg.dovecot && service::started_by_master();
-        let (listener, park_path) = park_socket::listen(&cfg, shared)?;
+        let (listener, park_path) = accept::listen(&cfg, shared)?;
         let inotify = setup("creating the inotify instance", Inotify::new())?;
         let poll = setup("creating the poll", Poll::new())?;
         let reg = poll.registry();
@@ -150,7 +150,7 @@ impl Daemon {
             if std::mem::take(&mut self.accept_again) {
                 self.accept(Instant::now());
             }
-            let timeout = if self.clients.has_ready() {
+            let timeout = if self.clients.has_ready() || self.park.has_ready() {
                 Some(Duration::ZERO)
             } else {
                 self.next_deadline()
@@ -168,6 +168,7 @@ impl Daemon {
             }
             self.clients.turn(&mut self.core, now);
             self.carry_out();
+            self.park_turn(now);
             self.fire_timers(Instant::now());
             self.pump(Instant::now());
             if self.core.done() {
@@ -257,6 +258,19 @@ impl Daemon {
                     self.core.notify_ready(id, now);
                 }
             }
+        }
+    }
+
+    /// Control connections with packets left from their last turn.
+    fn park_turn(&mut self, now: Instant) {
+        if !self.park.has_ready() {
+            return;
+        }
+        let (mut held, park, _) = self.held(now);
+        let resume = park.turn(&mut held);
+        self.carry_out();
+        if resume {
+            self.accept(now);
         }
     }
 

@@ -3,11 +3,13 @@
 //! credentials when claimed; a uid other than root and ours holds a
 //! bounded number of connections, and each must say Hello in time. Any
 //! malformed packet closes that one control connection (with every
-//! descriptor it carried) and the daemon serves everyone else.
+//! descriptor it carried) and the daemon serves everyone else. A mail
+//! process may pipeline its parks: each turn takes up to a budget of a
+//! connection's packets and writes their answers out together.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::PathBuf;
 use std::time::Instant;
 
 use log::{debug, warn};
@@ -18,50 +20,18 @@ use slab::Slab;
 use super::accept::{self, Next};
 use super::admission::{Admission, Policy};
 use super::clients::{Clients, IdleCore};
-use super::config::Config;
-use super::control::{Control, Sent};
+use super::control::{Control, Sent, WRITE_BATCH};
 use super::core::Arrival;
 use super::inotify::Inotify;
 use super::tokens::{token, Source};
 use crate::proto::native::{self, Message, Park, RecvError, Role, MAX_PACKET};
-use crate::setup::{ensure_dir_mode, setup, SetupError};
 use crate::sys::SeqPacket;
 
-/// Bind the park socket as configured: its directory checked (or made)
-/// ours, its mode and group set. With `shared` (Dovecot's master may run
-/// several of us with one runtime directory), a default path another live
-/// imap-idle holds gives way to `park.PID` beside it. Returns the path
-/// bound.
-pub fn listen(cfg: &Config, shared: bool) -> Result<(SeqPacket, PathBuf), SetupError> {
-    if let Some(dir) = cfg.park_socket.parent() {
-        ensure_dir_mode(dir, cfg.runtime_dir_mode)?;
-    }
-    let mut path = cfg.park_socket.clone();
-    let mut bound = SeqPacket::listen(&path, cfg.park_socket_mode);
-    let default = cfg.park_socket == cfg.runtime_dir.join("park");
-    if shared
-        && default
-        && bound
-            .as_ref()
-            .is_err_and(|e| e.kind() == io::ErrorKind::AddrInUse)
-    {
-        path = cfg.runtime_dir.join(format!("park.{}", std::process::id()));
-        bound = SeqPacket::listen(&path, cfg.park_socket_mode);
-    }
-    let listener = setup(format_args!("listening on {}", path.display()), bound)?;
-    if let Some(name) = &cfg.park_socket_group {
-        let Ok(Some(g)) = nix::unistd::Group::from_name(name) else {
-            return Err(SetupError(format!(
-                "--park-socket-group: no group {name:?}"
-            )));
-        };
-        setup(
-            format_args!("giving {} to group {name}", path.display()),
-            nix::unistd::chown(&path, None, Some(g.gid)).map_err(io::Error::from),
-        )?;
-    }
-    Ok((listener, path))
-}
+/// Packets of one control connection read per loop turn, at most: a mail
+/// process pipelining parks gets a batch adopted and answered at once,
+/// and still cannot keep the loop from everyone else. The rest waits for
+/// the next turn.
+const PACKETS_PER_TURN: usize = 256;
 
 /// What the park socket needs from the rest of the daemon for one event.
 pub struct Held<'a> {
@@ -81,6 +51,12 @@ pub struct ParkSocket {
     /// A close took us below 90% of the cap: accepting may resume.
     resume: bool,
     scratch: Box<[u8]>,
+    /// Connections that used their turn's budget with packets left.
+    ready: VecDeque<usize>,
+    /// Parks whose `Parked` could not be delivered (the connection broke
+    /// with it unsent): the mail process keeps those clients, so we must
+    /// not. Undone before the event that found them returns.
+    undone: Vec<u64>,
 }
 
 impl ParkSocket {
@@ -92,7 +68,15 @@ impl ParkSocket {
             dovecot,
             resume: false,
             scratch: vec![0; MAX_PACKET + 1].into_boxed_slice(),
+            ready: VecDeque::new(),
+            undone: Vec::new(),
         }
+    }
+
+    /// Whether the next poll must not wait: a connection has packets left
+    /// from its last turn.
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
     }
 
     /// Accept what waits. `Err` carries the error that should pause
@@ -154,48 +138,92 @@ impl ParkSocket {
         }
     }
 
-    /// Send an answer, or queue it until the peer reads; a peer that is
-    /// gone or will not read is dropped.
+    /// Queue an answer for the end of the turn; a peer that leaves too
+    /// many unread is dropped.
     fn answer(&mut self, key: usize, msg: Message, reg: &Registry) -> bool {
         let Some(c) = self.controls.get_mut(key) else {
             return false;
         };
-        match c.send(msg, key, reg) {
+        match c.queue(msg) {
             Sent::Ok => true,
             Sent::Failed(why) => {
-                warn!("{}: {why}; closing", c.who());
-                self.close(key, reg);
+                self.broken(key, &why, reg);
                 false
             }
         }
     }
 
-    fn fail(&mut self, key: usize, reason: &str, reg: &Registry) {
-        if let Some(c) = self.controls.get(key) {
-            warn!("{}: {reason}; closing the connection", c.who());
-            let msg = Message::Error {
-                reason: reason.to_owned(),
-            };
-            let _ = native::send(&c.sock, &msg, None);
+    /// Close a connection whose answers cannot be delivered.
+    fn broken(&mut self, key: usize, why: &str, reg: &Registry) {
+        if let Some(c) = self.controls.get_mut(key) {
+            warn!("{}: {why}; closing", c.who());
+            self.undone.extend(c.unsent_parks());
         }
         self.close(key, reg);
     }
 
-    /// A control connection is readable. Returns whether accepting should
-    /// resume (a connection closed below the cap).
-    pub fn event(&mut self, key: usize, h: &mut Held<'_>) -> bool {
+    /// Tell the peer why it is dropped, after the answers it is owed: it
+    /// takes every request still unanswered at Error as never read.
+    fn fail(&mut self, key: usize, reason: &str, reg: &Registry) {
         if let Some(c) = self.controls.get_mut(key) {
-            if let Sent::Failed(why) = c.flush(key, h.reg) {
-                warn!("{}: {why}; closing", c.who());
-                self.close(key, h.reg);
+            warn!("{}: {reason}; closing the connection", c.who());
+            match c.flush(key, reg) {
+                Sent::Ok if !c.paced() => {
+                    let msg = Message::Error {
+                        reason: reason.to_owned(),
+                    };
+                    let _ = native::send(&c.sock, &msg, None);
+                }
+                // Answers still wait: an Error would overtake them, so the
+                // peer just sees the end (and counts what it did not hear
+                // about as lost).
+                Sent::Ok => {}
+                Sent::Failed(_) => self.undone.extend(c.unsent_parks()),
             }
         }
+        self.close(key, reg);
+    }
+
+    /// A control connection is readable (or writable, or has packets left
+    /// from its last turn). Returns whether accepting should resume (a
+    /// connection closed below the cap).
+    pub fn event(&mut self, key: usize, h: &mut Held<'_>) -> bool {
+        self.serve(key, h);
+        for id in self.undone.drain(..) {
+            h.core.unconfirmed(id);
+        }
+        std::mem::take(&mut self.resume)
+    }
+
+    /// One more turn for each connection that had packets left.
+    pub fn turn(&mut self, h: &mut Held<'_>) -> bool {
+        let mut resume = false;
+        for _ in 0..self.ready.len() {
+            let Some(key) = self.ready.pop_front() else {
+                break;
+            };
+            resume |= self.event(key, h);
+        }
+        resume
+    }
+
+    /// Send what waited; unless the peer is still behind with it, read up
+    /// to a turn's budget of packets; write their answers out together.
+    fn serve(&mut self, key: usize, h: &mut Held<'_>) {
+        // A paced peer reads its answers first; the next writable event
+        // brings us back.
+        if !self.flush(key, h.reg) || self.controls.get(key).is_some_and(Control::paced) {
+            return;
+        }
+        let mut budget = PACKETS_PER_TURN;
         while let Some(c) = self.controls.get(key) {
-            if c.paced() {
-                // It reads its answers first; the next writable event
-                // brings us back.
+            if budget == 0 {
+                // A key closed and reused before its turn just gets a
+                // look for packets: harmless.
+                self.ready.push_back(key);
                 break;
             }
+            budget -= 1;
             let incoming = match native::recv(&c.sock, &mut self.scratch) {
                 Ok(i) => i,
                 Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -203,23 +231,38 @@ impl ParkSocket {
                 Err(RecvError::Closed) => {
                     debug!("{}: closed", c.who());
                     self.close(key, h.reg);
-                    break;
+                    return;
                 }
                 Err(RecvError::Io(e)) => {
                     warn!("{}: {e}; closing", c.who());
                     self.close(key, h.reg);
-                    break;
+                    return;
                 }
-                Err(RecvError::Proto(e)) => {
-                    self.fail(key, &e.to_string(), h.reg);
-                    break;
-                }
+                Err(RecvError::Proto(e)) => return self.fail(key, &e.to_string(), h.reg),
             };
             if !self.message(key, incoming.msg, incoming.fd, h) {
-                break;
+                return;
+            }
+            // A write per batch, not per turn: the peer can send its next
+            // requests while we take the rest of this turn's.
+            if (PACKETS_PER_TURN - budget) % WRITE_BATCH == 0 && !self.flush(key, h.reg) {
+                return;
             }
         }
-        std::mem::take(&mut self.resume)
+        self.flush(key, h.reg);
+    }
+
+    /// Write out the answers queued so far; false when that broke the
+    /// connection.
+    fn flush(&mut self, key: usize, reg: &Registry) -> bool {
+        match self.controls.get_mut(key).map(|c| c.flush(key, reg)) {
+            Some(Sent::Ok) => true,
+            Some(Sent::Failed(why)) => {
+                self.broken(key, &why, reg);
+                false
+            }
+            None => false,
+        }
     }
 
     /// Handle one message; false when the connection was closed.
@@ -229,34 +272,7 @@ impl ParkSocket {
         };
         match (c.role, msg) {
             (None, Message::Hello { role, .. }) => {
-                if role == Role::MailProcess && self.dovecot {
-                    self.fail(
-                        key,
-                        "this imap-idle runs in Dovecot mode: it parks clients of Dovecot only",
-                        h.reg,
-                    );
-                    return false;
-                }
-                let allowed = match role {
-                    Role::MailProcess => &self.admission.policy.mail,
-                    Role::Admin => &self.admission.policy.admin,
-                    _ => {
-                        let reason = format!("role {role:?} does not park connections");
-                        self.fail(key, &reason, h.reg);
-                        return false;
-                    }
-                };
-                if !allowed.admits(&c.peer) {
-                    let flag = if role == Role::Admin {
-                        "--admin-group"
-                    } else {
-                        "--mail-uid"
-                    };
-                    warn!(
-                        "SECURITY: pid={} uid={} claimed the {role:?} role; refused ({flag})",
-                        c.peer.pid, c.peer.uid
-                    );
-                    let reason = format!("uid {} may not take the {role:?} role", c.peer.uid);
+                if let Err(reason) = self.admission.policy.claim(&c.peer, role, self.dovecot) {
                     self.fail(key, &reason, h.reg);
                     return false;
                 }
@@ -329,19 +345,17 @@ impl ParkSocket {
             .clients
             .adopt(h.core, h.inotify, h.reg, arrival, &park.watch, h.now)
         {
+            // Input that arrived before the client was polled needs no
+            // read here: epoll reports a descriptor that is already
+            // readable when it is added.
             Ok(id) => {
-                if self.answer(key, Message::Parked { req, id }, h.reg) {
-                    // Input may have arrived during the hand-off; edges are
-                    // not repeated, so look now.
-                    h.clients
-                        .readable(h.core, super::core::split_id(id).0, h.now);
-                    true
-                } else {
+                let answered = self.answer(key, Message::Parked { req, id }, h.reg);
+                if !answered {
                     // The mail process never heard "Parked": it still serves
                     // the client, so we must not.
                     h.core.unconfirmed(id);
-                    false
                 }
+                answered
             }
             Err(r) => {
                 let msg = Message::Refused {

@@ -6,6 +6,13 @@
 //! reports them leaving; a login process hands
 //! authenticated clients to the tracker ([`LoginLink`]).
 //!
+//! [`IdleLink::park`] parks one client and waits for the answer: enough
+//! for a mail process that parks now and then. One that parks many at
+//! once pipelines them with [`IdleLink::send_park`] and
+//! [`IdleLink::next_answer`] (answers matched by request id, a window of
+//! its choosing in flight; see `pipelined.rs`'s example), which lets
+//! imap-idle take a batch per loop turn.
+//!
 //! ```no_run
 //! use std::os::fd::OwnedFd;
 //! use imap_idle::mail::{IdleLink, NotParked, Parking};

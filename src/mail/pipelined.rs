@@ -6,18 +6,12 @@
 //!
 //! ```no_run
 //! use std::os::fd::OwnedFd;
-//! use imap_idle::mail::{IdleLink, NotParked, Parking};
+//! use imap_idle::mail::{Answer, IdleLink, NotParked, Parking};
 //!
+//! /// Park them all, 128 in flight at most; returns the clients to serve on.
 //! fn park_all(idle: &mut IdleLink, clients: Vec<(OwnedFd, Parking)>) -> Vec<OwnedFd> {
 //!     const WINDOW: usize = 128;
 //!     let mut keep = Vec::new();
-//!     let mut settle = |answer: Option<imap_idle::mail::Answer>, keep: &mut Vec<OwnedFd>| {
-//!         match answer {
-//!             Some((_req, Err(NotParked::Kept(k)))) => keep.push(k.client), // serve it on
-//!             Some((_req, Err(NotParked::Lost { .. }))) => {}  // fate unknown: forget it
-//!             Some((_req, Ok(_id))) | None => {}               // imap-idle has it
-//!         }
-//!     };
 //!     for (client, park) in clients {
 //!         while idle.in_flight() >= WINDOW {
 //!             settle(idle.next_answer(), &mut keep);
@@ -30,6 +24,15 @@
 //!         settle(Some(answer), &mut keep);
 //!     }
 //!     keep
+//! }
+//!
+//! fn settle(answer: Option<Answer>, keep: &mut Vec<OwnedFd>) {
+//!     match answer {
+//!         Some((_req, Err(NotParked::Kept(k)))) => keep.push(k.client), // serve it on
+//!         Some((_req, Err(NotParked::Lost { .. }))) => {}  // fate unknown: forget it
+//!         Some((_req, Ok(_id))) => {}                      // imap-idle has it
+//!         None => {}                                       // nothing in flight
+//!     }
 //! }
 //! ```
 
@@ -56,6 +59,8 @@ impl IdleLink {
     ///
     /// While imap-idle has no room for the request this reads answers,
     /// kept for `next_answer`, so that neither side waits on the other.
+    /// Dropping the link with parks in flight closes our copies of those
+    /// clients unanswered: treat them as `Lost`.
     pub fn send_park(&mut self, client: OwnedFd, park: &Park) -> Result<u64, Kept> {
         while self.in_flight.len() >= MAX_WINDOW && self.link.is_some() {
             self.receive_one();

@@ -131,6 +131,12 @@ impl SeqPacket {
         whole(fdpass::send_nowait(self.fd.as_fd(), data, fds)?, data)
     }
 
+    /// Send several packets (no descriptors) in one call without waiting;
+    /// how many went, from the first. `WouldBlock` when none fits.
+    pub fn send_many_nowait(&self, packets: &[&[u8]]) -> io::Result<usize> {
+        fdpass::send_many(self.fd.as_fd(), packets)
+    }
+
     /// Wait up to `timeout` until a packet can be read or sent (or the
     /// peer is gone); returns whether one can be read.
     pub fn wait_readable_or_room(&self, timeout: std::time::Duration) -> io::Result<Ready> {

@@ -194,6 +194,29 @@ pub fn idle_park(user: &str, watch: Vec<PathBuf>) -> Park {
     }
 }
 
+/// A stand-in imap-idle's listener at `dir`/park, which blocks until the
+/// library connects (played by a test thread).
+pub fn stand_in_listener(dir: &Path) -> (PathBuf, SeqPacket) {
+    let path = dir.join("park");
+    let listener = SeqPacket::listen(&path, 0o600).expect("listen");
+    listener.set_nonblocking(false).expect("blocking");
+    (path, listener)
+}
+
+/// Accept the library's connection and exchange hellos as imap-idle.
+pub fn accept_as_idle(listener: &SeqPacket) -> SeqPacket {
+    let sock = listener.accept().expect("accept");
+    sock.set_nonblocking(false).expect("blocking");
+    let mut buf = vec![0; MAX_PACKET + 1];
+    native::recv(&sock, &mut buf).expect("Hello");
+    let hello = Message::Hello {
+        role: Role::Idle,
+        pid: 1,
+    };
+    native::send(&sock, &hello, None).expect("send Hello");
+    sock
+}
+
 /// The fake mail process: parks one end of a fresh socket pair and gives
 /// back the client end.
 pub struct Mail {

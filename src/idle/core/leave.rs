@@ -37,7 +37,7 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
             Phase::Queued | Phase::Waiting => {}
         }
         self.users.release(conn.user);
-        self.out.push_back(Action::Capacity);
+        self.capacity_changed();
         Some(conn)
     }
 

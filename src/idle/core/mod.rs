@@ -276,7 +276,7 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
         debug_assert_eq!(inserted, key);
         self.schedule_keepalive(key, ms);
         self.stats.parks += 1;
-        self.out.push_back(Action::Capacity);
+        self.capacity_changed();
         let id = conn_id(key, serial);
         debug!(
             "{}: parked from pid {} ({} watches{}, keepalive {}s)",
@@ -287,6 +287,14 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
             a.keepalive_secs
         );
         Ok(id)
+    }
+
+    /// One report per run of changes: a batch of parks would otherwise
+    /// queue one each, and every adoption scans the queue.
+    fn capacity_changed(&mut self) {
+        if !matches!(self.out.back(), Some(Action::Capacity)) {
+            self.out.push_back(Action::Capacity);
+        }
     }
 
     fn schedule_keepalive(&mut self, key: u32, ms: Millis) {
