@@ -23,6 +23,13 @@ pub fn setup<T>(what: impl fmt::Display, r: io::Result<T>) -> Result<T, SetupErr
 
 /// Create the socket's directory if missing (only the last component:
 /// a missing parent above it is the operator's to create), mode 0750.
+/// A secret from the OS (for unguessable connection serials).
+pub fn random_key() -> Result<u64, SetupError> {
+    let mut key = [0u8; 8];
+    getrandom::fill(&mut key).map_err(|e| SetupError(format!("reading random bytes: {e}")))?;
+    Ok(u64::from_ne_bytes(key))
+}
+
 pub fn ensure_dir(dir: &Path) -> Result<(), SetupError> {
     ensure_dir_mode(dir, 0o750)
 }

@@ -130,7 +130,7 @@ impl Daemon {
         };
         Ok(Daemon {
             poll,
-            core: Core::new(max_parked, !cfg.dovecot, epoch, serial_key()?),
+            core: Core::new(max_parked, !cfg.dovecot, epoch, crate::setup::random_key()?),
             clients: Clients::new(),
             inotify,
             park: ParkSocket::new(listener, cfg.dovecot, policy),
@@ -397,11 +397,4 @@ impl Daemon {
             Action::Capacity => self.report_capacity(),
         }
     }
-}
-
-/// A secret from the OS for the core's connection serials.
-fn serial_key() -> Result<u64, SetupError> {
-    let mut key = [0u8; 8];
-    getrandom::fill(&mut key).map_err(|e| SetupError(format!("reading random bytes: {e}")))?;
-    Ok(u64::from_ne_bytes(key))
 }
