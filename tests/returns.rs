@@ -169,6 +169,10 @@ fn an_idle_daemon_sleeps_after_its_tracker_link_closes() {
     let (mut client, _) = m.park_ok(&idle_park("alice", vec![]));
     client.write_all(b"DONE\r\n").unwrap();
     let _ = t.returned();
+    // The stand-in reports the return before its Accepted goes out: close
+    // the link only once the daemon has it, or the return is still in
+    // flight and the daemon rightly keeps retrying.
+    wait_for(|| d.stats().returned == 1, "the return accepted");
     let (_parked, _) = m.park_ok(&idle_park("bob", vec![]));
     t.close_links();
     wait_for(|| d.log().contains("tracker link closed"), "link closed");
