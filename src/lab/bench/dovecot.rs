@@ -95,8 +95,16 @@ fn measure(dc: &Dovecot, title: &str, loads: &[&Load]) -> Size {
         pss_kb: h.pss_kb(),
         fds: h.fds(),
         inotify: h.inotify(),
-        point: Point::take(parked, loads),
+        point: Point::take(parked, loads, &server_pids(dc)),
     }
+}
+
+/// Every process of this Dovecot: its master and everything below it.
+fn server_pids(dc: &Dovecot) -> Vec<u32> {
+    let master = dc.master_pid() as u32;
+    std::iter::once(master)
+        .chain(procfs::descendants(master))
+        .collect()
 }
 
 /// Clients the hibernation processes hold, counted (see
@@ -159,7 +167,7 @@ pub fn run(
         ))?);
         all_hibernated(&dc, title, settle)?;
         let loads: Vec<&Load> = std::iter::once(&a).chain(&bulk_loads).collect();
-        points.push(Point::take(hibernated(&dc), &loads));
+        points.push(Point::take(hibernated(&dc), &loads, &server_pids(&dc)));
     }
     let mass = vec!["mass".to_owned()];
     let mut c = Load::connect(&load_opts(dc.port, s.mass_k, &mass, progress))?;
@@ -178,9 +186,11 @@ pub fn run(
     f.bytes_per_conn = Some((large.pss_kb as f64 - small.pss_kb as f64) * 1024.0 / grown);
     f.fds_per_conn = Some((large.fds as f64 - small.fds as f64) / grown);
     f.inotify_per_conn = Some((large.inotify as f64 - small.inotify as f64) / grown);
-    if let Some((all, server)) = server_side(&small.point, &large.point, client) {
-        f.machine = Some(all);
-        f.machine_server_per_conn = Some(server);
+    if let Some(side) = server_side(&small.point, &large.point, client) {
+        f.machine = Some(side.both);
+        f.machine_server_per_conn = Some(side.total);
+        f.machine_server_user = Some(side.user);
+        f.machine_available_per_conn = Some(side.by_available);
     }
     f.memory_curve = curve(&points, client);
     f.client_socket_end = Some(client.socket_end);
@@ -268,10 +278,17 @@ pub fn unhibernated(
     let split = n1.div_ceil(PER_USER);
     let first = Load::connect(&load_opts(dc.port, n1, &names[..split], progress))?;
     std::thread::sleep(Duration::from_secs(1));
-    let (kb1, p1) = (imap_kb(), Point::take(first.idle(), &[&first]));
+    let (kb1, p1) = (
+        imap_kb(),
+        Point::take(first.idle(), &[&first], &server_pids(&dc)),
+    );
     let second = Load::connect(&load_opts(dc.port, n2 - n1, &names[split..], progress))?;
     std::thread::sleep(Duration::from_secs(1));
-    let p2 = Point::take(first.idle() + second.idle(), &[&first, &second]);
+    let p2 = Point::take(
+        first.idle() + second.idle(),
+        &[&first, &second],
+        &server_pids(&dc),
+    );
     let kb2 = imap_kb();
     drop((first, second));
     Ok(Unparked::between((kb1, kb2), p1, p2, client))

@@ -24,8 +24,12 @@ pub struct Figures {
     pub machine: Option<Growth>,
     /// What was subtracted per connection for the client's socket end.
     pub client_socket_end: Option<f64>,
-    /// The server side of `machine.used`, bytes.
+    /// The server side: every server process's PSS and the kernel slab
+    /// less the client ends', bytes; of which user space; and by
+    /// MemTotal - MemAvailable.
     pub machine_server_per_conn: Option<f64>,
+    pub machine_server_user: Option<f64>,
+    pub machine_available_per_conn: Option<f64>,
     /// The server side per idle client when nothing hibernates, bytes.
     pub machine_server_per_client: Option<f64>,
     /// (connections, server-side machine memory above the first point, bytes)

@@ -6,9 +6,13 @@
 //! server that holds connections and nothing else): there the growth is
 //! the load processes, the stand-in, and two socket ends; the load
 //! processes and the stand-in are measured by their PSS, and what is left
-//! is two socket ends of the same kind, so one end is half of it. A
-//! setup's server side is then its machine growth minus its own load
-//! processes' PSS growth minus one socket end per connection.
+//! is two socket ends of the same kind, so one end is half of it; the
+//! same for the kernel slab alone. A setup's server side is then the
+//! anonymous PSS growth of every process it runs plus the slab growth
+//! less one client end's slab. Beside it, the machine's MemTotal -
+//! MemAvailable growth less the load processes' PSS and one client end:
+//! it counts everything, but moves with everything else on the machine
+//! (page cache, memory the kernel frees late) by megabytes.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -22,8 +26,11 @@ use crate::lab::rig::procfs;
 /// What one connection's client end costs the machine, bytes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ClientSide {
-    /// Kernel memory of one socket end (half a bare connection).
+    /// Kernel memory of one socket end by MemAvailable (half a bare
+    /// connection's, once the processes' PSS is taken away).
     pub socket_end: f64,
+    /// Kernel slab of one socket end (half a bare connection's).
+    pub slab_end: f64,
 }
 
 /// A server holding its idle clients itself (nothing parked), between two
@@ -38,50 +45,82 @@ pub struct Unparked {
 }
 
 impl Unparked {
-    /// From the server processes' PSS (kB) and the points at two sizes.
+    /// From the serving processes' PSS (kB) and the points at two sizes.
     pub fn between(kb: (u64, u64), p1: Point, p2: Point, client: &ClientSide) -> Unparked {
         let grown = p2.conns.saturating_sub(p1.conns).max(1) as f64;
         Unparked {
             pss: (kb.1 as f64 - kb.0 as f64) * 1024.0 / grown,
-            machine: server_side(&p1, &p2, client).map(|s| s.1),
+            machine: server_side(&p1, &p2, client).map(|s| s.total),
             curve: curve(&[p1, p2], client),
         }
     }
 }
 
-/// A point of a size series: the machine, and the load processes' PSS.
+/// A point of a size series: the machine, the load processes' PSS, and
+/// the anonymous PSS of every process of the server side.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Point {
     pub conns: usize,
     pub machine: MachineMem,
     pub load_kb: u64,
+    pub server_kb: u64,
+}
+
+fn pss_sum(pids: impl IntoIterator<Item = u32>) -> u64 {
+    pids.into_iter().map(procfs::pss_kb).sum()
+}
+
+/// The server's processes by their anonymous memory: the program pages
+/// they share with the load processes (the same binary) would move their
+/// share as load processes come and go.
+fn anon_sum(pids: &[u32]) -> u64 {
+    pids.iter().map(|&p| procfs::pss_anon_kb(p)).sum()
 }
 
 impl Point {
-    pub fn take(conns: usize, loads: &[&Load]) -> Point {
-        let load_kb = loads
-            .iter()
-            .flat_map(|l| l.pids())
-            .map(procfs::pss_kb)
-            .sum();
+    pub fn take(conns: usize, loads: &[&Load], server: &[u32]) -> Point {
         Point {
             conns,
             machine: MachineMem::settled(),
-            load_kb,
+            load_kb: pss_sum(loads.iter().flat_map(|l| l.pids())),
+            server_kb: anon_sum(server),
         }
     }
 }
 
-/// The whole machine's growth per connection between two points (both
-/// ends), and the server side of it.
-pub fn server_side(small: &Point, large: &Point, client: &ClientSide) -> Option<(Growth, f64)> {
-    let grown = large.conns.checked_sub(small.conns).filter(|&g| g > 0)? as f64;
-    let all = large.machine.per(&small.machine, grown);
-    let load = (large.load_kb as f64 - small.load_kb as f64) * 1024.0 / grown;
-    Some((all, all.used - load - client.socket_end))
+/// The server side's growth per connection between two points, bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerSide {
+    /// The whole machine's figures, both ends.
+    pub both: Growth,
+    /// Every server process's anonymous PSS, plus the kernel slab less
+    /// one client socket end's.
+    pub total: f64,
+    /// Of which the server processes' anonymous PSS.
+    pub user: f64,
+    /// MemTotal - MemAvailable less the load processes and one client
+    /// socket end: it counts everything, and moves with anything else the
+    /// machine does (page cache, sockets freed late) by megabytes.
+    pub by_available: f64,
 }
 
-/// Server-side machine memory at each point above the first, bytes.
+/// The server side of the machine's growth between two points.
+pub fn server_side(small: &Point, large: &Point, client: &ClientSide) -> Option<ServerSide> {
+    let grown = large.conns.checked_sub(small.conns).filter(|&g| g > 0)? as f64;
+    let both = large.machine.per(&small.machine, grown);
+    let per = |a: u64, b: u64| (a as f64 - b as f64) * 1024.0 / grown;
+    let load = per(large.load_kb, small.load_kb);
+    let user = per(large.server_kb, small.server_kb);
+    Some(ServerSide {
+        both,
+        total: user + both.slab - client.slab_end,
+        user,
+        by_available: both.used - load - client.socket_end,
+    })
+}
+
+/// Server-side memory at each point above the first, bytes (as
+/// [`ServerSide::total`]).
 pub fn curve(points: &[Point], client: &ClientSide) -> Vec<(f64, f64)> {
     let Some(first) = points.first() else {
         return Vec::new();
@@ -90,9 +129,9 @@ pub fn curve(points: &[Point], client: &ClientSide) -> Vec<(f64, f64)> {
         .iter()
         .map(|p| {
             let conns = p.conns as f64 - first.conns as f64;
-            let used = (p.machine.used_kb - first.machine.used_kb) * 1024.0;
-            let load = (p.load_kb as f64 - first.load_kb as f64) * 1024.0;
-            (p.conns as f64, used - load - client.socket_end * conns)
+            let user = (p.server_kb as f64 - first.server_kb as f64) * 1024.0;
+            let slab = (p.machine.slab_kb - first.machine.slab_kb) * 1024.0;
+            (p.conns as f64, user + slab - client.slab_end * conns)
         })
         .collect()
 }
@@ -136,21 +175,23 @@ pub fn client_side(bin: &Path, n1: usize, n: usize, progress: bool) -> Result<Cl
         };
         let first = Load::connect(&opts(n1))?;
         let hold_small = procfs::pss_kb(hold.id());
-        let small = Point::take(first.idle(), &[&first]);
+        let small = Point::take(first.idle(), &[&first], &[]);
         let second = Load::connect(&opts(n - n1))?;
         let hold_large = procfs::pss_kb(hold.id());
-        let large = Point::take(first.idle() + second.idle(), &[&first, &second]);
+        let large = Point::take(first.idle() + second.idle(), &[&first, &second], &[]);
         if first.failed() + second.failed() > 0 {
             let (r1, r2) = (first.hang_up(), second.hang_up());
             let why = super::figures::merge_failures(&[&r1, &r2]);
             return Err(format!("clients failed against the stand-in: {why:?}"));
         }
         let grown = (large.conns - small.conns) as f64;
-        let all = large.machine.per(&small.machine, grown).used;
+        let both = large.machine.per(&small.machine, grown);
+        let all = both.used;
         let load_user = (large.load_kb as f64 - small.load_kb as f64) * 1024.0 / grown;
         let hold_user = (hold_large as f64 - hold_small as f64) * 1024.0 / grown;
         Ok(ClientSide {
             socket_end: ((all - load_user - hold_user) / 2.0).max(0.0),
+            slab_end: both.slab / 2.0,
         })
     })();
     let _ = hold.kill();

@@ -47,6 +47,18 @@ fn from_source(o: LoadOptions, k: usize, total: usize) -> LoadOptions {
     }
 }
 
+/// Every process of the stack's server side: the daemons, the tracker
+/// and what it spawned, the login process, and the mail processes.
+fn server_pids(stack: &NativeStack) -> Vec<u32> {
+    let tracker = stack.tracker.id();
+    let mut pids = stack.idle_pids();
+    pids.push(tracker);
+    pids.extend(procfs::descendants(tracker));
+    pids.push(stack.login_pid());
+    pids.extend(stack.mails.iter().map(std::process::Child::id));
+    pids
+}
+
 /// Parked connections, fds and memory of the daemons at one size.
 struct Size {
     parked: usize,
@@ -64,7 +76,7 @@ fn measure(stack: &NativeStack, loads: &[&Load]) -> Size {
         fds: pids.iter().map(|&p| procfs::settled_fds(p)).sum(),
         pss_kb: pids.iter().map(|&p| procfs::pss_kb(p)).sum(),
         inotify: pids.iter().map(|&p| procfs::inotify_instances(p)).sum(),
-        point: Point::take(parked, loads),
+        point: Point::take(parked, loads, &server_pids(stack)),
     }
 }
 
@@ -142,7 +154,11 @@ pub fn run(
         let idle: usize = a.idle() + bulk_loads.iter().map(Load::idle).sum::<usize>();
         stack.wait_parked(idle as u64, settle)?;
         let loads: Vec<&Load> = std::iter::once(&a).chain(&bulk_loads).collect();
-        points.push(Point::take(stack.parked() as usize, &loads));
+        points.push(Point::take(
+            stack.parked() as usize,
+            &loads,
+            &server_pids(&stack),
+        ));
     }
     let mass_account = vec![("mass".to_owned(), PASSWORD.to_owned())];
     let o = load_opts(stack.port, s.mass_k, mass_account, progress);
@@ -164,9 +180,11 @@ pub fn run(
     f.bytes_per_conn = Some((large.pss_kb as f64 - small.pss_kb as f64) * 1024.0 / grown);
     f.fds_per_conn = Some((large.fds as f64 - small.fds as f64) / grown);
     f.inotify_per_conn = Some((large.inotify as f64 - small.inotify as f64) / grown);
-    if let Some((all, server)) = server_side(&small.point, &large.point, client) {
-        f.machine = Some(all);
-        f.machine_server_per_conn = Some(server);
+    if let Some(side) = server_side(&small.point, &large.point, client) {
+        f.machine = Some(side.both);
+        f.machine_server_per_conn = Some(side.total);
+        f.machine_server_user = Some(side.user);
+        f.machine_available_per_conn = Some(side.by_available);
     }
     f.memory_curve = curve(&points, client);
     f.client_socket_end = Some(client.socket_end);
@@ -275,12 +293,16 @@ fn mail_process_bytes(
     ))?;
     std::thread::sleep(Duration::from_millis(500));
     let small = procfs::pss_kb(pid);
-    let p1 = Point::take(first.idle(), &[&first]);
+    let p1 = Point::take(first.idle(), &[&first], &server_pids(&stack));
     let rest = accounts("r", users).split_off(n1.div_ceil(PER_USER));
     let second = Load::connect(&load_opts(stack.port, n2 - n1, rest, progress))?;
     std::thread::sleep(Duration::from_millis(500));
     let large = procfs::pss_kb(pid);
-    let p2 = Point::take(first.idle() + second.idle(), &[&first, &second]);
+    let p2 = Point::take(
+        first.idle() + second.idle(),
+        &[&first, &second],
+        &server_pids(&stack),
+    );
     drop((first, second));
     Ok(Unparked::between((small, large), p1, p2, client))
 }

@@ -81,15 +81,17 @@ fn lines() -> Vec<Line> {
         line("hibernation processes", |f| (f.daemons > 0).then_some(f.daemons as f64), count),
         line("  of them woken by the paced deliveries", |f| (f.daemons > 0 && f.wakes_changed > 0).then_some(f.daemons_woken as f64), count),
         line("memory per parked connection, user space (PSS growth)", |f| f.bytes_per_conn, bytes),
-        line("memory per parked connection, whole machine, server side", |f| f.machine_server_per_conn, bytes),
+        line("memory per parked connection, whole server side (PSS + slab)", |f| f.machine_server_per_conn, bytes),
+        line("  of which user space, every server process (anonymous PSS)", |f| f.machine_server_user, bytes),
+        line("  server side by MemTotal - MemAvailable (noisy)", |f| f.machine_available_per_conn, bytes),
         line("  whole machine, both ends (MemTotal - MemAvailable)", |f| f.machine.map(|m| m.used), bytes),
-        line("  client side subtracted: one socket end", |f| f.client_socket_end, bytes),
+        line("  client side subtracted there: one socket end", |f| f.client_socket_end, bytes),
         line("  of which kernel slab, both ends", |f| f.machine.map(|m| m.slab), bytes),
         line("  of which unreclaimable slab, both ends", |f| f.machine.map(|m| m.sunreclaim), bytes),
         line("  TCP socket buffers (sockstat), both ends", |f| f.machine.map(|m| m.tcp_buf), bytes),
         line("PSS of the hibernation processes", |f| f.pss_kb.map(|k| k as f64 * 1024.0), bytes),
         line("without hibernation: server process per idle client (PSS)", |f| f.server_bytes_per_client, bytes),
-        line("without hibernation: whole machine per idle client, server side", |f| f.machine_server_per_client, bytes),
+        line("without hibernation: whole server side per idle client (PSS + slab)", |f| f.machine_server_per_client, bytes),
         line("fds per parked connection", |f| f.fds_per_conn, two),
         line("inotify instances per parked connection", |f| f.inotify_per_conn, two),
         line("time for all to be parked", |f| f.park_secs, |s| format!("{s:.1} s")),
@@ -199,7 +201,11 @@ pub fn targets(setups: &[Vec<Figures>]) -> String {
             );
         }
         if let Some(b) = median(n, |f| f.machine_server_per_conn) {
-            let _ = writeln!(out, "whole-machine memory per parked connection, server side (measured, no target): {b:.0} B");
+            let _ = writeln!(
+                out,
+                "whole server side per parked connection, PSS + slab (measured, no target): {} B",
+                thousands(b)
+            );
         }
         if let (Some(f), Some(i)) = (
             median(n, |f| f.fds_per_conn),

@@ -332,7 +332,7 @@ imap_hibernate_timeout = 1s
         }
     }
 
-    fn master_pid(&self) -> i32 {
+    pub fn master_pid(&self) -> i32 {
         std::fs::read_to_string(self.base.join("master.pid"))
             .ok()
             .and_then(|p| p.trim().parse().ok())

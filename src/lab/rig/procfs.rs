@@ -2,11 +2,22 @@
 
 /// Proportional set size in kB (shared pages divided among their users).
 pub fn pss_kb(pid: u32) -> u64 {
+    rollup_kb(pid, "Pss:")
+}
+
+/// The anonymous part of the PSS in kB: heap and stacks, without the
+/// program's own pages, whose share moves whenever another process of the
+/// same binary starts or ends.
+pub fn pss_anon_kb(pid: u32) -> u64 {
+    rollup_kb(pid, "Pss_Anon:")
+}
+
+fn rollup_kb(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
         .ok()
         .and_then(|r| {
             r.lines()
-                .find_map(|l| l.strip_prefix("Pss:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
@@ -62,6 +73,35 @@ pub fn cpu_ns(pid: u32) -> u64 {
         .ok()
         .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
         .unwrap_or(0)
+}
+
+/// Every process below `pid` (children, theirs, and so on).
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        let rest = stat.get(stat.rfind(')').unwrap_or(0) + 2..).unwrap_or("");
+        if let Some(pp) = rest.split(' ').nth(1).and_then(|v| v.parse::<u32>().ok()) {
+            parent_of.push((p, pp));
+        }
+    }
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parent_of
+                .iter()
+                .filter(|&&(_, pp)| pp == parent)
+                .map(|&(p, _)| p),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found
 }
 
 /// Processes whose parent is `ppid` and whose argv[0] (up to a space) is
@@ -135,9 +175,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn finds_children_and_grandchildren() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 5 & wait"])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let below = descendants(std::process::id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(below.contains(&child.id()), "{below:?}");
+        assert!(below.len() >= 2, "the shell's sleep too: {below:?}");
+    }
+
+    #[test]
     fn reads_our_own_process() {
         let me = std::process::id();
         assert!(pss_kb(me) > 0);
+        assert!(pss_anon_kb(me) > 0 && pss_anon_kb(me) <= pss_kb(me));
         assert!(fds(me) >= 3);
         let _i =
             nix::sys::inotify::Inotify::init(nix::sys::inotify::InitFlags::IN_CLOEXEC).unwrap();
