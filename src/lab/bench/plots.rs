@@ -38,7 +38,7 @@ fn memory_chart(setups: &[Vec<Figures>]) -> Chart {
         }
     }
     Chart {
-        title: "Server side memory (anonymous PSS of every process + kernel slab) against idle connections".into(),
+        title: "Whole-machine memory, server side, against idle connections".into(),
         x_label: "idle connections held".into(),
         y_label: "memory above the first size (MB)".into(),
         x_log: false,
