@@ -19,9 +19,10 @@ Usage: imap-idle-lab COMMAND [OPTIONS]
 Commands:
   demo    park a connection in a running imap-idle and show every way it
           wakes (acts as the daemon's tracker and as a mail process)
-  bench   start our stack (and with --dovecot a private Dovecot twice),
-          hold thousands of idle clients, print one table of costs and
-          latencies; --quick takes under a minute
+  bench   start our stack (and with --dovecot a private Dovecot three
+          times: its own imap-hibernate, imap-idle, none), hold thousands
+          of idle clients, print one table of costs and latencies, each
+          the median of rounds; --quick takes under a minute
   park-rate  parks per second straight into a private imap-idle, one at
           a time and pipelined [--parks N] [--window W]
   load    hold N idle IMAP clients against any IMAP server, deliver mail,
