@@ -181,6 +181,7 @@ impl Stats {
         self.hung_up += other.hung_up;
         self.gave_up += other.gave_up;
         self.keepalives += other.keepalives;
+        self.wake_samples += other.wake_samples;
         self.wake_us.extend_from_slice(&other.wake_us);
     }
 }

@@ -79,22 +79,7 @@ pub fn socket_args(sockets: &[PathBuf]) -> Vec<String> {
 pub fn sum(all: &[Stats]) -> Stats {
     let mut t = Stats::default();
     for s in all {
-        t.parked += s.parked;
-        t.returning += s.returning;
-        t.watches += s.watches;
-        t.parks += s.parks;
-        t.refused += s.refused;
-        t.wake_done += s.wake_done;
-        t.wake_bad_done += s.wake_bad_done;
-        t.wake_input += s.wake_input;
-        t.wake_changed += s.wake_changed;
-        t.wake_shutdown += s.wake_shutdown;
-        t.idle_restarted += s.idle_restarted;
-        t.returned += s.returned;
-        t.hung_up += s.hung_up;
-        t.gave_up += s.gave_up;
-        t.keepalives += s.keepalives;
-        t.wake_us.extend_from_slice(&s.wake_us);
+        t.add(s);
     }
     t
 }
