@@ -4,9 +4,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::figures::{wakes_across, Figures};
-use super::memory::{curve, server_side, ClientSide, Point, Unparked};
-use super::{say, Sizes, DONE_LOAD_RATE, DONE_RATE, PER_USER};
+use super::figures::Figures;
+use super::memory::{ClientSide, Point, Size, Unparked};
+use super::{say, Sizes, PER_USER};
 use crate::lab::load::{Delivery, Load, LoadOptions};
 use crate::lab::rig::dovecot::{raise_inotify_instances, Dovecot, Hibernation, PASSWORD};
 use crate::lab::rig::procfs;
@@ -76,15 +76,6 @@ fn all_hibernated(dc: &Dovecot, title: &str, timeout: Duration) -> Result<(), St
     // The last hand-offs settle.
     std::thread::sleep(Duration::from_millis(500));
     Ok(())
-}
-
-/// Hibernation processes, their memory and descriptors, and the machine.
-struct Size {
-    parked: usize,
-    pss_kb: u64,
-    fds: usize,
-    inotify: usize,
-    point: Point,
 }
 
 fn measure(dc: &Dovecot, title: &str, loads: &[&Load]) -> Size {
@@ -177,23 +168,8 @@ pub fn run(
     let large = measure(&dc, title, &loads);
     points.push(large.point);
     f.daemons = Holder::find(&dc, title).pids.len();
-    // Divide by what hibernated, counted, not by what was planned.
-    let grown = large.parked.saturating_sub(small.parked).max(1) as f64;
-    f.parked_small = small.parked;
-    f.parked = large.parked;
+    f.sizes(&small, &large, &points, client);
     f.park_secs = Some(park_secs);
-    f.pss_kb = Some(large.pss_kb);
-    f.bytes_per_conn = Some((large.pss_kb as f64 - small.pss_kb as f64) * 1024.0 / grown);
-    f.fds_per_conn = Some((large.fds as f64 - small.fds as f64) / grown);
-    f.inotify_per_conn = Some((large.inotify as f64 - small.inotify as f64) / grown);
-    if let Some(side) = server_side(&small.point, &large.point, client) {
-        f.machine = Some(side.both);
-        f.machine_server_per_conn = Some(side.total);
-        f.machine_server_user = Some(side.user);
-        f.machine_available_per_conn = Some(side.by_available);
-    }
-    f.memory_curve = curve(&points, client);
-    f.client_socket_end = Some(client.socket_end);
 
     say(&format!(
         "{name}: watching the idle hibernation process for {:.0} s",
@@ -228,29 +204,9 @@ pub fn run(
     c.deliver(&maildir, 1, 0.0)?;
     c.wait_exists(Duration::from_secs(120));
     if let (Some(s0), Some(s1), Some(s2), Some(s3)) = (s0, s1, s2, ours.then(each).transpose()?) {
-        let (paced, changed, gave_up, woken) = wakes_across(&s0, &s1);
-        let (mass, changed_m, gave_up_m, _) = wakes_across(&s2, &s3);
-        f.daemons_woken = woken;
-        f.wake_ms = paced;
-        f.wake_mass_ms = mass;
-        f.wakes_changed = changed + changed_m;
-        f.wakes_gave_up = gave_up + gave_up_m;
+        f.wakes((&s0, &s1), (&s2, &s3));
     }
-
-    let timed = a.finish_paced(DONE_RATE);
-    let mut bulk_reports = Vec::new();
-    let mut loaded = false;
-    for l in bulk_loads {
-        // The first step's clients send DONE under load; the rest hang up.
-        bulk_reports.push(if loaded {
-            l.hang_up()
-        } else {
-            loaded = true;
-            l.finish_paced(DONE_LOAD_RATE)
-        });
-    }
-    f.done_load_rate = DONE_LOAD_RATE;
-    f.from_reports(&timed, &bulk_reports, &c.hang_up(), s.mass_k);
+    f.end_loads(a, bulk_loads, c, s.mass_k);
     Ok(f)
 }
 

@@ -1,6 +1,7 @@
 //! What one setup measured in one round.
 
-use crate::lab::load::Report;
+use super::{DONE_LOAD_RATE, DONE_RATE};
+use crate::lab::load::{Load, Report};
 use crate::lab::rig::machine::Growth;
 use crate::proto::native::Stats;
 
@@ -96,9 +97,40 @@ impl Figures {
         (!why.is_empty()).then(|| why.join("; "))
     }
 
+    /// The daemons' wake windows: the paced deliveries between readings
+    /// `paced.0` and `paced.1`, the mass wake between `mass.0` and `mass.1`.
+    pub fn wakes(&mut self, paced: (&[Stats], &[Stats]), mass: (&[Stats], &[Stats])) {
+        let (paced_ms, changed, gave_up, woken) = wakes_across(paced.0, paced.1);
+        let (mass_ms, changed_m, gave_up_m, _) = wakes_across(mass.0, mass.1);
+        self.daemons_woken = woken;
+        self.wake_ms = paced_ms;
+        self.wake_mass_ms = mass_ms;
+        self.wakes_changed = changed + changed_m;
+        self.wakes_gave_up = gave_up + gave_up_m;
+    }
+
+    /// End the loads and take their figures: DONE paced on `timed`, DONE
+    /// under load on the first bulk step, the other clients hang up.
+    pub fn end_loads(&mut self, timed: Load, bulk: Vec<Load>, mass: Load, mass_k: usize) {
+        let timed = timed.finish_paced(DONE_RATE);
+        let bulk: Vec<Report> = bulk
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| {
+                if i == 0 {
+                    l.finish_paced(DONE_LOAD_RATE)
+                } else {
+                    l.hang_up()
+                }
+            })
+            .collect();
+        self.done_load_rate = DONE_LOAD_RATE;
+        self.take_reports(&timed, &bulk, &mass.hang_up(), mass_k);
+    }
+
     /// The paced load, the bulk loads (some with DONE under load) and the
     /// mass wake.
-    pub fn from_reports(&mut self, timed: &Report, bulk: &[Report], mass: &Report, mass_k: usize) {
+    fn take_reports(&mut self, timed: &Report, bulk: &[Report], mass: &Report, mass_k: usize) {
         self.exists_ms = timed.latency_ms.clone();
         self.exists_expected = timed.exists_expected;
         self.done_ms = timed.done_ms.clone();

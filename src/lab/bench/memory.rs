@@ -18,6 +18,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use super::figures::{merge_failures, Figures};
 use super::{say, PER_USER};
 use crate::lab::load::{Load, LoadOptions};
 use crate::lab::rig::machine::{Growth, MachineMem};
@@ -119,6 +120,39 @@ pub fn server_side(small: &Point, large: &Point, client: &ClientSide) -> Option<
     })
 }
 
+/// The hibernation processes at one size (parked counted, their PSS,
+/// descriptors and inotify instances), and the machine.
+pub struct Size {
+    pub parked: usize,
+    pub pss_kb: u64,
+    pub fds: usize,
+    pub inotify: usize,
+    pub point: Point,
+}
+
+impl Figures {
+    /// The per-connection figures between two sizes, divided by what was
+    /// parked, not by what was planned; the memory curve through `points`.
+    pub fn sizes(&mut self, small: &Size, large: &Size, points: &[Point], client: &ClientSide) {
+        let grown = large.parked.saturating_sub(small.parked).max(1) as f64;
+        let per = |a: f64, b: f64| Some((a - b) / grown);
+        self.parked_small = small.parked;
+        self.parked = large.parked;
+        self.pss_kb = Some(large.pss_kb);
+        self.bytes_per_conn = per(large.pss_kb as f64 * 1024.0, small.pss_kb as f64 * 1024.0);
+        self.fds_per_conn = per(large.fds as f64, small.fds as f64);
+        self.inotify_per_conn = per(large.inotify as f64, small.inotify as f64);
+        if let Some(side) = server_side(&small.point, &large.point, client) {
+            self.machine = Some(side.both);
+            self.machine_server_per_conn = Some(side.total);
+            self.machine_server_user = Some(side.user);
+            self.machine_available_per_conn = Some(side.by_available);
+        }
+        self.memory_curve = curve(points, client);
+        self.client_socket_end = Some(client.socket_end);
+    }
+}
+
 /// Server-side memory at each point above the first, bytes (as
 /// [`ServerSide::total`]).
 pub fn curve(points: &[Point], client: &ClientSide) -> Vec<(f64, f64)> {
@@ -181,7 +215,7 @@ pub fn client_side(bin: &Path, n1: usize, n: usize, progress: bool) -> Result<Cl
         let large = Point::take(first.idle() + second.idle(), &[&first, &second], &[]);
         if first.failed() + second.failed() > 0 {
             let (r1, r2) = (first.hang_up(), second.hang_up());
-            let why = super::figures::merge_failures(&[&r1, &r2]);
+            let why = merge_failures(&[&r1, &r2]);
             return Err(format!("clients failed against the stand-in: {why:?}"));
         }
         let grown = (large.conns - small.conns) as f64;

@@ -4,10 +4,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::figures::{wakes_across, Figures};
-use super::memory::{curve, server_side, ClientSide, Point, Unparked};
+use super::figures::Figures;
+use super::memory::{ClientSide, Point, Size, Unparked};
 use super::park_rate::raw_park_rate;
-use super::{say, Sizes, DONE_LOAD_RATE, DONE_RATE, PER_USER};
+use super::{say, Sizes, PER_USER};
 use crate::lab::load::{Delivery, Load, LoadOptions};
 use crate::lab::rig::native::{NativeOptions, NativeStack, PASSWORD};
 use crate::lab::rig::procfs;
@@ -57,15 +57,6 @@ fn server_pids(stack: &NativeStack) -> Vec<u32> {
     pids.push(stack.login_pid());
     pids.extend(stack.mails.iter().map(std::process::Child::id));
     pids
-}
-
-/// Parked connections, fds and memory of the daemons at one size.
-struct Size {
-    parked: usize,
-    pss_kb: u64,
-    fds: usize,
-    inotify: usize,
-    point: Point,
 }
 
 fn measure(stack: &NativeStack, loads: &[&Load]) -> Size {
@@ -172,22 +163,8 @@ pub fn run(
     points.push(large.point);
     f.daemons = idle_pids.len();
     // Divide by what was parked, not by what was planned.
-    let grown = large.parked.saturating_sub(small.parked).max(1) as f64;
-    f.parked_small = small.parked;
-    f.parked = large.parked;
+    f.sizes(&small, &large, &points, client);
     f.park_secs = Some(park_secs);
-    f.pss_kb = Some(large.pss_kb);
-    f.bytes_per_conn = Some((large.pss_kb as f64 - small.pss_kb as f64) * 1024.0 / grown);
-    f.fds_per_conn = Some((large.fds as f64 - small.fds as f64) / grown);
-    f.inotify_per_conn = Some((large.inotify as f64 - small.inotify as f64) / grown);
-    if let Some(side) = server_side(&small.point, &large.point, client) {
-        f.machine = Some(side.both);
-        f.machine_server_per_conn = Some(side.total);
-        f.machine_server_user = Some(side.user);
-        f.machine_available_per_conn = Some(side.by_available);
-    }
-    f.memory_curve = curve(&points, client);
-    f.client_socket_end = Some(client.socket_end);
 
     say(&format!(
         "native: watching the idle daemon's wake-ups for {:.0} s",
@@ -211,9 +188,6 @@ pub fn run(
     a.deliver(&maildir, s.deliveries, 100.0)?;
     a.wait_exists(Duration::from_secs(60));
     let s1 = stack.idle_stats()?;
-    let (paced, changed, gave_up, woken) = wakes_across(&s0, &s1);
-    f.daemons_woken = woken;
-    f.wake_ms = paced;
     say(&format!(
         "native: one delivery to a mailbox {} parked clients watch",
         s.mass_k
@@ -225,25 +199,8 @@ pub fn run(
     c.deliver(&maildir, 1, 0.0)?;
     c.wait_exists(Duration::from_secs(60));
     let s3 = stack.idle_stats()?;
-    let (mass, changed_m, gave_up_m, _) = wakes_across(&s2, &s3);
-    f.wake_mass_ms = mass;
-    f.wakes_changed = changed + changed_m;
-    f.wakes_gave_up = gave_up + gave_up_m;
-
-    let timed = a.finish_paced(DONE_RATE);
-    let mut bulk_reports = Vec::new();
-    let mut loaded = false;
-    for l in bulk_loads {
-        // The first step's clients send DONE under load; the rest hang up.
-        bulk_reports.push(if loaded {
-            l.hang_up()
-        } else {
-            loaded = true;
-            l.finish_paced(DONE_LOAD_RATE)
-        });
-    }
-    f.done_load_rate = DONE_LOAD_RATE;
-    f.from_reports(&timed, &bulk_reports, &c.hang_up(), s.mass_k);
+    f.wakes((&s0, &s1), (&s2, &s3));
+    f.end_loads(a, bulk_loads, c, s.mass_k);
     drop(stack);
 
     say(&format!(
