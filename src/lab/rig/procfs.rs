@@ -77,17 +77,7 @@ pub fn cpu_ns(pid: u32) -> u64 {
 
 /// Every process below `pid` (children, theirs, and so on).
 pub fn descendants(pid: u32) -> Vec<u32> {
-    let mut parent_of = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-        let rest = stat.get(stat.rfind(')').unwrap_or(0) + 2..).unwrap_or("");
-        if let Some(pp) = rest.split(' ').nth(1).and_then(|v| v.parse::<u32>().ok()) {
-            parent_of.push((p, pp));
-        }
-    }
+    let parent_of = processes();
     let mut found = vec![pid];
     let mut i = 0;
     while i < found.len() {
@@ -107,30 +97,35 @@ pub fn descendants(pid: u32) -> Vec<u32> {
 /// Processes whose parent is `ppid` and whose argv[0] (up to a space) is
 /// `name`.
 pub fn children_named(ppid: u32, name: &str) -> Vec<u32> {
-    let mut found = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in dir.flatten() {
+    processes()
+        .into_iter()
+        .filter(|&(pid, parent)| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let argv0 = cmd.split(|&b| b == 0 || b == b' ').next().unwrap_or(&[]);
+            parent == ppid && argv0 == name.as_bytes()
+        })
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Every process now, with its parent: (pid, ppid).
+fn processes() -> Vec<(u32, u32)> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
+        // The command name in parentheses may hold spaces: fields start
+        // after the last ')'.
         let rest = stat.get(stat.rfind(')').unwrap_or(0) + 2..).unwrap_or("");
-        let parent: u32 = rest
-            .split(' ')
-            .nth(1)
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let argv0 = cmd.split(|&b| b == 0 || b == b' ').next().unwrap_or(&[]);
-        if parent == ppid && argv0 == name.as_bytes() {
-            found.push(pid);
+        if let Some(parent) = rest.split(' ').nth(1).and_then(|v| v.parse().ok()) {
+            all.push((pid, parent));
         }
     }
-    found
+    all
 }
 
 /// TCP sockets the process holds open: for a hibernation process, its
