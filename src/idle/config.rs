@@ -53,11 +53,21 @@ Options:
                          listener the master passes; required standalone]
   --dovecot-group NAME   standalone: group of BASE_DIR/imap-hibernate (mode
                          0660), as Dovecot's own [default: dovecot]
+  --dovecot-shutdown-clients yes|no  set as Dovecot's shutdown_clients:
+                         with yes, when Dovecot's master stops every parked
+                         client is handed back at once (as Dovecot's own
+                         imap-hibernate does); with no they stay parked and
+                         go back to whichever master runs when they wake. A
+                         reload itself wakes nobody. [default: yes, as
+                         Dovecot's own default]
   -h, --help             print this help
   -V, --version          print the version
 
 Signals: SIGTERM/SIGINT return every parked connection to the tracker and
 exit (a second one gives up at once); SIGUSR1 logs a one-line summary.
+Under Dovecot's master, SIGINT (\"you look idle\") is obeyed only with
+nothing parked, and a closed death pipe (a reload or a stop) means: take
+no new clients, keep the parked ones, exit when none is left.
 See imap-idle(8).
 ";
 
@@ -71,6 +81,9 @@ pub struct Config {
     pub dovecot: bool,
     pub dovecot_base_dir: Option<PathBuf>,
     pub dovecot_group: String,
+    /// Return everyone when Dovecot's master stops, as its own
+    /// imap-hibernate does with `shutdown_clients = yes`.
+    pub dovecot_shutdown_clients: bool,
     pub runtime_dir_mode: u32,
     pub park_socket_mode: u32,
     pub park_socket_group: Option<String>,
@@ -120,6 +133,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     let mut dovecot = false;
     let mut dovecot_base_dir = None;
     let mut dovecot_group = "dovecot".to_owned();
+    let mut dovecot_shutdown_clients = true;
     let mut park_socket_mode = 0o660;
     let mut runtime_dir_mode = 0o750;
     let mut park_socket_group = None;
@@ -159,6 +173,17 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
             "--dovecot" => dovecot = true,
             "--dovecot-base-dir" => dovecot_base_dir = Some(PathBuf::from(value()?)),
             "--dovecot-group" => dovecot_group = value()?,
+            "--dovecot-shutdown-clients" => {
+                dovecot_shutdown_clients = match value()?.as_str() {
+                    "yes" => true,
+                    "no" => false,
+                    other => {
+                        return Err(format!(
+                            "--dovecot-shutdown-clients takes yes or no, not {other:?}"
+                        ))
+                    }
+                }
+            }
             "--park-socket-mode" => park_socket_mode = octal(&flag, &value()?)?,
             "--runtime-dir-mode" => runtime_dir_mode = octal(&flag, &value()?)?,
             "--park-socket-group" => park_socket_group = Some(value()?),
@@ -191,6 +216,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
         dovecot,
         dovecot_base_dir,
         dovecot_group,
+        dovecot_shutdown_clients,
         runtime_dir_mode,
         park_socket_mode,
         park_socket_group,

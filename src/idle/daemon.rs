@@ -22,6 +22,7 @@ use super::budget::Budget;
 use super::clients::{self, Clients, IdleCore};
 use super::config::Config;
 use super::core::{Action, Core};
+use super::dovecot_mode::Dovecot;
 use super::hand_off::HandOff;
 use super::inotify::Inotify;
 use super::master_return::Masters;
@@ -35,14 +36,6 @@ pub use crate::setup::SetupError;
 use crate::sys::{self, limits};
 
 const BYE: &[u8] = b"* BYE [UNAVAILABLE] Server is busy, please reconnect.\r\n";
-
-/// Dovecot mode's adapters: hand-offs in, returns out, and the master's
-/// pipes when it started us.
-struct Dovecot {
-    hand_off: HandOff,
-    masters: Masters,
-    service: Option<Service>,
-}
 
 pub struct Daemon {
     poll: Poll,
@@ -109,15 +102,16 @@ impl Daemon {
                 base_dir.join("imap-master").display(),
                 park_path.display(),
             );
-            let dovecot = Dovecot {
-                hand_off: HandOff::new(listener, budget.hand_offs),
-                masters: Masters::new(
+            let dovecot = Dovecot::new(
+                HandOff::new(listener, budget.hand_offs),
+                Masters::new(
                     base_dir.join("imap-master"),
                     SystemTime::now(),
                     budget.masters,
                 ),
                 service,
-            };
+                cfg.dovecot_shutdown_clients,
+            );
             (None, Some(dovecot))
         } else {
             info!(
@@ -186,7 +180,9 @@ impl Daemon {
     fn next_deadline(&mut self) -> Option<Instant> {
         let service = self.service().and_then(|s| s.pending_until);
         let tracker = self.tracker.as_ref().and_then(|t| t.retry_at());
+        let master = self.dovecot.as_ref().and_then(|d| d.next_deadline());
         [
+            master,
             self.core.next_deadline(),
             self.park.next_deadline(),
             tracker,
@@ -230,8 +226,9 @@ impl Daemon {
                 }
             }
             Source::MasterDead => {
-                warn!("Dovecot's master is gone");
-                self.core.shutdown("SIGTERM", now);
+                if let Some(d) = &mut self.dovecot {
+                    d.master_closed_pipe(&mut self.core, reg, now);
+                }
             }
             Source::Control(key) => {
                 let (mut held, park, _) = self.held(now);
@@ -299,15 +296,14 @@ impl Daemon {
             match command {
                 Command::Summary => info!("{}", self.core.summary()),
                 Command::Stop(sig) => self.core.shutdown(sig.as_ref(), now),
+                Command::CloseListener => {
+                    if let Some(d) = &mut self.dovecot {
+                        d.master_closed_pipe(&mut self.core, self.poll.registry(), now);
+                    }
+                }
                 Command::IdleExit => {
-                    let hand_offs = self.dovecot.as_ref().map_or(0, |d| d.hand_off.len());
-                    if self.core.is_empty() && hand_offs == 0 {
-                        self.core.shutdown("SIGINT", now);
-                    } else {
-                        info!(
-                            "SIGINT from Dovecot's master ignored: {} clients parked",
-                            self.core.len()
-                        );
+                    if let Some(d) = &self.dovecot {
+                        d.idle_exit(&mut self.core, now);
                     }
                 }
             }
@@ -339,6 +335,7 @@ impl Daemon {
             t.pump(&mut self.core, reg, now);
         }
         if let Some(d) = &mut self.dovecot {
+            d.check_master(&mut self.core, now);
             d.masters.pump(&mut self.core, reg, now);
         }
         self.carry_out();

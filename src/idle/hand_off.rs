@@ -51,7 +51,8 @@ struct HandOffConn {
 }
 
 pub struct HandOff {
-    listener: OwnedFd,
+    /// `None` once Dovecot's master no longer sends us clients.
+    listener: Option<OwnedFd>,
     conns: Slab<HandOffConn>,
     /// Hand-offs in progress at most (each holds up to 3 descriptors).
     max: usize,
@@ -61,10 +62,19 @@ pub struct HandOff {
 impl HandOff {
     pub fn new(listener: OwnedFd, max: usize) -> HandOff {
         HandOff {
-            listener,
+            listener: Some(listener),
             conns: Slab::new(),
             max,
             scratch: vec![0; 8192].into_boxed_slice(),
+        }
+    }
+
+    /// Take no new hand-offs: the master has a new generation of
+    /// processes for them (after a reload), or is gone. Hand-offs already
+    /// accepted still complete.
+    pub fn close_listener(&mut self, reg: &mio::Registry) {
+        if let Some(l) = self.listener.take() {
+            let _ = reg.deregister(&mut SourceFd(&l.as_raw_fd()));
         }
     }
 
@@ -87,7 +97,10 @@ impl HandOff {
                 warn!("{max} hand-offs in progress; not accepting more for now");
                 return Ok(());
             }
-            match accept::next(self.listener.as_fd()) {
+            let Some(listener) = &self.listener else {
+                return Ok(());
+            };
+            match accept::next(listener.as_fd()) {
                 Next::Conn(sock) => {
                     let pid = sys::peer_pid(sock.as_fd());
                     self.add(sock, pid, h);

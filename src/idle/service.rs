@@ -32,6 +32,8 @@ pub(super) struct Service {
     last_sent: Option<std::time::Instant>,
     /// A change not yet sent because the last record went out < 1 s ago.
     pub pending_until: Option<std::time::Instant>,
+    /// The master closed our pipes: it reads no more status records.
+    gone: bool,
 }
 
 /// Started by Dovecot's master (with a listener to serve)?
@@ -61,6 +63,7 @@ pub(super) fn from_master() -> Option<(Service, OwnedFd)> {
             full: false,
             last_sent: None,
             pending_until: None,
+            gone: false,
         },
         listener,
     ))
@@ -86,7 +89,18 @@ impl Service {
         reopened
     }
 
+    /// The master closed our death pipe: stop watching it (it stays
+    /// readable) and stop writing records nobody reads.
+    pub fn master_gone(&mut self, reg: &mio::Registry) {
+        let _ = reg.deregister(&mut mio::unix::SourceFd(&self.master_dead.as_raw_fd()));
+        self.gone = true;
+        self.pending_until = None;
+    }
+
     fn send(&mut self, available: usize) {
+        if self.gone {
+            return;
+        }
         let available = available.min(u32::MAX as usize) as u32;
         if self.last_available == Some(available) {
             self.pending_until = None;
@@ -245,6 +259,7 @@ mod tests {
             full: false,
             last_sent: None,
             pending_until: None,
+            gone: false,
         };
         (s, std::fs::File::from(read))
     }

@@ -15,6 +15,9 @@ pub enum Command {
     Stop(Signal),
     /// SIGINT from Dovecot's master: "you look idle, exit".
     IdleExit,
+    /// SIGQUIT from Dovecot's master as it stops: close the listener
+    /// now, so that a new master can bind it; keep the clients.
+    CloseListener,
 }
 
 pub struct SignalAdapter {
@@ -26,7 +29,12 @@ pub struct SignalAdapter {
 impl SignalAdapter {
     /// Call before starting any thread, so every thread blocks them too.
     pub fn new(under_master: bool) -> io::Result<SignalAdapter> {
-        let signals = Signals::new(&[Signal::SIGTERM, Signal::SIGINT, Signal::SIGUSR1])?;
+        let signals = Signals::new(&[
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGUSR1,
+            Signal::SIGQUIT,
+        ])?;
         Ok(SignalAdapter {
             signals,
             under_master,
@@ -44,6 +52,7 @@ impl SignalAdapter {
             match self.signals.pending() {
                 Ok(Some(Signal::SIGUSR1)) => out.push(Command::Summary),
                 Ok(Some(Signal::SIGINT)) if self.under_master => out.push(Command::IdleExit),
+                Ok(Some(Signal::SIGQUIT)) if self.under_master => out.push(Command::CloseListener),
                 Ok(Some(sig)) => out.push(Command::Stop(sig)),
                 Ok(None) => return out,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -1,19 +1,66 @@
 //! The ways a connection leaves the core. Every one goes through
 //! `remove_conn`, which undoes what the connection held (polling, watches,
 //! its place on the return path, its user), so each leaves exactly once and
-//! its descriptor is handed to the loop exactly once.
+//! its descriptor is handed to the loop exactly once. Also the two ways the
+//! whole daemon ends: shut down (everyone handed back) or retired
+//! (everyone kept until they leave by themselves).
 
 use std::hash::Hash;
 use std::os::fd::AsRawFd;
+use std::time::Instant;
 
 use log::{debug, info, warn};
 
 use super::action::Action;
 use super::conn::{split_id, Conn, ConnId, Phase};
 use super::Core;
-use crate::proto::native::{Gone, GoneReason};
+use crate::proto::native::{Gone, GoneReason, WakeReason};
 
 impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
+    /// Keep every connection where it is (none is woken by this), and
+    /// exit once the last one has left in its own time.
+    pub fn retire(&mut self, why: &str) {
+        if !self.retiring {
+            self.retiring = true;
+            info!(
+                "{why}: keeping {} parked connections, each goes back when it wakes; \
+                 exiting when none is left",
+                self.conns.len()
+            );
+        }
+    }
+
+    /// First call: hand every parked connection back. Second: give up on
+    /// whatever was not taken back yet.
+    pub fn shutdown(&mut self, why: &str, now: Instant) {
+        if !self.draining {
+            self.draining = true;
+            let keys: Vec<u32> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.phase == Phase::Parked)
+                .map(|(k, _)| k as u32)
+                .collect();
+            info!(
+                "{why}: returning {} parked connections, then exiting",
+                keys.len()
+            );
+            self.shorten_deadlines(now);
+            for key in keys {
+                self.wake(key, WakeReason::Shutdown, now);
+            }
+        } else {
+            let ids: Vec<ConnId> = self.conns.iter().map(|(k, c)| c.id(k as u32)).collect();
+            log::warn!(
+                "{why} again: giving up on {} connections not yet taken back",
+                ids.len()
+            );
+            for id in ids {
+                self.give_up(id, "the server is shutting down");
+            }
+        }
+    }
+
     /// Take the connection out, undoing everything it held. `abandon`: a
     /// return under way is dropped (it did not end by that return).
     fn remove_conn(&mut self, id: ConnId, abandon: bool) -> Option<Conn<F>> {

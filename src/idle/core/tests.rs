@@ -82,6 +82,7 @@ enum Step {
     LinkLost,
     GiveUp(usize),
     Shutdown,
+    Retire,
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -118,6 +119,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::LinkLost),
         1 => any::<usize>().prop_map(Step::GiveUp),
         1 => Just(Step::Shutdown),
+        1 => Just(Step::Retire),
     ]
 }
 
@@ -422,6 +424,7 @@ impl Model {
                 }
             }
             Step::Shutdown => self.core.shutdown("test", now),
+            Step::Retire => self.core.retire("test"),
         }
         self.drain(fail_writes);
         self.check();
@@ -603,5 +606,27 @@ fn shutdown_gives_connections_woken_before_it_the_shutdown_deadline() {
         fail_writes: false,
     });
     assert_eq!(m.ended.get(&id).map(|e| e.0), Some(End::GaveUp));
+    assert!(m.core.done());
+}
+
+#[test]
+fn a_retired_core_wakes_nobody_and_is_done_when_the_last_one_leaves() {
+    let mut m = Model::new();
+    m.park(1, &[2], true, 0, false);
+    m.park(2, &[3], true, 0, false);
+    m.apply(&Step::Retire);
+    m.apply(&Step::Advance {
+        ms: 70_000,
+        fail_writes: false,
+    });
+    assert_eq!(m.live.len(), 2, "both still parked");
+    assert!(m.ended.is_empty());
+    assert!(!m.core.done());
+    // Each leaves in its own time: a change wakes one, the other hangs up.
+    m.apply(&Step::Change(2));
+    m.apply(&Step::Pump(10));
+    m.apply(&Step::Accept(0));
+    m.apply(&Step::HangUp(0));
+    assert!(m.live.is_empty(), "{:?}", m.ended);
     assert!(m.core.done());
 }

@@ -57,9 +57,20 @@ pub enum Hibernation {
 pub struct ServiceLimits {
     pub client_limit: Option<u32>,
     pub process_limit: Option<u32>,
+    /// Dovecot's `shutdown_clients` (its default is yes).
+    pub shutdown_clients: Option<bool>,
 }
 
 impl ServiceLimits {
+    /// imap-idle's flags that follow from these settings: the snippet's
+    /// advice for `shutdown_clients = no`.
+    fn idle_args(&self) -> &'static str {
+        match self.shutdown_clients {
+            Some(false) => " --dovecot-shutdown-clients no",
+            _ => "",
+        }
+    }
+
     /// A later `service imap-hibernate` section: Dovecot merges it into
     /// the earlier one, its settings winning.
     fn conf(&self) -> String {
@@ -71,10 +82,14 @@ impl ServiceLimits {
             .iter()
             .filter_map(|(k, v)| v.map(|v| format!("  {k} = {v}\n")))
             .collect();
+        let global = match self.shutdown_clients {
+            Some(yes) => format!("shutdown_clients = {}\n", if yes { "yes" } else { "no" }),
+            None => String::new(),
+        };
         if lines.is_empty() {
-            return lines;
+            return global;
         }
-        format!("service imap-hibernate {{\n{lines}}}\n")
+        format!("{global}service imap-hibernate {{\n{lines}}}\n")
     }
 }
 
@@ -161,8 +176,9 @@ impl Dovecot {
                 .replace(
                     "--runtime-dir /run/imap-idle",
                     &format!(
-                        "--runtime-dir {} --log-level debug",
-                        d.join("idle-run").display()
+                        "--runtime-dir {} --log-level debug{}",
+                        d.join("idle-run").display(),
+                        limits.idle_args()
                     ),
                 )
                 .replace(
@@ -264,6 +280,60 @@ imap_hibernate_timeout = 1s
             Duration::from_secs(10),
         )?;
         Ok(dc)
+    }
+
+    /// `doveadm reload`: the master rereads its config and starts a new
+    /// generation of every service; old processes are told through their
+    /// death pipe.
+    pub fn reload(&self) -> Result<(), String> {
+        self.dovecot_command(&["reload"])
+    }
+
+    /// Stop the master (what `systemctl stop dovecot` does), leaving what
+    /// `shutdown_clients` lets live.
+    pub fn stop_master(&self) -> Result<(), String> {
+        self.dovecot_command(&["stop"])?;
+        wait_until(
+            || !self.base.join("master.pid").exists(),
+            "Dovecot's master to exit",
+            Duration::from_secs(20),
+        )
+    }
+
+    /// Start the master again with the same configuration.
+    pub fn start_master(&self) -> Result<(), String> {
+        self.dovecot_command(&[])?;
+        wait_until(
+            || std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
+            "dovecot to listen",
+            Duration::from_secs(10),
+        )
+    }
+
+    fn dovecot_command(&self, args: &[&str]) -> Result<(), String> {
+        let status = io(
+            "running dovecot",
+            Command::new("dovecot")
+                .arg("-c")
+                .arg(&self.conf)
+                .args(args)
+                .status(),
+        )?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("dovecot {args:?}: {status}"))
+        }
+    }
+
+    /// Every imap-idle process running our copy of the binary, whichever
+    /// master (if any) is its parent now.
+    pub fn idle_processes(&self) -> Vec<i32> {
+        let bin = self.dir.join("bin/imap-idle");
+        procfs::running(&bin)
+            .into_iter()
+            .map(|p| p as i32)
+            .collect()
     }
 
     pub fn maildir(&self, user: &str) -> PathBuf {
@@ -378,11 +448,7 @@ impl Drop for Dovecot {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new("dovecot")
-            .arg("-c")
-            .arg(&self.conf)
-            .arg("stop")
-            .status();
+        let _ = self.dovecot_command(&["stop"]);
         // Give the master time to take its children down before the
         // directory goes away.
         for _ in 0..100 {
@@ -390,6 +456,13 @@ impl Drop for Dovecot {
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+        // Ones the master left running (shutdown_clients = no).
+        for pid in self.idle_processes() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }

@@ -108,6 +108,15 @@ pub fn children_named(ppid: u32, name: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Processes running the executable at `exe`, whoever their parent is.
+pub fn running(exe: &std::path::Path) -> Vec<u32> {
+    processes()
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == exe))
+        .collect()
+}
+
 /// Every process now, with its parent: (pid, ppid).
 fn processes() -> Vec<(u32, u32)> {
     let mut all = Vec::new();
