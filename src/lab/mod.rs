@@ -3,6 +3,7 @@
 
 pub mod bench;
 mod demo;
+mod dovecot_reload;
 pub mod fuzz;
 mod hold;
 pub mod load;
@@ -25,6 +26,9 @@ Commands:
           the median of rounds; --quick takes under a minute
   park-rate  parks per second straight into a private imap-idle, one at
           a time and pipelined [--parks N] [--window W]
+  dovecot-reload  N clients hibernated in imap-idle under a private
+          Dovecot, then `doveadm reload`: clients woken and lost
+          [--clients N] [--shutdown-clients yes|no]
   load    hold N idle IMAP clients against any IMAP server, deliver mail,
           measure delivery -> EXISTS
   serve   the reference IMAP login and mail processes (a reference peer
@@ -48,6 +52,7 @@ pub fn main() -> ExitCode {
         Some("demo") => demo::main(args.collect()),
         Some("serve") => serve::main(args.collect()),
         Some("load") => load::main(args.collect()),
+        Some("dovecot-reload") => dovecot_reload::main(args.collect()),
         Some("bench") => bench::main(args.collect()),
         Some("park-rate") => bench::park_rate::main(args.collect()),
         // Started by `load` itself, one per client process.
