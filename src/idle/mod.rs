@@ -15,6 +15,7 @@ pub mod config;
 mod control;
 pub mod core;
 mod daemon;
+mod dovecot_mode;
 mod hand_off;
 mod inotify;
 mod main;
