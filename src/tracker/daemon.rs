@@ -121,8 +121,8 @@ impl Tracker {
         info!(
             "imap-tracker {} listening on {} (control {}), policy {:?}{}",
             env!("CARGO_PKG_VERSION"),
-            cfg.socket.display(),
-            cfg.control_socket.display(),
+            listener.path.display(),
+            control.path.display(),
             cfg.policy,
             cfg.spawn
                 .as_ref()
@@ -142,7 +142,7 @@ impl Tracker {
         Ok(Tracker {
             trust,
             peers: Peers::new(cfg.max_outbox),
-            spawner: Spawner::new(cfg.spawn.clone(), cfg.max_processes, cfg.socket.clone()),
+            spawner: Spawner::new(cfg.spawn.clone(), cfg.max_processes, listener.path.clone()),
             routing: Routing::new(cfg.policy),
             cfg,
             poll,

@@ -10,9 +10,11 @@ use crate::setup::{ensure_dir, setup, SetupError};
 use crate::sys::activation::{self, Activated};
 use crate::sys::SeqPacket;
 
-/// A listener, and its path when we bound it (ours to remove at exit).
+/// A listener, where it is, and its path again when we bound it (ours
+/// to remove at exit).
 pub struct Listener {
     pub sock: SeqPacket,
+    pub path: PathBuf,
     pub bound: Option<PathBuf>,
 }
 
@@ -34,6 +36,7 @@ pub fn listener(
         info!("{what} {} passed by the service manager", at.display());
         return Ok(Listener {
             sock: SeqPacket::from(fd),
+            path: at,
             bound: None,
         });
     }
@@ -46,6 +49,7 @@ pub fn listener(
     )?;
     Ok(Listener {
         sock,
+        path: path.to_path_buf(),
         bound: Some(path.to_path_buf()),
     })
 }
