@@ -389,6 +389,24 @@ fn a_watchdog_meant_for_another_process_is_not_pinged() {
     assert_eq!(pings(&[ready]) + pings(&later), 0, "{later:?}");
 }
 
+/// Dovecot's master passes its own NOTIFY_SOCKET to its children
+/// (`import_environment`); one of them is not the service systemd runs.
+#[test]
+fn under_dovecots_master_imap_idle_tells_systemd_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let notify = dir.path().join("notify");
+    let notices = Notices::at_path(&notify);
+    let _daemon = idle_with_notify(
+        dir.path(),
+        &notify,
+        &[("WATCHDOG_USEC", "200000"), ("DOVECOT_CHILD_PROCESS", "1")],
+    );
+    let park = dir.path().join("run/park");
+    wait_for(|| link::stats(&park).is_ok(), "imap-idle to answer");
+    let said = notices.during(Duration::from_millis(2500));
+    assert!(said.is_empty(), "{said:?}");
+}
+
 #[test]
 fn imap_tracker_tells_an_abstract_notify_socket() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -110,7 +110,7 @@ impl Daemon {
             accept_paused_until: None,
             accept_again: false,
             park_socket: ours.then_some(park_path),
-            supervisor: Supervisor::from_env(epoch),
+            supervisor: service::supervisor(epoch),
         })
     }
 
