@@ -313,6 +313,14 @@ fn imap_tracker_takes_both_sockets_and_its_children_inherit_nothing() {
     );
 }
 
+/// A temp dir and the service manager's end of its `notify` socket.
+fn notified() -> (tempfile::TempDir, PathBuf, Notices) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let notify = dir.path().join("notify");
+    let notices = Notices::at_path(&notify);
+    (dir, notify, notices)
+}
+
 /// imap-idle under a service manager that keeps a watchdog on it.
 fn idle_with_notify(dir: &Path, notify: &Path, extra_env: &[(&str, &str)]) -> Proc {
     let run = dir.join("run");
@@ -332,9 +340,7 @@ fn idle_with_notify(dir: &Path, notify: &Path, extra_env: &[(&str, &str)]) -> Pr
 
 #[test]
 fn imap_idle_tells_ready_status_watchdog_and_stopping() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let notify = dir.path().join("notify");
-    let notices = Notices::at_path(&notify);
+    let (dir, notify, notices) = notified();
     std::fs::create_dir(dir.path().join("run")).expect("run dir");
     let tracker = Tracker::start(&dir.path().join("run/tracker"), Policy::Accept);
     let mut daemon = idle_with_notify(dir.path(), &notify, &[("WATCHDOG_USEC", "300000")]);
@@ -376,9 +382,7 @@ fn imap_idle_tells_ready_status_watchdog_and_stopping() {
 
 #[test]
 fn a_watchdog_meant_for_another_process_is_not_pinged() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let notify = dir.path().join("notify");
-    let notices = Notices::at_path(&notify);
+    let (dir, notify, notices) = notified();
     let _daemon = idle_with_notify(
         dir.path(),
         &notify,
@@ -393,9 +397,7 @@ fn a_watchdog_meant_for_another_process_is_not_pinged() {
 /// (`import_environment`); one of them is not the service systemd runs.
 #[test]
 fn under_dovecots_master_imap_idle_tells_systemd_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let notify = dir.path().join("notify");
-    let notices = Notices::at_path(&notify);
+    let (dir, notify, notices) = notified();
     let _daemon = idle_with_notify(
         dir.path(),
         &notify,
