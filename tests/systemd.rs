@@ -69,12 +69,8 @@ impl Proc {
         nix::sys::signal::kill(pid, sig).expect("signal");
     }
 
-    fn wait_exit(&mut self) {
-        let end = Instant::now() + Duration::from_secs(10);
-        while self.child.try_wait().expect("try_wait").is_none() {
-            assert!(Instant::now() < end, "did not exit; log:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(10));
-        }
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        util::wait_exit(&mut self.child, Duration::from_secs(10), &self.log)
     }
 }
 
@@ -217,6 +213,50 @@ fn imap_idle_parks_through_a_socket_activated_park_socket() {
     daemon.wait_exit();
     // The socket is the service manager's: imap-idle leaves it in place.
     assert!(park_path.exists(), "imap-idle removed the passed socket");
+}
+
+/// A stream socket where the park socket should be: imap-idle refuses to
+/// start, saying why, rather than serve on it.
+#[test]
+fn a_passed_socket_of_the_wrong_type_stops_imap_idle() {
+    let Some(Activation {
+        tool: activate,
+        dir,
+        run,
+        passed,
+    }) = activation("imap-idle with a wrong passed socket")
+    else {
+        return;
+    };
+    let park_path = passed.join("park");
+    let mut cmd = Command::new(activate);
+    cmd.args(["--fdname=park", "-l"])
+        .arg(&park_path)
+        .arg("--")
+        .arg(IDLE)
+        .arg("--runtime-dir")
+        .arg(&run);
+    let mut daemon = Proc::spawn(cmd, dir.path().join("log"));
+    wait_for(|| park_path.exists(), "the tool to listen");
+    let _knock = UnixStream::connect(&park_path).expect("connect");
+    let end = Instant::now() + util::WAIT;
+    let status = loop {
+        if let Some(s) = daemon.child.try_wait().expect("try_wait") {
+            break s;
+        }
+        assert!(
+            Instant::now() < end,
+            "still running; log:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(1), "log:\n{}", daemon.log());
+    assert!(
+        daemon.log().contains("not of type SeqPacket"),
+        "log:\n{}",
+        daemon.log()
+    );
 }
 
 #[test]
