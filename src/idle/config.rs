@@ -81,9 +81,9 @@ Signals: SIGTERM/SIGINT return every parked connection to the tracker and
 exit (a second one gives up at once); SIGUSR1 logs a one-line summary.
 
 Under systemd: a park socket passed by socket activation (LISTEN_FDS, named
-`park` by FileDescriptorName=, or the only one) is used instead of binding
---park-socket; READY=1, STATUS=, STOPPING=1 and watchdog pings go to
-$NOTIFY_SOCKET. See imap-idle(8).
+`park` by FileDescriptorName=, or the first when unnamed) is used instead
+of binding --park-socket; READY=1, STATUS=, STOPPING=1 and watchdog pings
+go to $NOTIFY_SOCKET. See imap-idle(8).
 ";
 
 #[derive(Debug, Clone)]
