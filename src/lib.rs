@@ -8,6 +8,7 @@
 //!   imap-idle.
 //! - [`mail`]: the library for login and mail processes.
 //! - [`link`]: a blocking native-protocol client connection.
+//! - [`supervisor`]: readiness, status and watchdog notices to systemd.
 //! - [`lab`]: tools to try it out (`imap-idle-lab`).
 
 pub mod access;
@@ -18,5 +19,6 @@ pub mod link;
 pub mod mail;
 pub mod proto;
 pub mod setup;
+pub mod supervisor;
 pub mod sys;
 pub mod tracker;

@@ -1,16 +1,19 @@
-//! The listeners: the park socket bound as configured, and one accept
-//! step for both it and Dovecot's imap-hibernate: the same handling of a
-//! peer that left early, and of running out of descriptors, which pauses
-//! accepting instead of spinning.
+//! The listeners: the park socket bound as configured (or passed by a
+//! service manager), and one accept step for both it and Dovecot's
+//! imap-hibernate: the same handling of a peer that left early, and of
+//! running out of descriptors, which pauses accepting instead of spinning.
 
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
+use log::info;
 use nix::errno::Errno;
+use nix::sys::socket::SockType;
 
 use super::config::Config;
 use crate::setup::{ensure_dir_mode, setup, SetupError};
+use crate::sys::activation::{self, Activated};
 use crate::sys::{fdpass, SeqPacket};
 
 /// How long accepting pauses after EMFILE/ENFILE.
@@ -41,12 +44,37 @@ pub fn next(listener: BorrowedFd<'_>) -> Next {
     }
 }
 
+/// The park socket: the one a service manager passed (named `park`, or the
+/// first when it gave no names), else bound as configured; returns it, its
+/// path, and whether it is ours to remove at exit (a passed one is not).
+pub fn listen(
+    cfg: &Config,
+    shared: bool,
+    activated: &mut Activated,
+) -> Result<(SeqPacket, PathBuf, bool), SetupError> {
+    let Some(fd) = activated.take("park", 0) else {
+        let (listener, path) = bind(cfg, shared)?;
+        return Ok((listener, path, true));
+    };
+    let path = setup(
+        "taking the park socket from the service manager",
+        activation::listener(&fd, SockType::SeqPacket, "the park socket"),
+    )?;
+    // Its mode and group are the socket unit's (SocketMode=, SocketGroup=).
+    let path = path.unwrap_or_else(|| cfg.park_socket.clone());
+    info!(
+        "park socket {} passed by the service manager",
+        path.display()
+    );
+    Ok((SeqPacket::from(fd), path, false))
+}
+
 /// Bind the park socket as configured: its directory checked (or made)
 /// ours, its mode and group set. With `shared` (Dovecot's master may run
 /// several of us with one runtime directory), a default path another live
 /// imap-idle holds gives way to `park.PID` beside it. Returns the path
 /// bound.
-pub fn listen(cfg: &Config, shared: bool) -> Result<(SeqPacket, PathBuf), SetupError> {
+fn bind(cfg: &Config, shared: bool) -> Result<(SeqPacket, PathBuf), SetupError> {
     if let Some(dir) = cfg.park_socket.parent() {
         ensure_dir_mode(dir, cfg.runtime_dir_mode)?;
     }

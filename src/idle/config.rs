@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use super::core::Tuning;
+
 pub const USAGE: &str = "\
 Usage: imap-idle [OPTIONS]
 
@@ -63,12 +65,35 @@ Options:
   -h, --help             print this help
   -V, --version          print the version
 
+Timing (the defaults are Dovecot imap-hibernate's):
+  --keepalive-min SECS   `* OK Still here` at most this often, whatever
+                         interval the session asks for (battery) [default: 1]
+  --keepalive-max SECS   at least this often, also for sessions that ask for
+                         none (NAT and firewall timeouts) [default: as the
+                         session asks]
+  --return-timeout-input SECS  a woken client that typed is given up (BYE)
+                         if the return path has not taken it by then
+                         [default: 10]
+  --return-timeout-change SECS  the same for one woken by a mailbox change
+                         [default: 300]
+  --return-timeout-shutdown SECS  at SIGTERM, how long returns may take
+                         before whoever is left gets a BYE [default: 30]
+  --return-retry-min MS  first wait before a refused return is sent again,
+                         doubling each time [default: 100]
+  --return-retry-max MS  longest such wait [default: 2000]
+  --return-window N      returns sent to the tracker and not yet answered,
+                         at most [default: 64]
+
 Signals: SIGTERM/SIGINT return every parked connection to the tracker and
 exit (a second one gives up at once); SIGUSR1 logs a one-line summary.
 Under Dovecot's master, SIGINT (\"you look idle\") is obeyed only with
 nothing parked, and a closed death pipe (a reload or a stop) means: take
 no new clients, keep the parked ones, exit when none is left.
-See imap-idle(8).
+
+Under systemd: a park socket passed by socket activation (LISTEN_FDS, named
+`park` by FileDescriptorName=, or the first when unnamed) is used instead
+of binding --park-socket; READY=1, STATUS=, STOPPING=1 and watchdog pings
+go to $NOTIFY_SOCKET. See imap-idle(8).
 ";
 
 #[derive(Debug, Clone)]
@@ -92,6 +117,9 @@ pub struct Config {
     pub max_controls: Option<usize>,
     pub max_controls_per_uid: usize,
     pub handshake_timeout_secs: u64,
+    pub tuning: Tuning,
+    /// Returns in flight to the tracker, at most.
+    pub return_window: usize,
 }
 
 #[derive(Debug)]
@@ -142,6 +170,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     let mut max_controls = None;
     let mut max_controls_per_uid = 64;
     let mut handshake_timeout_secs = 10;
+    let mut tuning = Tuning::default();
+    let mut return_window = 64;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -196,6 +226,14 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
             "--handshake-timeout" => {
                 handshake_timeout_secs = number(&flag, &value()?)? as u64;
             }
+            "--keepalive-min" => tuning.keepalive_min_secs = secs(&flag, &value()?)? as u32,
+            "--keepalive-max" => tuning.keepalive_max_secs = Some(secs(&flag, &value()?)? as u32),
+            "--return-timeout-input" => tuning.give_up_with_input_ms = ms(&flag, &value()?)?,
+            "--return-timeout-change" => tuning.give_up_without_input_ms = ms(&flag, &value()?)?,
+            "--return-timeout-shutdown" => tuning.give_up_at_shutdown_ms = ms(&flag, &value()?)?,
+            "--return-retry-min" => tuning.backoff_min_ms = number(&flag, &value()?)? as u64,
+            "--return-retry-max" => tuning.backoff_max_ms = number(&flag, &value()?)? as u64,
+            "--return-window" => return_window = number(&flag, &value()?)?,
             "--log-level" => {
                 let v = value()?;
                 if !["error", "warn", "info", "debug", "trace"].contains(&v.as_str()) {
@@ -206,6 +244,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
             _ => return Err(format!("unknown argument {arg:?} (see --help)")),
         }
     }
+    tuning.validate()?;
     let runtime_dir = runtime_dir.unwrap_or_else(default_runtime_dir);
     Ok(Parsed::Run(Box::new(Config {
         park_socket: park_socket.unwrap_or_else(|| runtime_dir.join("park")),
@@ -225,6 +264,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
         max_controls,
         max_controls_per_uid,
         handshake_timeout_secs,
+        tuning,
+        return_window,
     })))
 }
 
@@ -240,6 +281,19 @@ fn number(flag: &str, v: &str) -> Result<usize, String> {
         Ok(n) if n > 0 => Ok(n),
         _ => Err(format!("{flag}: {v:?} is not a positive number")),
     }
+}
+
+/// Whole seconds that fit a keepalive interval (a `u32`), at least 1.
+fn secs(flag: &str, v: &str) -> Result<u64, String> {
+    match v.parse::<u32>() {
+        Ok(n) if n > 0 => Ok(n as u64),
+        _ => Err(format!("{flag}: {v:?} is not a positive number of seconds")),
+    }
+}
+
+/// Seconds given, milliseconds kept.
+fn ms(flag: &str, v: &str) -> Result<u64, String> {
+    Ok(secs(flag, v)? * 1000)
 }
 
 #[cfg(test)]
@@ -271,5 +325,39 @@ mod tests {
         assert!(run(&["--bogus"]).is_err());
         assert!(run(&["--log-level", "loud"]).is_err());
         assert!(matches!(parse(["--help".to_string()]), Ok(Parsed::Help)));
+    }
+
+    #[test]
+    fn timing_flags_default_to_the_old_constants_and_are_checked() {
+        let c = run(&[]).unwrap();
+        assert_eq!(c.tuning, Tuning::default());
+        assert_eq!(c.tuning.give_up_with_input_ms, 10_000);
+        assert_eq!(c.tuning.give_up_without_input_ms, 300_000);
+        assert_eq!(c.tuning.give_up_at_shutdown_ms, 30_000);
+        assert_eq!(
+            (c.tuning.backoff_min_ms, c.tuning.backoff_max_ms),
+            (100, 2000)
+        );
+        assert_eq!(c.return_window, 64);
+        let c = run(&[
+            "--keepalive-min=60",
+            "--keepalive-max",
+            "900",
+            "--return-timeout-input=3",
+            "--return-retry-min=50",
+            "--return-window=8",
+        ])
+        .unwrap();
+        assert_eq!(c.tuning.keepalive_min_secs, 60);
+        assert_eq!(c.tuning.keepalive_max_secs, Some(900));
+        assert_eq!(c.tuning.give_up_with_input_ms, 3000);
+        assert_eq!(c.tuning.backoff_min_ms, 50);
+        assert_eq!(c.return_window, 8);
+        let e = run(&["--keepalive-min=60", "--keepalive-max=30"]).unwrap_err();
+        assert!(e.contains("above"), "{e}");
+        assert!(run(&["--keepalive-max=0"]).is_err());
+        assert!(run(&["--return-timeout-change=-1"]).is_err());
+        assert!(run(&["--return-retry-min=3000"]).is_err());
+        assert!(run(&["--return-window=0"]).is_err());
     }
 }

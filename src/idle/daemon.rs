@@ -8,11 +8,10 @@ use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use log::{info, warn};
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Poll, Token};
 use nix::sys::inotify::WatchDescriptor;
 use nix::sys::socket::{self, Shutdown};
 
@@ -25,14 +24,15 @@ use super::core::{Action, Core};
 use super::dovecot_mode::Dovecot;
 use super::hand_off::HandOff;
 use super::inotify::Inotify;
-use super::master_return::Masters;
 use super::park_socket::{Held, ParkSocket};
 use super::service::{self, Service};
 use super::signals::{Command, SignalAdapter};
-use super::tokens::{source, token, Source};
+use super::tokens::{register, source, Source};
 use super::tracker_link::TrackerLink;
 use crate::setup::setup;
 pub use crate::setup::SetupError;
+use crate::supervisor::Supervisor;
+use crate::sys::activation::Activated;
 use crate::sys::{self, limits};
 
 const BYE: &[u8] = b"* BYE [UNAVAILABLE] Server is busy, please reconnect.\r\n";
@@ -50,11 +50,14 @@ pub struct Daemon {
     accept_paused_until: Option<Instant>,
     /// Room opened up under the master's client_limit: accept what queued.
     accept_again: bool,
-    park_socket: PathBuf,
+    /// The park socket's path, when we bound it (not passed to us).
+    park_socket: Option<PathBuf>,
+    supervisor: Supervisor,
 }
 
 impl Daemon {
     pub fn new(cfg: Config) -> Result<Daemon, SetupError> {
+        let mut activated = Activated::from_env().map_err(SetupError)?;
         service::drop_privileges()?;
         let mut signals = setup("setting up signals", SignalAdapter::new(false))?;
         let fd_limit = setup("raising the open-file limit", limits::raise_nofile())?;
@@ -62,56 +65,19 @@ impl Daemon {
         let max_parked = budget.max_parked;
         let policy = Policy::from_config(&cfg, budget.controls)?;
         let shared = cfg.dovecot && service::started_by_master();
-        let (listener, park_path) = accept::listen(&cfg, shared)?;
+        let (listener, park_path, ours) = accept::listen(&cfg, shared, &mut activated)?;
         let inotify = setup("creating the inotify instance", Inotify::new())?;
         let poll = setup("creating the poll", Poll::new())?;
         let reg = poll.registry();
-        for (fd, source) in [
+        let fixed = [
             (listener.as_raw_fd(), Source::ParkListener),
             (signals.as_fd().as_raw_fd(), Source::Signals),
             (inotify.as_fd().as_raw_fd(), Source::Inotify),
-        ] {
-            setup(
-                "registering with the poll",
-                reg.register(&mut SourceFd(&fd), token(source), Interest::READABLE),
-            )?;
-        }
+        ];
+        register(reg, &fixed)?;
         let epoch = Instant::now();
         let (tracker, dovecot) = if cfg.dovecot {
-            let (listener, service, base_dir) = service::listener(&cfg)?;
-            let mut sources = vec![(listener.as_raw_fd(), Source::HandOffListener)];
-            if let Some(s) = &service {
-                sources.push((s.master_dead.as_raw_fd(), Source::MasterDead));
-                signals.set_under_master();
-            }
-            for (fd, source) in sources {
-                setup(
-                    "registering with the poll",
-                    reg.register(&mut SourceFd(&fd), token(source), Interest::READABLE),
-                )?;
-            }
-            let (by, limit) = match &service {
-                Some(s) => (" (started by Dovecot's master)", s.limit(max_parked)),
-                None => ("", max_parked),
-            };
-            info!(
-                "imap-idle {} in Dovecot mode{by}: taking clients on {}, returning them to {}, \
-                 up to {limit} parked; statistics on {}",
-                env!("CARGO_PKG_VERSION"),
-                base_dir.join("imap-hibernate").display(),
-                base_dir.join("imap-master").display(),
-                park_path.display(),
-            );
-            let dovecot = Dovecot::new(
-                HandOff::new(listener, budget.hand_offs),
-                Masters::new(
-                    base_dir.join("imap-master"),
-                    SystemTime::now(),
-                    budget.masters,
-                ),
-                service,
-                cfg.dovecot_shutdown_clients,
-            );
+            let dovecot = Dovecot::start(&cfg, reg, &mut signals, &budget, &park_path)?;
             (None, Some(dovecot))
         } else {
             info!(
@@ -120,11 +86,21 @@ impl Daemon {
                 park_path.display(),
                 cfg.tracker_socket.display()
             );
-            (Some(TrackerLink::new(cfg.tracker_socket.clone())), None)
+            let link = TrackerLink::new(cfg.tracker_socket.clone(), cfg.return_window);
+            (Some(link), None)
         };
+        for name in activated.unused() {
+            warn!("the service manager passed a socket named {name:?}, which is not ours: closed");
+        }
         Ok(Daemon {
             poll,
-            core: Core::new(max_parked, !cfg.dovecot, epoch, crate::setup::random_key()?),
+            core: Core::new(
+                max_parked,
+                !cfg.dovecot,
+                epoch,
+                crate::setup::random_key()?,
+                cfg.tuning,
+            ),
             clients: Clients::new(),
             inotify,
             park: ParkSocket::new(listener, cfg.dovecot, policy),
@@ -133,12 +109,14 @@ impl Daemon {
             signals,
             accept_paused_until: None,
             accept_again: false,
-            park_socket: park_path,
+            park_socket: ours.then_some(park_path),
+            supervisor: service::supervisor(epoch),
         })
     }
 
     pub fn run(mut self) -> Result<(), SetupError> {
         self.report_capacity();
+        self.supervisor.ready(self.core.status_line());
         let mut events = Events::with_capacity(1024);
         loop {
             if std::mem::take(&mut self.accept_again) {
@@ -165,6 +143,8 @@ impl Daemon {
             self.park_turn(now);
             self.fire_timers(Instant::now());
             self.pump(Instant::now());
+            let draining = self.core.draining();
+            (self.supervisor).tick(Instant::now(), draining, || self.core.status_line());
             if self.core.done() {
                 if let Some(t) = &mut self.tracker {
                     t.flush_before_exit();
@@ -173,7 +153,9 @@ impl Daemon {
             }
         }
         info!("all connections handed back; exiting");
-        let _ = fs::remove_file(&self.park_socket);
+        if let Some(path) = &self.park_socket {
+            let _ = fs::remove_file(path);
+        }
         Ok(())
     }
 
@@ -188,6 +170,7 @@ impl Daemon {
             tracker,
             self.accept_paused_until,
             service,
+            self.supervisor.next_deadline(),
         ]
         .into_iter()
         .flatten()

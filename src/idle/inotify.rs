@@ -126,7 +126,8 @@ mod tests {
     fn a_new_file_wakes_every_watcher() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = Inotify::new().unwrap();
-        let mut core: Core<OwnedFd, WatchDescriptor> = Core::new(10, false, Instant::now(), 1);
+        let mut core: Core<OwnedFd, WatchDescriptor> =
+            Core::new(10, false, Instant::now(), 1, Default::default());
         let now = Instant::now();
         let mut ids = Vec::new();
         for _ in 0..2 {

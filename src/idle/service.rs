@@ -44,6 +44,17 @@ pub(super) fn started_by_master() -> bool {
     count.is_some_and(|c| c > 0) && std::env::var_os("DOVECOT_CHILD_PROCESS").is_some()
 }
 
+/// What to tell systemd. Nothing under Dovecot's master: it reports for
+/// its whole service itself, and its `import_environment` passes its
+/// `NOTIFY_SOCKET` down to us, where notices from our pid would only be
+/// refused (and logged) by systemd.
+pub(super) fn supervisor(now: std::time::Instant) -> crate::supervisor::Supervisor {
+    if std::env::var_os("DOVECOT_CHILD_PROCESS").is_some() {
+        return crate::supervisor::Supervisor::none();
+    }
+    crate::supervisor::Supervisor::from_env(now)
+}
+
 /// Started by Dovecot's master? Then take its descriptors.
 pub(super) fn from_master() -> Option<(Service, OwnedFd)> {
     if !started_by_master() {

@@ -3,7 +3,10 @@
 //! `usize` width (32-bit targets included): keys are slab indices bounded
 //! by the open-file limit.
 
-use mio::Token;
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+
+use crate::setup::{setup, SetupError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -25,6 +28,15 @@ pub enum Source {
     Client(u32),
     /// Dovecot's notify fd of a parked client, by its key in the core.
     Notify(u32),
+}
+
+/// Register fixed sources for reading, each under its token.
+pub fn register(reg: &Registry, sources: &[(i32, Source)]) -> Result<(), SetupError> {
+    for &(fd, source) in sources {
+        let r = reg.register(&mut SourceFd(&fd), token(source), Interest::READABLE);
+        setup("registering with the poll", r)?;
+    }
+    Ok(())
 }
 
 const FIXED: usize = 0;

@@ -21,8 +21,6 @@ use super::tokens::{token, Source};
 use crate::proto::native::{self, Gone, Message, RecvError, Role, MAX_PACKET};
 use crate::sys::SeqPacket;
 
-/// Returns sent and not yet answered, at most.
-const WINDOW: usize = 64;
 /// Gone notices kept while the tracker is unreachable, at most.
 const MAX_GONE: usize = 4096;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -46,10 +44,12 @@ pub struct TrackerLink {
     /// Unreachable since this outage began (logged once per outage).
     outage_logged: bool,
     scratch: Box<[u8]>,
+    /// Returns sent and not yet answered, at most (`--return-window`).
+    window: usize,
 }
 
 impl TrackerLink {
-    pub fn new(path: PathBuf) -> TrackerLink {
+    pub fn new(path: PathBuf, window: usize) -> TrackerLink {
         TrackerLink {
             path,
             link: Link::Down,
@@ -59,6 +59,7 @@ impl TrackerLink {
             writable: false,
             outage_logged: false,
             scratch: vec![0; MAX_PACKET + 1].into_boxed_slice(),
+            window,
         }
     }
 
@@ -130,7 +131,7 @@ impl TrackerLink {
                     Err(e) => return self.down(core, reg, now, &format!("sending: {e}")),
                 }
             }
-            if core.in_flight() >= WINDOW {
+            if core.in_flight() >= self.window {
                 return;
             }
             let Some(id) = core.pop_return() else {

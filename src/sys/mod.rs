@@ -1,8 +1,10 @@
 //! The OS layer: sockets, descriptor passing, limits, signals. Everything
 //! that talks to the kernel in ways std does not cover lives here.
 
+pub mod activation;
 pub mod fdpass;
 pub mod limits;
+pub mod notify;
 pub mod seqpacket;
 pub mod signals;
 

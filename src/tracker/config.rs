@@ -63,6 +63,11 @@ Other:
   -V, --version           print the version
 
 Signals: SIGTERM/SIGINT stop the tracker; SIGUSR1 logs a one-line summary.
+
+Under systemd: sockets passed by socket activation (LISTEN_FDS, named
+`tracker` and `tracker-control` by FileDescriptorName=, or the first and
+second) are used instead of binding --socket and --control-socket;
+READY=1, STATUS=, STOPPING=1 and watchdog pings go to $NOTIFY_SOCKET.
 See imap-tracker(8).
 ";
 

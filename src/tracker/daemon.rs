@@ -9,6 +9,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
@@ -19,13 +20,16 @@ use nix::sys::signal::Signal;
 
 use super::config::Config;
 use super::handler::Handler;
+use super::listen;
 use super::peers::{self, Peers};
 use super::pending::Waiting;
 use super::routing::Routing;
 use super::spawn::Spawner;
 use super::trust::{self, Trust};
 use super::who::Who;
-use crate::setup::{ensure_dir, setup, SetupError};
+use crate::setup::{setup, SetupError};
+use crate::supervisor::Supervisor;
+use crate::sys::activation::Activated;
 use crate::sys::signals::Signals;
 use crate::sys::{limits, SeqPacket};
 
@@ -54,10 +58,14 @@ pub struct Tracker {
     /// Out of descriptors: no accepting until then.
     accept_paused_until: Option<Instant>,
     stop: bool,
+    /// The sockets we bound (not those passed to us).
+    remove_at_exit: [Option<PathBuf>; 2],
+    supervisor: Supervisor,
 }
 
 impl Tracker {
     pub fn new(cfg: Config) -> Result<Tracker, SetupError> {
+        let mut activated = Activated::from_env().map_err(SetupError)?;
         let signals = setup(
             "setting up signals",
             Signals::new(&[
@@ -68,20 +76,16 @@ impl Tracker {
             ]),
         )?;
         setup("raising the open-file limit", limits::raise_nofile())?;
-        for path in [&cfg.socket, &cfg.control_socket] {
-            if let Some(dir) = path.parent() {
-                ensure_dir(dir)?;
-            }
+        let listener =
+            listen::listener(&mut activated, ("tracker", 0), &cfg.socket, cfg.socket_mode)?;
+        let control = (cfg.control_socket.as_path(), 0o600);
+        let control =
+            listen::listener(&mut activated, ("tracker-control", 1), control.0, control.1)?;
+        for name in activated.unused() {
+            warn!("the service manager passed a socket named {name:?}, which is not ours: closed");
         }
-        let listener = setup(
-            format_args!("listening on {}", cfg.socket.display()),
-            SeqPacket::listen(&cfg.socket, cfg.socket_mode),
-        )?;
-        let control = setup(
-            format_args!("listening on {}", cfg.control_socket.display()),
-            SeqPacket::listen(&cfg.control_socket, 0o600),
-        )?;
-        if let Some(group) = &cfg.admin_group {
+        // A passed control socket has the socket unit's group and mode.
+        if let (Some(group), Some(_)) = (&cfg.admin_group, &control.bound) {
             // The admin group's members must be able to connect at all.
             let gid = trust::admin_gid(group).map_err(SetupError)?;
             let path = &cfg.control_socket;
@@ -104,8 +108,8 @@ impl Tracker {
         }
         let poll = setup("creating the poll", Poll::new())?;
         for (fd, token) in [
-            (listener.as_raw_fd(), LISTENER),
-            (control.as_raw_fd(), CONTROL),
+            (listener.sock.as_raw_fd(), LISTENER),
+            (control.sock.as_raw_fd(), CONTROL),
             (signals.as_fd().as_raw_fd(), SIGNALS),
         ] {
             setup(
@@ -117,8 +121,8 @@ impl Tracker {
         info!(
             "imap-tracker {} listening on {} (control {}), policy {:?}{}",
             env!("CARGO_PKG_VERSION"),
-            cfg.socket.display(),
-            cfg.control_socket.display(),
+            listener.path.display(),
+            control.path.display(),
             cfg.policy,
             cfg.spawn
                 .as_ref()
@@ -138,13 +142,15 @@ impl Tracker {
         Ok(Tracker {
             trust,
             peers: Peers::new(cfg.max_outbox),
-            spawner: Spawner::new(cfg.spawn.clone(), cfg.max_processes, cfg.socket.clone()),
+            spawner: Spawner::new(cfg.spawn.clone(), cfg.max_processes, listener.path.clone()),
             routing: Routing::new(cfg.policy),
             cfg,
             poll,
-            listener,
-            control,
+            remove_at_exit: [listener.bound, control.bound],
+            listener: listener.sock,
+            control: control.sock,
             signals,
+            supervisor: Supervisor::from_env(Instant::now()),
             pending: Waiting::default(),
             who: Who::default(),
             accept_paused_until: None,
@@ -155,12 +161,14 @@ impl Tracker {
     pub fn run(mut self) -> Result<(), SetupError> {
         let mut events = Events::with_capacity(256);
         let mut next_sweep = Instant::now() + Duration::from_secs(60);
+        self.supervisor.ready(status_line(&self.routing));
         while !self.stop {
             let now = Instant::now();
             let next = [
                 self.pending.next_deadline(),
                 self.who.next_deadline(),
                 self.accept_paused_until,
+                self.supervisor.next_deadline(),
             ]
             .into_iter()
             .flatten()
@@ -202,9 +210,13 @@ impl Tracker {
                 self.routing.expire(now);
                 next_sweep = now + Duration::from_secs(60);
             }
+            let routing = &self.routing;
+            self.supervisor
+                .tick(now, self.stop, || status_line(routing));
         }
-        let _ = std::fs::remove_file(&self.cfg.socket);
-        let _ = std::fs::remove_file(&self.cfg.control_socket);
+        for path in self.remove_at_exit.iter().flatten() {
+            let _ = std::fs::remove_file(path);
+        }
         info!("imap-tracker stopped: {}", self.summary());
         Ok(())
     }
@@ -306,4 +318,15 @@ impl Tracker {
             self.handler().add_peer(sock, cred, control);
         }
     }
+}
+
+/// The service manager's one-line status (systemd's `STATUS=`).
+fn status_line(routing: &Routing) -> String {
+    format!(
+        "{} users, {} connections ({} parked), {} mail processes",
+        routing.users.len(),
+        routing.conns.len(),
+        routing.parked_count(),
+        routing.procs.len()
+    )
 }

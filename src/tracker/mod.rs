@@ -7,6 +7,7 @@ mod daemon;
 mod from_idle;
 mod from_mail;
 mod handler;
+mod listen;
 mod main;
 mod moves;
 mod parking;

@@ -49,6 +49,10 @@ impl Spawner {
             // exec: the pid we record is the mail process's own.
             .arg(format!("exec {cmd}"))
             .env("IMAP_TRACKER_SOCKET", &self.socket)
+            // A mail process is not the service systemd supervises: it
+            // must not report readiness or ping the watchdog in our name.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
             .stdin(Stdio::null())
             .spawn();
         match child {

@@ -119,18 +119,8 @@ impl Daemon {
     }
 
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let end = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < end,
-                "daemon did not exit; log:\n{}",
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+        let log = self.log.clone();
+        wait_exit(&mut self.child, timeout, &log)
     }
 
     /// The fd count once it has stopped moving (a stats connection of the
@@ -170,6 +160,22 @@ impl Drop for Daemon {
         if thread::panicking() {
             eprintln!("--- imap-idle log ---\n{}", self.log());
         }
+    }
+}
+
+/// Wait for `child` to exit; past `timeout`, fail with its log.
+pub fn wait_exit(child: &mut Child, timeout: Duration, log: &Path) -> ExitStatus {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        assert!(
+            Instant::now() < end,
+            "daemon did not exit; log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -19,6 +19,7 @@ mod report;
 mod returns;
 mod serials;
 mod timers;
+mod tuning;
 mod users;
 mod wake;
 mod watch_refs;
@@ -39,6 +40,7 @@ use conn::{Conn, Fields};
 use serials::Serials;
 use timers::Timers;
 pub use timers::{next_keepalive, Millis};
+pub use tuning::Tuning;
 use users::Users;
 use watch_refs::{WatchRefs, Watcher};
 
@@ -83,6 +85,7 @@ pub struct Core<F, W> {
     wakes: u64,
     serials: Serials,
     max_parked: usize,
+    tuning: Tuning,
     draining: bool,
     /// Keeping what we hold but taking nobody new: exit once empty.
     retiring: bool,
@@ -98,8 +101,8 @@ pub struct Core<F, W> {
 }
 
 impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
-    /// `serial_key` should come from the OS: it makes ids unguessable.
-    pub fn new(max_parked: usize, tell_gone: bool, epoch: Instant, serial_key: u64) -> Core<F, W> {
+    /// `key` (for connection serials) should come from the OS: it makes ids unguessable.
+    pub fn new(max: usize, tell_gone: bool, epoch: Instant, key: u64, tuning: Tuning) -> Self {
         Core {
             conns: Slab::new(),
             users: Users::default(),
@@ -108,8 +111,9 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
             queue: VecDeque::new(),
             in_flight: 0,
             wakes: 0,
-            serials: Serials::new(serial_key),
-            max_parked,
+            serials: Serials::new(key),
+            max_parked: max,
+            tuning,
             draining: false,
             retiring: false,
             tell_gone,
@@ -305,9 +309,11 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
             return;
         };
         conn.timer_gen = self.timers.new_gen();
-        if conn.keepalive_secs > 0 {
+        // Clamped here, so the session's own interval goes back unchanged.
+        let secs = self.tuning.keepalive_secs(conn.keepalive_secs);
+        if secs > 0 {
             let hash = self.users.hash(conn.user);
-            let at = next_keepalive(ms, conn.keepalive_secs as u64 * 1000, hash);
+            let at = next_keepalive(ms, secs as u64 * 1000, hash);
             self.timers.schedule(at, key, conn.timer_gen);
         }
     }

@@ -46,6 +46,19 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
         }
     }
 
+    /// The service manager's one-line status (systemd's `STATUS=`).
+    pub fn status_line(&self) -> String {
+        let returning = self.conns.iter().filter(|(_, c)| c.phase != Phase::Parked);
+        let returning = returning.count();
+        format!(
+            "{} parked, {returning} returning, {} watches, {} users{}",
+            self.conns.len() - returning,
+            self.watches.count(),
+            self.users.len(),
+            if self.draining { "; stopping" } else { "" }
+        )
+    }
+
     pub fn summary(&self) -> String {
         let s = self.stats();
         format!(

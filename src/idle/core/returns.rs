@@ -13,9 +13,6 @@ use super::conn::{split_id, ConnId, Phase, Returning};
 use super::timers::Millis;
 use super::Core;
 
-/// Refused returns are retried with backoff between these.
-const BACKOFF_MIN_MS: Millis = 100;
-const BACKOFF_MAX_MS: Millis = 2000;
 /// Wake latencies kept for the stats.
 const KEEP_WAKE_SAMPLES: usize = 4096;
 
@@ -119,7 +116,9 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
         };
         w.attempts += 1;
         let attempts = w.attempts;
-        let delay = (BACKOFF_MIN_MS << attempts.min(5)).min(BACKOFF_MAX_MS);
+        // Refused returns are retried with backoff between the tuning's bounds.
+        let (min, max) = (self.tuning.backoff_min_ms, self.tuning.backoff_max_ms);
+        let delay = min.saturating_mul(1 << attempts.min(5)).min(max);
         self.retry_later(id, delay, now);
         if attempts == 1 {
             warn!(

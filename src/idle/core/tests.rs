@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
-use super::{Action, Arrival, ConnId, Core, Phase};
+use super::{Action, Arrival, ConnId, Core, Phase, Tuning};
 use crate::proto::native::{GoneReason, WakeReason};
 
 /// A stand-in descriptor that records when it is closed.
@@ -165,7 +165,7 @@ impl Model {
     fn new() -> Model {
         let now = Instant::now();
         Model {
-            core: Core::new(400, true, now, 0x5eed),
+            core: Core::new(400, true, now, 0x5eed, Tuning::default()),
             closed: Rc::new(RefCell::new(Vec::new())),
             next_fd: 100,
             now,

@@ -14,17 +14,9 @@ use log::debug;
 use super::action::Action;
 use super::conn::{conn_id, split_id, ConnId, Extra, Phase, Waking};
 use super::idle_input::{self, IdleInput, MAX_IDLE_INPUT};
-use super::timers::Millis;
 use super::watch_refs::Watcher;
 use super::{parked_in, Core};
 use crate::proto::native::{GoneReason, WakeReason, MAX_INPUT};
-
-/// Give-up deadlines, as Dovecot's imap-hibernate: a client that typed is
-/// waiting for an answer; one with only a mailbox change can wait longer.
-const GIVE_UP_WITH_INPUT_MS: Millis = 10_000;
-const GIVE_UP_WITHOUT_INPUT_MS: Millis = 5 * 60_000;
-/// At shutdown, how long the return path gets to take everyone back.
-const GIVE_UP_AT_SHUTDOWN_MS: Millis = 30_000;
 
 impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
     /// How many bytes the client of `id` may send us in one read, if it
@@ -161,11 +153,14 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
             fd: conn.fd.as_raw_fd(),
             notify: conn.notify.as_ref().map(|n| n.as_raw_fd()),
         });
+        // Give-up deadlines (see `Tuning`): a client that typed is waiting
+        // for an answer; one with only a mailbox change can wait longer.
+        let t = &self.tuning;
         let give_up_after = match reason {
-            WakeReason::Shutdown => GIVE_UP_AT_SHUTDOWN_MS,
-            _ if !input.is_empty() => GIVE_UP_WITH_INPUT_MS,
-            WakeReason::Changed => GIVE_UP_WITHOUT_INPUT_MS,
-            _ => GIVE_UP_WITH_INPUT_MS,
+            WakeReason::Shutdown => t.give_up_at_shutdown_ms,
+            _ if !input.is_empty() => t.give_up_with_input_ms,
+            WakeReason::Changed => t.give_up_without_input_ms,
+            _ => t.give_up_with_input_ms,
         };
         let gen = self.timers.new_gen();
         self.wakes += 1;
@@ -213,7 +208,7 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
     /// so it exits (with a BYE for whoever is left) before a service
     /// manager loses patience and kills it without one.
     pub(super) fn shorten_deadlines(&mut self, now: Instant) {
-        let by = self.millis(now) + GIVE_UP_AT_SHUTDOWN_MS;
+        let by = self.millis(now) + self.tuning.give_up_at_shutdown_ms;
         for (key, c) in self.conns.iter_mut() {
             let Some(w) = c.waking_mut().filter(|w| w.give_up_at > by) else {
                 continue;
