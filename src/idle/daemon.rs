@@ -13,7 +13,6 @@ use std::time::{Duration, Instant, SystemTime};
 use log::{info, warn};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use nix::sys::inotify::WatchDescriptor;
 use nix::sys::socket::{self, Shutdown};
 
 use super::accept::{self, PAUSE_MS};
@@ -23,7 +22,7 @@ use super::clients::{self, Clients, IdleCore};
 use super::config::Config;
 use super::core::{Action, Core};
 use super::hand_off::HandOff;
-use super::inotify::Inotify;
+use super::inotify::{Inotify, Watch};
 use super::master_return::Masters;
 use super::park_socket::{Held, ParkSocket};
 use super::service::{self, Service};
@@ -62,7 +61,7 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn new(cfg: Config) -> Result<Daemon, SetupError> {
-        service::drop_privileges()?;
+        let reopen = service::drop_privileges(cfg.dovecot)?;
         let mut signals = setup("setting up signals", SignalAdapter::new(false))?;
         let fd_limit = setup("raising the open-file limit", limits::raise_nofile())?;
         let budget = Budget::for_config(fd_limit, &cfg);
@@ -70,7 +69,8 @@ impl Daemon {
         let policy = Policy::from_config(&cfg, budget.controls)?;
         let shared = cfg.dovecot && service::started_by_master();
         let (listener, park_path) = accept::listen(&cfg, shared)?;
-        let inotify = setup("creating the inotify instance", Inotify::new())?;
+        let inotify = Inotify::new(reopen, budget.closing);
+        let inotify = setup("creating the inotify instance", inotify)?;
         let poll = setup("creating the poll", Poll::new())?;
         let reg = poll.registry();
         for (fd, source) in [
@@ -253,11 +253,7 @@ impl Daemon {
                 }
             }
             Source::Client(key) => self.clients.readable(&mut self.core, key, now),
-            Source::Notify(key) => {
-                if let Some(id) = self.core.parked_at_key(key) {
-                    self.core.notify_ready(id, now);
-                }
-            }
+            Source::Notify(key) => self.inotify.notify_readable(key, &mut self.core, now),
         }
     }
 
@@ -364,10 +360,10 @@ impl Daemon {
         }
     }
 
-    fn carry_out_one(&mut self, action: Action<OwnedFd, WatchDescriptor>) {
+    fn carry_out_one(&mut self, action: Action<OwnedFd, Watch>) {
         let reg = self.poll.registry();
         match action {
-            Action::Unpoll { fd, notify } => clients::unpoll(reg, fd, notify),
+            Action::Unpoll(fd) => clients::unpoll(reg, fd),
             Action::Write { id, bytes, what } => {
                 // A connection that left since has nothing to write to.
                 let Some(fd) = self.core.fd(id) else {
@@ -383,7 +379,7 @@ impl Daemon {
                 let _ = sys::write_now(fd.as_fd(), BYE);
                 let _ = socket::shutdown(fd.as_raw_fd(), Shutdown::Both);
             }
-            Action::Unwatch(wd) => self.inotify.remove(wd),
+            Action::Unwatch(w) => self.inotify.remove(w, reg),
             Action::Gone(g) => {
                 if let Some(t) = &mut self.tracker {
                     t.tell_gone(g);

@@ -1,7 +1,10 @@
 //! The OS layer: sockets, descriptor passing, limits, signals. Everything
 //! that talks to the kernel in ways std does not cover lives here.
 
+pub mod caps;
+pub mod fdinfo;
 pub mod fdpass;
+pub mod fhandle;
 pub mod limits;
 pub mod seqpacket;
 pub mod signals;
