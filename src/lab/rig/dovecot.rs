@@ -19,27 +19,15 @@ pub fn installed() -> bool {
     Path::new("/usr/sbin/dovecot").exists()
 }
 
-/// Raise the per-uid inotify instance limit: every hibernated client of
-/// Dovecot holds one (its notify fd), and all mail runs as one uid here.
-pub fn raise_inotify_instances(at_least: u64) -> Result<(), String> {
-    let path = "/proc/sys/fs/inotify/max_user_instances";
-    let now: u64 = std::fs::read_to_string(path)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0);
-    if now < at_least {
-        io(
-            "raising fs.inotify.max_user_instances",
-            std::fs::write(path, at_least.to_string()),
-        )?;
-    }
-    Ok(())
-}
+pub use super::inotify_limit::{raise_inotify_instances, InstanceLimit};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hibernation {
     /// Our binary as Dovecot's imap-hibernate service executable.
     ImapIdle,
+    /// The same, the binary given CAP_DAC_READ_SEARCH (`setcap
+    /// cap_dac_read_search+ep`): notify fds are reopened by handle.
+    ImapIdleCap,
     /// Dovecot's own imap-hibernate.
     Dovecot,
     /// Dovecot's listener disabled (`mode = 0`); our binary started on its
@@ -141,13 +129,17 @@ impl Dovecot {
         chown(&d.join("mail"), "nobody")?;
         // Under Dovecot's master imap-idle becomes the dovecot user, as
         // Dovecot's own imap-hibernate does; standalone it is us.
-        if !matches!(hibernation, Hibernation::Standalone) {
+        if hibernation != Hibernation::Standalone {
             chown(&d.join("idle-run"), "dovecot")?;
         }
         // The service runs as the dovecot user: our copy is where it can
         // reach it.
         let bin = d.join("bin/imap-idle");
         io("copying imap-idle", std::fs::copy(idle_bin, &bin))?;
+        if hibernation == Hibernation::ImapIdleCap {
+            let granted = crate::sys::caps::grant_read_search(&bin);
+            io("setcap cap_dac_read_search+ep", granted)?;
+        }
         let passwd: String = users
             .iter()
             .map(|u| format!("{u}:{{PLAIN}}{PASSWORD}\n"))
@@ -156,7 +148,7 @@ impl Dovecot {
         let port = free_port()?;
         let service = match hibernation {
             // The snippet operators copy, with our paths: proves it works.
-            Hibernation::ImapIdle => SNIPPET
+            Hibernation::ImapIdle | Hibernation::ImapIdleCap => SNIPPET
                 .replace("/usr/local/bin/imap-idle", &bin.display().to_string())
                 .replace(
                     "--runtime-dir /run/imap-idle",
@@ -180,7 +172,7 @@ impl Dovecot {
         let standalone = matches!(hibernation, Hibernation::Standalone);
         // The snippet sets this for imap-idle; the others need it too.
         let imap_master = match hibernation {
-            Hibernation::ImapIdle => "",
+            Hibernation::ImapIdle | Hibernation::ImapIdleCap => "",
             _ => "service imap {\n  unix_listener imap-master {\n    user = $default_internal_user\n  }\n}\n",
         };
         let conf = d.join("dovecot.conf");
@@ -319,7 +311,7 @@ imap_hibernate_timeout = 1s
     /// hold nothing else over TCP).
     pub fn hibernated(&self) -> Result<usize, String> {
         match self.hibernation {
-            Hibernation::ImapIdle | Hibernation::Standalone => Ok(self
+            Hibernation::ImapIdle | Hibernation::ImapIdleCap | Hibernation::Standalone => Ok(self
                 .stats_each()?
                 .iter()
                 .map(|(_, s)| s.parked as usize)

@@ -3,6 +3,7 @@
 
 pub mod dovecot;
 pub mod idles;
+pub mod inotify_limit;
 pub mod machine;
 pub mod native;
 pub mod procfs;
