@@ -229,3 +229,133 @@ fn pending(fd: &OwnedFd) -> bool {
     let mut p = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
     poll(&mut p, PollTimeout::ZERO).is_ok_and(|n| n > 0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::idle::core::Arrival;
+    use nix::sys::inotify::{InitFlags, Inotify};
+    use std::path::Path;
+    use std::time::Instant;
+
+    struct Rig {
+        poll: mio::Poll,
+        ours: Inotify,
+        fds: NotifyFds,
+        core: Core<OwnedFd, Watch>,
+        /// The clients' ends of the parked sockets.
+        peers: Vec<std::os::unix::net::UnixStream>,
+    }
+
+    /// What an imap process would send: an instance watching `dir`.
+    fn dovecot_fd(dir: &Path) -> OwnedFd {
+        let i = Inotify::init(InitFlags::IN_CLOEXEC).unwrap();
+        i.add_watch(dir, AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO)
+            .unwrap();
+        i.into()
+    }
+
+    impl Rig {
+        fn new(reopen: bool) -> Rig {
+            Rig {
+                poll: mio::Poll::new().unwrap(),
+                ours: Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).unwrap(),
+                fds: NotifyFds::new(reopen, 16).unwrap(),
+                core: Core::new(10, false, Instant::now(), 1),
+                peers: Vec::new(),
+            }
+        }
+
+        /// Park a client whose notify fd is `fd`; returns its watches.
+        fn park(&mut self, fd: OwnedFd) -> Vec<Watch> {
+            let got = self
+                .fds
+                .take(fd, &self.ours, self.poll.registry(), &mut self.core, "t");
+            let (client, peer) = std::os::unix::net::UnixStream::pair().unwrap();
+            self.peers.push(peer);
+            let arrival = Arrival {
+                fd: OwnedFd::from(client),
+                user: "u",
+                cookie: [0; 16],
+                tag: "t",
+                in_idle: true,
+                keepalive_secs: 0,
+                watches: got.iter().map(|(w, p)| (*w, p.as_path())).collect(),
+                state: b"s",
+                from_pid: 1,
+            };
+            assert!(self.core.adopt(arrival, Instant::now()).is_ok());
+            got.into_iter().map(|(w, _)| w).collect()
+        }
+
+        fn paths(&self) -> (u64, u64, u64) {
+            let s = self.core.stats();
+            (s.notify_shared, s.notify_reopened, s.notify_kept)
+        }
+    }
+
+    #[test]
+    fn one_mailbox_shares_one_kept_fd_that_wakes_everyone() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut r = Rig::new(false);
+        let first = r.park(dovecot_fd(a.path()));
+        let second = r.park(dovecot_fd(a.path()));
+        let other = r.park(dovecot_fd(b.path()));
+        assert_eq!(first, second);
+        assert_ne!(first, other);
+        assert_eq!(r.paths(), (1, 0, 2));
+        assert_eq!(r.fds.held(), 2);
+        std::fs::write(a.path().join("msg"), b"x").unwrap();
+        let Watch::Notify(k) = first[0] else {
+            panic!("{first:?}")
+        };
+        assert!(r.fds.drain(k));
+        r.core.watch_fired(&first[0], false, Instant::now());
+        let s = r.core.stats();
+        assert_eq!(
+            (s.parked, s.wake_changed),
+            (1, 2),
+            "both of the mailbox woke"
+        );
+        // The last watcher left: the core asks for the fd to go.
+        let mut unwatched = Vec::new();
+        while let Some(act) = r.core.next_action() {
+            if let crate::idle::core::Action::Unwatch(w) = act {
+                unwatched.push(w);
+            }
+        }
+        assert_eq!(unwatched, first);
+        r.fds.release(k, r.poll.registry());
+        assert_eq!(r.fds.held(), 1);
+    }
+
+    #[test]
+    fn a_notify_fd_with_events_queued_is_kept_not_shared() {
+        let a = tempfile::tempdir().unwrap();
+        let mut r = Rig::new(false);
+        let first = r.park(dovecot_fd(a.path()));
+        let late = dovecot_fd(a.path());
+        std::fs::write(a.path().join("msg"), b"x").unwrap();
+        let second = r.park(late);
+        assert_ne!(first, second, "its queued event must wake its client");
+        assert_eq!(r.paths(), (0, 0, 2));
+    }
+
+    #[test]
+    fn with_the_capability_the_inodes_move_into_our_instance() {
+        if !crate::sys::caps::can_read_search() {
+            return eprintln!("SKIPPED with_the_capability_...: needs CAP_DAC_READ_SEARCH (root)");
+        }
+        let a = tempfile::tempdir().unwrap();
+        let mut r = Rig::new(true);
+        let w = r.park(dovecot_fd(a.path()));
+        assert_eq!(r.paths(), (0, 1, 0));
+        assert!(matches!(w[..], [Watch::Kernel(_)]), "{w:?}");
+        assert_eq!(r.fds.held(), 1, "a mount descriptor, no notify fd");
+        std::fs::write(a.path().join("msg"), b"x").unwrap();
+        let events = r.ours.read_events().unwrap();
+        assert_eq!(events.len(), 1);
+        assert!(events[0].mask.contains(AddWatchFlags::IN_CREATE));
+        assert_eq!(Watch::Kernel(events[0].wd), w[0]);
+    }
+}
