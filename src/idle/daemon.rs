@@ -103,11 +103,16 @@ impl Daemon {
             };
             info!(
                 "imap-idle {} in Dovecot mode{by}: taking clients on {}, returning them to {}, \
-                 up to {limit} parked; statistics on {}",
+                 up to {limit} parked; statistics on {}; notify fds {}",
                 env!("CARGO_PKG_VERSION"),
                 base_dir.join("imap-hibernate").display(),
                 base_dir.join("imap-master").display(),
                 park_path.display(),
+                if reopen {
+                    "reopened by handle (CAP_DAC_READ_SEARCH)"
+                } else {
+                    "shared per mailbox"
+                },
             );
             let dovecot = Dovecot {
                 hand_off: HandOff::new(listener, budget.hand_offs),
