@@ -69,8 +69,7 @@ impl Daemon {
         let policy = Policy::from_config(&cfg, budget.controls)?;
         let shared = cfg.dovecot && service::started_by_master();
         let (listener, park_path) = accept::listen(&cfg, shared)?;
-        let inotify = Inotify::new(reopen, budget.closing);
-        let inotify = setup("creating the inotify instance", inotify)?;
+        let inotify = setup("creating inotify", Inotify::new(reopen, budget.closing))?;
         let poll = setup("creating the poll", Poll::new())?;
         let reg = poll.registry();
         for (fd, source) in [
