@@ -13,10 +13,20 @@ use std::time::Duration;
 
 use imap_idle::lab::rig::dovecot::InstanceLimit;
 use imap_idle::lab::rig::procfs;
-use util::dovecot::{available, raise_inotify_instances, Dovecot, Hibernation, PASSWORD};
+use util::dovecot::{available, Dovecot, Hibernation, ServiceLimits, PASSWORD};
 use util::imap::Imap;
 
 const DAEMON: &str = "dovecot/imap-idle";
+
+/// A Dovecot whose mail uid is its own: the per-uid instance count is
+/// then this test's alone (other Dovecots on the machine use `nobody`).
+fn start(users: &[String], how: Hibernation) -> Dovecot {
+    let own = ServiceLimits {
+        own_mail_uid: true,
+        ..ServiceLimits::default()
+    };
+    Dovecot::start_with(users, how, own)
+}
 
 fn names(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}")).collect()
@@ -76,7 +86,7 @@ fn started(how: Hibernation, users: usize, per_user: usize) -> Option<Started> {
         return None;
     }
     let users = names("box", users);
-    let dc = Dovecot::start(&users, how);
+    let dc = start(&users, how);
     let clients = idle(&dc, &users, per_user, 0);
     Some((dc, users, clients))
 }
@@ -146,7 +156,7 @@ fn three_hundred_idle_clients_of_one_uid_hibernate_under_the_default_instance_li
     // it hands its client over: log in in groups well under the limit.
     let _limit = InstanceLimit::set(128).expect("set max_user_instances");
     let users = names("many", 30);
-    let dc = Dovecot::start(&users, Hibernation::ImapIdleCap);
+    let dc = start(&users, Hibernation::ImapIdleCap);
     let mut clients = Vec::new();
     for group in users.chunks(5) {
         let before = clients.len();
@@ -166,6 +176,4 @@ fn three_hundred_idle_clients_of_one_uid_hibernate_under_the_default_instance_li
             Duration::from_secs(60),
         );
     }
-    drop(dc);
-    raise_inotify_instances(128);
 }

@@ -20,6 +20,7 @@ pub fn installed() -> bool {
 }
 
 pub use super::inotify_limit::{raise_inotify_instances, InstanceLimit};
+pub use super::service_limits::ServiceLimits;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hibernation {
@@ -37,35 +38,6 @@ pub enum Hibernation {
     Off,
 }
 
-/// The imap-hibernate service's limits; `None` keeps what the snippet (or
-/// Dovecot's default) says. With `client_limit` C and `process_limit` P
-/// the master starts another hibernation process whenever every running
-/// one holds C clients, up to P processes.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ServiceLimits {
-    pub client_limit: Option<u32>,
-    pub process_limit: Option<u32>,
-}
-
-impl ServiceLimits {
-    /// A later `service imap-hibernate` section: Dovecot merges it into
-    /// the earlier one, its settings winning.
-    fn conf(&self) -> String {
-        let set = [
-            ("client_limit", self.client_limit),
-            ("process_limit", self.process_limit),
-        ];
-        let lines: String = set
-            .iter()
-            .filter_map(|(k, v)| v.map(|v| format!("  {k} = {v}\n")))
-            .collect();
-        if lines.is_empty() {
-            return lines;
-        }
-        format!("service imap-hibernate {{\n{lines}}}\n")
-    }
-}
-
 pub struct Dovecot {
     pub dir: PathBuf,
     conf: PathBuf,
@@ -76,6 +48,8 @@ pub struct Dovecot {
     pub run_dir: PathBuf,
     pub stats_socket: PathBuf,
     hibernation: Hibernation,
+    /// uid and gid the mail belongs to.
+    pub mail_owner: (u32, u32),
     standalone: Option<std::process::Child>,
     _private: PrivateDir,
 }
@@ -85,12 +59,19 @@ fn free_port() -> Result<u16, String> {
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
 
-fn chown(path: &Path, user: &str) -> Result<(), String> {
-    let u = nix::unistd::User::from_name(user)
-        .ok()
-        .flatten()
-        .ok_or_else(|| format!("no user {user}"))?;
-    nix::unistd::chown(path, Some(u.uid), Some(u.gid))
+/// A user's uid and gid.
+fn ids(user: &str) -> Result<(u32, u32), String> {
+    let u = nix::unistd::User::from_name(user).ok().flatten();
+    let u = u.ok_or_else(|| format!("no user {user}"))?;
+    Ok((u.uid.as_raw(), u.gid.as_raw()))
+}
+
+fn chown(path: &Path, (uid, gid): (u32, u32)) -> Result<(), String> {
+    let (uid, gid) = (
+        nix::unistd::Uid::from_raw(uid),
+        nix::unistd::Gid::from_raw(gid),
+    );
+    nix::unistd::chown(path, Some(uid), Some(gid))
         .map_err(|e| format!("chown {}: {e}", path.display()))
 }
 
@@ -126,11 +107,15 @@ impl Dovecot {
         for sub in ["bin", "base", "state", "mail", "idle-run"] {
             io(sub, std::fs::create_dir(d.join(sub)))?;
         }
-        chown(&d.join("mail"), "nobody")?;
+        let mail_owner = match limits.own_mail_uid {
+            true => super::unused_uid().map(|u| (u, u)).ok_or("no unused uid")?,
+            false => ids("nobody")?,
+        };
+        chown(&d.join("mail"), mail_owner)?;
         // Under Dovecot's master imap-idle becomes the dovecot user, as
         // Dovecot's own imap-hibernate does; standalone it is us.
         if hibernation != Hibernation::Standalone {
-            chown(&d.join("idle-run"), "dovecot")?;
+            chown(&d.join("idle-run"), ids("dovecot")?)?;
         }
         // The service runs as the dovecot user: our copy is where it can
         // reach it.
@@ -194,7 +179,7 @@ passdb {{
 }}
 userdb {{
   driver = static
-  args = uid=nobody gid=nogroup home={d}/mail/%u
+  args = uid={uid} gid={gid} home={d}/mail/%u
 }}
 mail_location = maildir:{d}/mail/%u/Maildir
 imap_idle_notify_interval = {keepalive_secs} secs
@@ -212,7 +197,9 @@ service imap {{
 imap_hibernate_timeout = 1s
 {service}{imap_master}{limits}",
             d = d.display(),
-            limits = limits.conf()
+            limits = limits.conf(),
+            uid = mail_owner.0,
+            gid = mail_owner.1,
         );
         io("dovecot.conf", std::fs::write(&conf, text))?;
         let ok = io(
@@ -228,6 +215,7 @@ imap_hibernate_timeout = 1s
             run_dir: d.join("idle-run"),
             stats_socket: d.join("idle-run/park"),
             hibernation,
+            mail_owner,
             conf,
             dir: dir.clone(),
             standalone: None,
@@ -271,7 +259,7 @@ imap_hibernate_timeout = 1s
             "writing a message",
             std::fs::write(&tmp, "Subject: test\r\n\r\nhello\r\n"),
         )?;
-        chown(&tmp, "nobody")?;
+        chown(&tmp, self.mail_owner)?;
         io(
             "delivering",
             std::fs::rename(&tmp, md.join("new").join(name)),

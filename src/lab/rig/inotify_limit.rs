@@ -25,7 +25,8 @@ pub fn raise_inotify_instances(at_least: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// The limit set to a value for as long as this lives, then put back.
+/// The limit set to a value for as long as this lives, then put back
+/// unless someone raised it meanwhile.
 pub struct InstanceLimit(u64);
 
 impl InstanceLimit {
@@ -38,6 +39,10 @@ impl InstanceLimit {
 
 impl Drop for InstanceLimit {
     fn drop(&mut self) {
-        let _ = write(self.0);
+        // Someone else may have changed it since (the limit is the whole
+        // machine's): theirs stays.
+        if read().is_ok_and(|now| now < self.0) {
+            let _ = write(self.0);
+        }
     }
 }
