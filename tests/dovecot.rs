@@ -191,8 +191,9 @@ fn a_hundred_idle_clients_of_one_uid_all_hibernate_and_all_get_their_mail() {
     if !available("dovecot") {
         return;
     }
-    // Each hibernated Dovecot client keeps its own inotify instance, all
-    // under the one mail uid: the default limit (128) is too small.
+    // 100 imap processes in IDLE at once, each with an inotify instance
+    // under the one mail uid (other Dovecots on the machine use it too):
+    // the default limit (128) is too tight.
     raise_inotify_instances(1024);
     let names: Vec<String> = (0..10).map(|i| format!("user{i}")).collect();
     let dc = Dovecot::start(&names, Hibernation::ImapIdle);

@@ -1,12 +1,14 @@
 //! How the open-file limit is shared out. Every descriptor the daemon can
-//! hold at once is budgeted: parked clients (two each under Dovecot, whose
-//! notify fd stays), control connections, hand-offs in progress and
-//! imap-master links, plus a few fixed ones, so that running out of
-//! descriptors is a refusal with a reason, not an EMFILE in the middle of
-//! a hand-off.
+//! hold at once is budgeted: parked clients (one each, and under Dovecot
+//! the notify fds kept, which share the same room: the hand-off checks
+//! both), control connections, hand-offs in progress, imap-master links
+//! and descriptors waiting for the closing thread, plus a few fixed ones,
+//! so that running out of descriptors is a refusal with a reason, not an
+//! EMFILE in the middle of a hand-off.
 
 use log::warn;
 
+use super::closer;
 use super::config::Config;
 
 /// Control connections, hand-offs and imap-master links at most, when the
@@ -24,6 +26,8 @@ pub struct Budget {
     pub controls: usize,
     pub hand_offs: usize,
     pub masters: usize,
+    /// Descriptors the closing thread may have queued.
+    pub closing: usize,
 }
 
 impl Budget {
@@ -40,12 +44,18 @@ impl Budget {
         let reserve = (limit / 16).clamp(32, want + FIXED).min(limit);
         let avail = reserve.saturating_sub(FIXED);
         let share = |cap: usize| (cap * avail / want).max(1);
-        let fds_per_client = if dovecot { 2 } else { 1 };
+        // Beside the shares: a full closing queue is only a burst of wakes.
+        let closing = if dovecot {
+            (limit / 64).min(closer::QUEUE)
+        } else {
+            0
+        };
         Budget {
-            max_parked: (limit.saturating_sub(reserve) / fds_per_client).max(1),
+            max_parked: limit.saturating_sub(reserve + closing).max(1),
             controls: share(MAX_CONTROLS),
             hand_offs: if dovecot { share(MAX_HAND_OFFS) } else { 0 },
             masters: if dovecot { share(MAX_MASTERS) } else { 0 },
+            closing,
         }
     }
 
@@ -79,9 +89,8 @@ impl Budget {
 
     /// Descriptors this budget can use at once.
     #[cfg(test)]
-    pub fn total(&self, dovecot: bool) -> usize {
-        let fds_per_client = if dovecot { 2 } else { 1 };
-        self.max_parked * fds_per_client + self.controls + self.hand_offs + self.masters + FIXED
+    pub fn total(&self) -> usize {
+        self.max_parked + self.controls + self.hand_offs + self.masters + self.closing + FIXED
     }
 }
 
@@ -94,7 +103,7 @@ mod tests {
         for limit in [48, 64, 100, 1024, 4096, 20_000, 1 << 20] {
             for dovecot in [false, true] {
                 let b = Budget::new(limit, dovecot);
-                assert!(b.total(dovecot) <= limit + 1, "{limit} {dovecot}: {b:?}");
+                assert!(b.total() <= limit + 2, "{limit} {dovecot}: {b:?}");
                 assert!(b.controls >= 1 && b.max_parked >= 1);
             }
         }
@@ -104,7 +113,9 @@ mod tests {
     fn full_caps_on_a_normal_limit() {
         let b = Budget::new(20_000, true);
         assert_eq!((b.controls, b.hand_offs, b.masters), (512, 512, 64));
-        assert_eq!(b.max_parked, (20_000 - 1104) / 2);
+        assert_eq!(b.closing, 256);
+        // Kept notify fds take their room from here too (hand_off.rs).
+        assert_eq!(b.max_parked, 20_000 - 1104 - 256);
         let b = Budget::new(20_000, false);
         assert_eq!((b.controls, b.max_parked), (512, 20_000 - 528));
         // A small limit: a reserve of 32 leaves 16 for parked connections.

@@ -14,16 +14,15 @@ use std::time::Instant;
 use mio::unix::SourceFd;
 use mio::{Interest, Registry};
 use nix::errno::Errno;
-use nix::sys::inotify::WatchDescriptor;
 use nix::sys::socket::{self, MsgFlags};
 
 use super::core::{Arrival, ConnId, Core, Refused};
-use super::inotify::{Inotify, WatchError};
+use super::inotify::{Inotify, Watch, WatchError};
 use super::tokens::{token, Source};
 use crate::proto::native::{RefuseKind, MAX_INPUT};
 use crate::sys;
 
-pub type IdleCore = Core<OwnedFd, WatchDescriptor>;
+pub type IdleCore = Core<OwnedFd, Watch>;
 
 pub struct Clients {
     scratch: Box<[u8]>,
@@ -51,7 +50,7 @@ impl Clients {
         core: &mut IdleCore,
         inotify: &mut Inotify,
         reg: &Registry,
-        mut a: Arrival<'a, OwnedFd, WatchDescriptor>,
+        mut a: Arrival<'a, OwnedFd, Watch>,
         paths: &'a [PathBuf],
         now: Instant,
     ) -> Result<ConnId, Refused<OwnedFd>> {
@@ -60,7 +59,6 @@ impl Clients {
             core.discard_watches(a.watches.into_iter().map(|(wd, _)| wd).collect());
             Err(Refused {
                 fd: a.fd,
-                notify: a.notify,
                 kind,
                 reason,
             })
@@ -85,17 +83,12 @@ impl Clients {
                 }
             }
         }
-        if let Err(e) = register(reg, core.next_key(), &a.fd, a.notify.as_ref()) {
+        if let Err(e) = register(reg, core.next_key(), &a.fd) {
             let reason = format!("cannot poll the descriptor: {e}");
             return refuse(core, a, RefuseKind::BadFd, reason);
         }
-        core.adopt(a, now).inspect_err(|r| {
-            unpoll(
-                reg,
-                r.fd.as_raw_fd(),
-                r.notify.as_ref().map(|n| n.as_raw_fd()),
-            );
-        })
+        core.adopt(a, now)
+            .inspect_err(|r| unpoll(reg, r.fd.as_raw_fd()))
     }
 
     /// The client polled under `key` is readable (or may have been before
@@ -142,37 +135,20 @@ impl Clients {
     }
 }
 
-fn register(reg: &Registry, key: u32, fd: &OwnedFd, notify: Option<&OwnedFd>) -> io::Result<()> {
+fn register(reg: &Registry, key: u32, fd: &OwnedFd) -> io::Result<()> {
     sys::set_nonblocking(fd.as_fd(), true)?;
     reg.register(
         &mut SourceFd(&fd.as_raw_fd()),
         token(Source::Client(key)),
         Interest::READABLE,
-    )?;
-    if let Some(n) = notify {
-        let r = sys::set_nonblocking(n.as_fd(), true).and_then(|()| {
-            reg.register(
-                &mut SourceFd(&n.as_raw_fd()),
-                token(Source::Notify(key)),
-                Interest::READABLE,
-            )
-        });
-        if let Err(e) = r {
-            let _ = reg.deregister(&mut SourceFd(&fd.as_raw_fd()));
-            return Err(e);
-        }
-    }
-    Ok(())
+    )
 }
 
-/// Stop polling a client's descriptors. Deregistering a registered fd
-/// cannot fail; if it somehow did, events for a connection that is not
-/// parked are ignored anyway.
-pub fn unpoll(reg: &Registry, fd: std::os::fd::RawFd, notify: Option<std::os::fd::RawFd>) {
+/// Stop polling a client's socket. Deregistering a registered fd cannot
+/// fail; if it somehow did, events for a connection that is not parked
+/// are ignored anyway.
+pub fn unpoll(reg: &Registry, fd: std::os::fd::RawFd) {
     let _ = reg.deregister(&mut SourceFd(&fd));
-    if let Some(n) = notify {
-        let _ = reg.deregister(&mut SourceFd(&n));
-    }
 }
 
 fn read_some(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<usize> {

@@ -39,8 +39,9 @@ Options:
   --max-parked N         most connections parked at once [default: the
                          open-file limit (soft raised to hard) minus a
                          reserve for control connections (and, with
-                         --dovecot, hand-offs and imap-master links);
-                         halved with --dovecot, where a client holds 2 fds]
+                         --dovecot, hand-offs, imap-master links and
+                         closing); with --dovecot, kept notify fds share
+                         this room]
   --log-level LEVEL      error, warn, info, debug or trace [default: info;
                          RUST_LOG overrides it when set]
   --dovecot              speak Dovecot 2.3's hibernation protocol instead of
@@ -50,7 +51,12 @@ Options:
                          as the imap-hibernate executable it uses the
                          listener the master passes; otherwise it binds
                          BASE_DIR/imap-hibernate itself. The park socket
-                         then only answers statistics requests.
+                         then only answers statistics requests. Imap
+                         processes' notify fds are shared per mailbox, or
+                         with CAP_DAC_READ_SEARCH (setcap
+                         cap_dac_read_search+ep on the binary: kept alone
+                         when Dovecot's master makes us its user) reopened
+                         by handle and closed.
   --dovecot-base-dir DIR Dovecot's base_dir [default: the directory of the
                          listener the master passes; required standalone]
   --dovecot-group NAME   standalone: group of BASE_DIR/imap-hibernate (mode

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use mio::{Events, Poll, Token};
-use nix::sys::inotify::WatchDescriptor;
 use nix::sys::socket::{self, Shutdown};
 
 use super::accept::{self, PAUSE_MS};
@@ -23,7 +22,7 @@ use super::config::Config;
 use super::core::{Action, Core};
 use super::dovecot_mode::Dovecot;
 use super::hand_off::HandOff;
-use super::inotify::Inotify;
+use super::inotify::{Inotify, Watch};
 use super::park_socket::{Held, ParkSocket};
 use super::service::{self, Service};
 use super::signals::{Command, SignalAdapter};
@@ -58,7 +57,7 @@ pub struct Daemon {
 impl Daemon {
     pub fn new(cfg: Config) -> Result<Daemon, SetupError> {
         let mut activated = Activated::from_env().map_err(SetupError)?;
-        service::drop_privileges()?;
+        let reopen = service::drop_privileges(cfg.dovecot)?;
         let mut signals = setup("setting up signals", SignalAdapter::new(false))?;
         let fd_limit = setup("raising the open-file limit", limits::raise_nofile())?;
         let budget = Budget::for_config(fd_limit, &cfg);
@@ -66,7 +65,7 @@ impl Daemon {
         let policy = Policy::from_config(&cfg, budget.controls)?;
         let shared = cfg.dovecot && service::started_by_master();
         let (listener, park_path, ours) = accept::listen(&cfg, shared, &mut activated)?;
-        let inotify = setup("creating the inotify instance", Inotify::new())?;
+        let inotify = setup("creating inotify", Inotify::new(reopen, budget.closing))?;
         let poll = setup("creating the poll", Poll::new())?;
         let reg = poll.registry();
         let fixed = [
@@ -77,7 +76,7 @@ impl Daemon {
         register(reg, &fixed)?;
         let epoch = Instant::now();
         let (tracker, dovecot) = if cfg.dovecot {
-            let dovecot = Dovecot::start(&cfg, reg, &mut signals, &budget, &park_path)?;
+            let dovecot = Dovecot::start(&cfg, reg, &mut signals, &budget, &park_path, reopen)?;
             (None, Some(dovecot))
         } else {
             info!(
@@ -233,11 +232,7 @@ impl Daemon {
                 }
             }
             Source::Client(key) => self.clients.readable(&mut self.core, key, now),
-            Source::Notify(key) => {
-                if let Some(id) = self.core.parked_at_key(key) {
-                    self.core.notify_ready(id, now);
-                }
-            }
+            Source::Notify(key) => self.inotify.notify_readable(key, &mut self.core, now),
         }
     }
 
@@ -344,10 +339,10 @@ impl Daemon {
         }
     }
 
-    fn carry_out_one(&mut self, action: Action<OwnedFd, WatchDescriptor>) {
+    fn carry_out_one(&mut self, action: Action<OwnedFd, Watch>) {
         let reg = self.poll.registry();
         match action {
-            Action::Unpoll { fd, notify } => clients::unpoll(reg, fd, notify),
+            Action::Unpoll(fd) => clients::unpoll(reg, fd),
             Action::Write { id, bytes, what } => {
                 // A connection that left since has nothing to write to.
                 let Some(fd) = self.core.fd(id) else {
@@ -363,7 +358,7 @@ impl Daemon {
                 let _ = sys::write_now(fd.as_fd(), BYE);
                 let _ = socket::shutdown(fd.as_raw_fd(), Shutdown::Both);
             }
-            Action::Unwatch(wd) => self.inotify.remove(wd),
+            Action::Unwatch(w) => self.inotify.remove(w, reg),
             Action::Gone(g) => {
                 if let Some(t) = &mut self.tracker {
                     t.tell_gone(g);

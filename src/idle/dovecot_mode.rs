@@ -52,6 +52,7 @@ impl Dovecot {
         signals: &mut SignalAdapter,
         budget: &Budget,
         park_path: &Path,
+        reopen: bool,
     ) -> Result<Dovecot, SetupError> {
         let max_parked = budget.max_parked;
         let (listener, service, base_dir) = service::listener(cfg)?;
@@ -67,11 +68,16 @@ impl Dovecot {
         };
         info!(
             "imap-idle {} in Dovecot mode{by}: taking clients on {}, returning them to {}, \
-             up to {limit} parked; statistics on {}",
+             up to {limit} parked; statistics on {}; notify fds {}",
             env!("CARGO_PKG_VERSION"),
             base_dir.join("imap-hibernate").display(),
             base_dir.join("imap-master").display(),
             park_path.display(),
+            if reopen {
+                "reopened by handle (CAP_DAC_READ_SEARCH)"
+            } else {
+                "shared per mailbox"
+            },
         );
         Ok(Dovecot {
             hand_off: HandOff::new(listener, budget.hand_offs),

@@ -256,6 +256,7 @@ impl HandOff {
                 }
                 sys::check_stream_socket(&fd).map_err(|e| format!("client fd: {e}"))?;
                 h.core.admit(pending).map_err(|(_, why)| why)?;
+                descriptors_left(h, pending)?;
                 c.step = if cmd.notify_fd {
                     Step::Notify
                 } else {
@@ -281,7 +282,8 @@ impl HandOff {
         Ok(())
     }
 
-    /// The imap process closed: if it handed us a client, it is ours now.
+    /// The imap process closed: if it handed us a client, it is ours now;
+    /// its notify fd becomes watches (see `notify_fds.rs`).
     fn closed(&mut self, key: usize, h: &mut Held<'_>) -> bool {
         let Some(mut c) = self.conns.try_remove(key) else {
             return false;
@@ -300,15 +302,19 @@ impl HandOff {
             _ => return resume,
         };
         let tail = cmd.return_tail();
+        let who = format!("user={} imap pid {}", cmd.user, c.pid);
+        let watches = match c.notify.take() {
+            Some(n) => h.inotify.take_notify(n, h.reg, h.core, &who),
+            None => Vec::new(),
+        };
         let arrival = Arrival {
             fd,
-            notify: c.notify.take(),
             user: &cmd.user,
             cookie: [0; 16],
             tag: &cmd.tag,
             in_idle: cmd.idle_cmd,
             keepalive_secs: cmd.idle_notify_interval,
-            watches: Vec::new(),
+            watches: watches.iter().map(|(w, p)| (*w, p.as_path())).collect(),
             state: &tail,
             from_pid: c.pid,
         };
@@ -332,4 +338,20 @@ impl HandOff {
         }
         resume
     }
+}
+
+/// A parked client costs one descriptor of the budget, and one more while
+/// its notify fd has to be kept: room for both is checked for this
+/// hand-off and for every one in progress (`pending`), beside the notify
+/// fds already kept.
+fn descriptors_left(h: &Held<'_>, pending: usize) -> Result<(), String> {
+    let kept = h.inotify.notify_fds();
+    let used = h.core.len() + kept + 2 * (pending + 1);
+    if used > h.core.max_parked() {
+        let n = h.core.len();
+        return Err(format!(
+            "imap-idle is out of descriptors ({n} clients parked, {kept} notify fds kept)"
+        ));
+    }
+    Ok(())
 }

@@ -1,6 +1,7 @@
-//! The inotify adapter: the daemon's one inotify instance. It adds and
-//! removes kernel watches when the core says so and turns the kernel's
-//! events into core events; which connection watches what is the core's.
+//! The inotify adapter: the daemon's one inotify instance, and the Dovecot
+//! notify fds taken in with hand-offs (`notify_fds.rs`). It adds and
+//! removes watches when the core says so and turns the kernel's events
+//! into core events; which connection watches what is the core's.
 
 use std::fmt;
 use std::io;
@@ -9,10 +10,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use log::error;
+use mio::Registry;
 use nix::errno::Errno;
-use nix::sys::inotify::{AddWatchFlags, InitFlags, WatchDescriptor};
+use nix::sys::inotify::{AddWatchFlags, InitFlags};
 
 use super::core::Core;
+use super::notify_fds::NotifyFds;
+pub use super::watch::Watch;
 
 #[derive(Debug)]
 pub enum WatchError {
@@ -49,34 +53,68 @@ fn mask() -> AddWatchFlags {
 /// table by it, once per watched file.
 pub struct Inotify {
     inotify: nix::sys::inotify::Inotify,
-    fired: Vec<(WatchDescriptor, bool)>,
+    fired: Vec<(Watch, bool)>,
+    notify: NotifyFds,
 }
 
 impl Inotify {
-    pub fn new() -> io::Result<Inotify> {
+    /// `reopen`: Dovecot's watched inodes may be reopened by handle
+    /// (CAP_DAC_READ_SEARCH); `closing`: descriptors the closing thread
+    /// may have queued.
+    pub fn new(reopen: bool, closing: usize) -> io::Result<Inotify> {
         let flags = InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC;
         Ok(Inotify {
             inotify: nix::sys::inotify::Inotify::init(flags)?,
             fired: Vec::new(),
+            notify: NotifyFds::new(reopen, closing)?,
         })
     }
 
     /// A kernel watch on `path`. Two paths naming the same file get the
     /// same watch back, which is how the core shares it.
-    pub fn add(&mut self, path: &Path) -> Result<WatchDescriptor, WatchError> {
-        self.inotify.add_watch(path, mask()).map_err(|e| match e {
-            Errno::ENOSPC => WatchError::Limit,
-            e => WatchError::Path(path.to_owned(), e.into()),
-        })
+    pub fn add(&mut self, path: &Path) -> Result<Watch, WatchError> {
+        match self.inotify.add_watch(path, mask()) {
+            Ok(wd) => Ok(Watch::Kernel(wd)),
+            Err(Errno::ENOSPC) => Err(WatchError::Limit),
+            Err(e) => Err(WatchError::Path(path.to_owned(), e.into())),
+        }
     }
 
-    pub fn remove(&mut self, wd: WatchDescriptor) {
-        // Fails only if the kernel already dropped it.
-        let _ = self.inotify.rm_watch(wd);
+    /// The last watcher of `w` left.
+    pub fn remove(&mut self, w: Watch, reg: &Registry) {
+        match w {
+            // Fails only if the kernel already dropped it.
+            Watch::Kernel(wd) => drop(self.inotify.rm_watch(wd)),
+            Watch::Notify(key) => self.notify.release(key, reg),
+        }
+    }
+
+    /// Take in a client's Dovecot notify fd: what the client watches
+    /// instead (see `notify_fds.rs`), with a path for each where known.
+    pub fn take_notify(
+        &mut self,
+        fd: OwnedFd,
+        reg: &Registry,
+        core: &mut Core<OwnedFd, Watch>,
+        who: &str,
+    ) -> Vec<(Watch, PathBuf)> {
+        self.notify.take(fd, &self.inotify, reg, core, who)
+    }
+
+    /// Descriptors held for Dovecot's notify fds (kept ones, mounts).
+    pub fn notify_fds(&self) -> usize {
+        self.notify.held()
+    }
+
+    /// The notify fd kept under `key` is readable: wake its watchers.
+    pub fn notify_readable(&mut self, key: u32, core: &mut Core<OwnedFd, Watch>, now: Instant) {
+        if self.notify.drain(key) {
+            core.watch_fired(&Watch::Notify(key), false, now);
+        }
     }
 
     /// Read every pending event and hand it to the core.
-    pub fn readable(&mut self, core: &mut Core<OwnedFd, WatchDescriptor>, now: Instant) {
+    pub fn readable(&mut self, core: &mut Core<OwnedFd, Watch>, now: Instant) {
         loop {
             let events = match self.inotify.read_events() {
                 Ok(events) => events,
@@ -90,7 +128,7 @@ impl Inotify {
                     overflow = true;
                 } else {
                     let gone = ev.mask.contains(AddWatchFlags::IN_IGNORED);
-                    self.fired.push((ev.wd, gone));
+                    self.fired.push((Watch::Kernel(ev.wd), gone));
                 }
             }
             if overflow {
@@ -116,7 +154,7 @@ mod tests {
     #[test]
     fn two_names_of_one_file_get_one_watch() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = Inotify::new().unwrap();
+        let mut w = Inotify::new(false, 4).unwrap();
         let a = w.add(dir.path()).unwrap();
         let b = w.add(&dir.path().join(".")).unwrap();
         assert_eq!(a, b);
@@ -125,8 +163,8 @@ mod tests {
     #[test]
     fn a_new_file_wakes_every_watcher() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = Inotify::new().unwrap();
-        let mut core: Core<OwnedFd, WatchDescriptor> =
+        let mut w = Inotify::new(false, 4).unwrap();
+        let mut core: Core<OwnedFd, Watch> =
             Core::new(10, false, Instant::now(), 1, Default::default());
         let now = Instant::now();
         let mut ids = Vec::new();
@@ -135,7 +173,6 @@ mod tests {
             let wd = w.add(dir.path()).unwrap();
             let arrival = crate::idle::core::Arrival {
                 fd: OwnedFd::from(a),
-                notify: None,
                 user: "u",
                 cookie: [0; 16],
                 tag: "t",
@@ -156,7 +193,7 @@ mod tests {
 
     #[test]
     fn missing_path_is_an_error() {
-        let mut w = Inotify::new().unwrap();
+        let mut w = Inotify::new(false, 4).unwrap();
         assert!(matches!(
             w.add(Path::new("/nonexistent/x")),
             Err(WatchError::Path(..))

@@ -331,7 +331,6 @@ impl ParkSocket {
     ) -> bool {
         let arrival = Arrival {
             fd,
-            notify: None,
             user: &park.user,
             cookie: park.cookie,
             tag: &park.tag,

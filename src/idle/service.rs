@@ -207,14 +207,46 @@ pub(super) fn listener(cfg: &Config) -> Result<(OwnedFd, Option<Service>, PathBu
     Ok((listener, None, base_dir))
 }
 
-/// Started by Dovecot's master, which execs its services as root and
-/// leaves it to them to become the service's user (its `RESTRICT_*`
-/// environment, as Dovecot's own imap-hibernate does). Done first, so that
-/// everything we create belongs to that user.
-pub(super) fn drop_privileges() -> Result<(), SetupError> {
-    use nix::unistd::{setgid, setgroups, setuid, Gid, Group, Uid};
+/// Give up what we do not need, first, so that everything we create
+/// belongs to the user we run as. Under Dovecot's master (which execs its
+/// services as root) become the service's user; capabilities, from root
+/// or from `setcap` on the binary, shrink to CAP_DAC_READ_SEARCH alone,
+/// kept only in Dovecot mode and only when the binary carries it (the
+/// operator's opt-in). Returns whether it is in effect: Dovecot's notify
+/// fds are then reopened by handle (notify_fds.rs).
+pub(super) fn drop_privileges(dovecot: bool) -> Result<bool, SetupError> {
+    use crate::sys::caps;
+    use nix::sys::prctl::set_keepcaps;
+    let fail = |what: &str, e: io::Error| SetupError(format!("dropping privileges ({what}): {e}"));
+    let keep = dovecot && caps::file_grants_read_search(std::path::Path::new("/proc/self/exe"));
+    let becoming = service_user()?;
+    if let Some(ids) = becoming {
+        if keep {
+            set_keepcaps(true).map_err(|e| fail("keepcaps", e.into()))?;
+        }
+        become_user(ids)?;
+        if keep {
+            caps::keep_only_read_search().map_err(|e| fail("capset", e))?;
+            set_keepcaps(false).map_err(|e| fail("keepcaps", e.into()))?;
+        }
+    } else if !nix::unistd::geteuid().is_root() && caps::any_permitted() {
+        let r = if dovecot {
+            caps::keep_only_read_search().map(drop)
+        } else {
+            caps::drop_all()
+        };
+        r.map_err(|e| fail("capset", e))?;
+    }
+    Ok(dovecot && caps::can_read_search())
+}
+
+/// The uid, gid and groups Dovecot's master asks us to become (its
+/// `RESTRICT_*` environment, as Dovecot's own imap-hibernate does), when
+/// it started us as root.
+fn service_user() -> Result<Option<(u32, u32, Vec<nix::unistd::Gid>)>, SetupError> {
+    use nix::unistd::{Gid, Group, Uid};
     if std::env::var_os("DOVECOT_CHILD_PROCESS").is_none() {
-        return Ok(());
+        return Ok(None);
     }
     let num = |name: &str| -> Result<Option<u32>, SetupError> {
         match std::env::var(name) {
@@ -226,13 +258,13 @@ pub(super) fn drop_privileges() -> Result<(), SetupError> {
         }
     };
     let (Some(uid), gid) = (num("RESTRICT_SETUID")?, num("RESTRICT_SETGID")?) else {
-        return Ok(());
+        return Ok(None);
     };
     if !Uid::effective().is_root() || uid == 0 {
-        return Ok(());
+        return Ok(None);
     }
-    let gid = Gid::from_raw(gid.unwrap_or(uid));
-    let mut groups = vec![gid];
+    let gid = gid.unwrap_or(uid);
+    let mut groups = vec![Gid::from_raw(gid)];
     for name in std::env::var("RESTRICT_SETEXTRAGROUPS")
         .unwrap_or_default()
         .split([',', ' '])
@@ -247,9 +279,14 @@ pub(super) fn drop_privileges() -> Result<(), SetupError> {
             }
         }
     }
+    Ok(Some((uid, gid, groups)))
+}
+
+fn become_user((uid, gid, groups): (u32, u32, Vec<nix::unistd::Gid>)) -> Result<(), SetupError> {
+    use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
     let fail = |what: &str, e: nix::Error| SetupError(format!("dropping privileges ({what}): {e}"));
     setgroups(&groups).map_err(|e| fail("setgroups", e))?;
-    setgid(gid).map_err(|e| fail("setgid", e))?;
+    setgid(Gid::from_raw(gid)).map_err(|e| fail("setgid", e))?;
     setuid(Uid::from_raw(uid)).map_err(|e| fail("setuid", e))?;
     Ok(())
 }

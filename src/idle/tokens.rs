@@ -26,7 +26,7 @@ pub enum Source {
     Master(usize),
     /// A parked client's socket, by its key in the core.
     Client(u32),
-    /// Dovecot's notify fd of a parked client, by its key in the core.
+    /// A Dovecot notify fd we keep, by its key in `notify_fds.rs`.
     Notify(u32),
 }
 

@@ -160,6 +160,15 @@ pub struct Stats {
     /// daemon noticing a watched change to the client's descriptor being
     /// sent back (to the tracker, or to Dovecot's imap-master).
     pub wake_us: Vec<u32>,
+    /// Dovecot mode: notify fds (the imap process's inotify instance)
+    /// closed because one we keep for another client of the mailbox
+    /// watches the same inodes; that one wakes them all.
+    pub notify_shared: u64,
+    /// Closed after reopening the inodes they watch by handle into our
+    /// own inotify instance (needs CAP_DAC_READ_SEARCH).
+    pub notify_reopened: u64,
+    /// Kept open and polled, costing a descriptor and an inotify instance.
+    pub notify_kept: u64,
 }
 
 impl Stats {
@@ -183,6 +192,9 @@ impl Stats {
         self.keepalives += other.keepalives;
         self.wake_samples += other.wake_samples;
         self.wake_us.extend_from_slice(&other.wake_us);
+        self.notify_shared += other.notify_shared;
+        self.notify_reopened += other.notify_reopened;
+        self.notify_kept += other.notify_kept;
     }
 }
 

@@ -1,4 +1,4 @@
-//! The only module with `unsafe`: the places where descriptors reach us as
+//! Descriptor passing, with `unsafe` where descriptors reach us as
 //! bare integers (`accept4`, `recvmsg` with SCM_RIGHTS, and descriptors a
 //! service manager left open for us at start). Every descriptor becomes an `OwnedFd` before anything else
 //! can happen, so an early return closes it instead of leaking it.

@@ -2,7 +2,10 @@
 //! that talks to the kernel in ways std does not cover lives here.
 
 pub mod activation;
+pub mod caps;
+pub mod fdinfo;
 pub mod fdpass;
+pub mod fhandle;
 pub mod limits;
 pub mod notify;
 pub mod seqpacket;

@@ -10,8 +10,8 @@ use crate::proto::native::Gone;
 
 #[derive(Debug)]
 pub enum Action<F, W> {
-    /// Stop polling these descriptors (still open at this point).
-    Unpoll { fd: RawFd, notify: Option<RawFd> },
+    /// Stop polling this client descriptor (still open at this point).
+    Unpoll(RawFd),
     /// Write `bytes` to the client of `id`, whole and without blocking;
     /// if that fails the loop calls [`super::Core::write_failed`].
     Write {
@@ -24,7 +24,8 @@ pub enum Action<F, W> {
     /// The connection is given up: `* BYE`, shut the socket down for every
     /// holder (it may sit in a peer's queue too), then close.
     Bye(F),
-    /// The last watcher of this kernel watch left.
+    /// The last watcher of this watch left (a kernel watch, or a Dovecot
+    /// notify fd we keep).
     Unwatch(W),
     /// Tell the tracker a parked client is gone (native mode).
     Gone(Gone),

@@ -38,8 +38,6 @@ pub enum Phase {
 
 pub struct Conn<F> {
     pub fd: F,
-    /// Dovecot mode: the imap process's inotify instance for this client.
-    pub notify: Option<F>,
     pub serial: u32,
     pub user: u32,
     pub timer_gen: u32,
@@ -95,10 +93,9 @@ pub struct Fields<'a> {
 }
 
 impl<F> Conn<F> {
-    pub fn new(fd: F, notify: Option<F>, f: Fields<'_>) -> Conn<F> {
+    pub fn new(fd: F, f: Fields<'_>) -> Conn<F> {
         Conn {
             fd,
-            notify,
             serial: f.serial,
             user: f.user,
             timer_gen: 0,

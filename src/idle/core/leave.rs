@@ -69,10 +69,7 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
         let conn = self.conns.remove(key as usize);
         match conn.phase {
             Phase::Parked => {
-                self.out.push_back(Action::Unpoll {
-                    fd: conn.fd.as_raw_fd(),
-                    notify: conn.notify.as_ref().map(|n| n.as_raw_fd()),
-                });
+                self.out.push_back(Action::Unpoll(conn.fd.as_raw_fd()));
                 self.leave_watches(&conn.watches());
             }
             Phase::InFlight => {
@@ -103,9 +100,6 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
 
     fn close(&mut self, conn: Conn<F>) {
         self.out.push_back(Action::Close(conn.fd));
-        if let Some(n) = conn.notify {
-            self.out.push_back(Action::Close(n));
-        }
     }
 
     /// The connection is over: close it, tell the tracker, log why once.
@@ -142,9 +136,6 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
         }
         if reason == GoneReason::GaveUp {
             self.out.push_back(Action::Bye(conn.fd));
-            if let Some(n) = conn.notify {
-                self.out.push_back(Action::Close(n));
-            }
         } else {
             self.close(conn);
         }

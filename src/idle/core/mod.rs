@@ -15,6 +15,7 @@ mod action;
 mod conn;
 pub mod idle_input;
 mod leave;
+mod notify_path;
 mod report;
 mod returns;
 mod serials;
@@ -37,6 +38,7 @@ use slab::Slab;
 pub use action::Action;
 pub use conn::{conn_id, split_id, ConnId, Phase, Returning, Waking, MAX_KEPT_TAG};
 use conn::{Conn, Fields};
+pub use notify_path::NotifyPath;
 use serials::Serials;
 use timers::Timers;
 pub use timers::{next_keepalive, Millis};
@@ -52,8 +54,6 @@ const STILL_HERE: &[u8] = b"* OK Still here\r\n";
 /// paths already resolved to kernel watches by the inotify adapter.
 pub struct Arrival<'a, F, W> {
     pub fd: F,
-    /// Dovecot's inotify instance for this client: readable means wake.
-    pub notify: Option<F>,
     pub user: &'a str,
     pub cookie: Cookie,
     pub tag: &'a str,
@@ -67,7 +67,6 @@ pub struct Arrival<'a, F, W> {
 /// A refused arrival: its descriptors go back to the caller.
 pub struct Refused<F> {
     pub fd: F,
-    pub notify: Option<F>,
     pub kind: RefuseKind,
     pub reason: String,
 }
@@ -243,7 +242,6 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
             self.discard_watches(a.watches.into_iter().map(|(wd, _)| wd).collect());
             return Err(Refused {
                 fd: a.fd,
-                notify: a.notify,
                 kind,
                 reason,
             });
@@ -263,10 +261,8 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
             .collect();
         let ms = self.millis(now);
         let user = self.users.intern(a.user);
-        let notify = a.notify.is_some();
         let conn = Conn::new(
             a.fd,
-            a.notify,
             Fields {
                 serial,
                 user,
@@ -286,11 +282,10 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
         self.capacity_changed();
         let id = conn_id(key, serial);
         debug!(
-            "{}: parked from pid {} ({} watches{}, keepalive {}s)",
+            "{}: parked from pid {} ({} watches, keepalive {}s)",
             self.who(id),
             a.from_pid,
             watches.len(),
-            if notify { ", notify fd" } else { "" },
             a.keepalive_secs
         );
         Ok(id)

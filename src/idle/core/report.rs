@@ -1,11 +1,13 @@
-//! What the core tells about itself: statistics, the one-line summary,
-//! and the connections it holds for `who`.
+//! What the core tells about itself: statistics (with how Dovecot's notify
+//! fds were taken in), the one-line summary, and the connections it holds
+//! for `who`.
 
 use std::hash::Hash;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use super::conn::Phase;
+use super::notify_path::NotifyPath;
 use super::Core;
 use crate::proto::native::{Activity, ConnInfo, Stats};
 
@@ -29,6 +31,15 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
                 secs: now_secs.saturating_sub(c.parked_at),
             })
             .collect()
+    }
+
+    /// Count how a Dovecot notify fd was taken in (shared, reopened, kept).
+    pub fn count_notify(&mut self, how: NotifyPath) {
+        match how {
+            NotifyPath::Shared => self.stats.notify_shared += 1,
+            NotifyPath::Reopened => self.stats.notify_reopened += 1,
+            NotifyPath::Kept => self.stats.notify_kept += 1,
+        }
     }
 
     pub fn stats(&self) -> Stats {
@@ -64,7 +75,8 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
         format!(
             "parked={} returning={} watches={} users={} parks={} refused={} \
              wakes: done={} bad-done={} input={} changed={} shutdown={}; \
-             idle-restarted={} returned={} hung-up={} gave-up={} keepalives={}",
+             idle-restarted={} returned={} hung-up={} gave-up={} keepalives={}; \
+             notify fds: shared={} reopened={} kept={}",
             s.parked,
             s.returning,
             s.watches,
@@ -80,7 +92,10 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
             s.returned,
             s.hung_up,
             s.gave_up,
-            s.keepalives
+            s.keepalives,
+            s.notify_shared,
+            s.notify_reopened,
+            s.notify_kept
         )
     }
 }

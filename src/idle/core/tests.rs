@@ -62,7 +62,6 @@ enum Step {
         paths: Vec<u32>,
         in_idle: bool,
         keepalive: u32,
-        notify: bool,
         confirmed: bool,
     },
     Input(usize, usize),
@@ -70,7 +69,6 @@ enum Step {
     Change(u32),
     WatchGone(u32),
     Overflow,
-    Notify(usize),
     Advance {
         ms: u64,
         fail_writes: bool,
@@ -92,15 +90,13 @@ fn step() -> impl Strategy<Value = Step> {
             proptest::collection::vec(0..PATHS, 0..3),
             any::<bool>(),
             prop_oneof![Just(0u32), Just(1), Just(60)],
-            any::<bool>(),
             prop::bool::weighted(0.95),
         )
-            .prop_map(|(user, paths, in_idle, keepalive, notify, confirmed)| Step::Park {
+            .prop_map(|(user, paths, in_idle, keepalive, confirmed)| Step::Park {
                 user,
                 paths,
                 in_idle,
                 keepalive,
-                notify,
                 confirmed,
             }),
         4 => (any::<usize>(), 0..CHUNKS.len()).prop_map(|(c, k)| Step::Input(c, k)),
@@ -108,7 +104,6 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (0..PATHS).prop_map(Step::Change),
         1 => (0..PATHS).prop_map(Step::WatchGone),
         1 => Just(Step::Overflow),
-        1 => any::<usize>().prop_map(Step::Notify),
         2 => (prop_oneof![Just(10u64), Just(1_000), Just(15_000), Just(70_000)],
               prop::bool::weighted(0.1))
             .prop_map(|(ms, fail_writes)| Step::Advance { ms, fail_writes }),
@@ -243,12 +238,9 @@ impl Model {
         }
     }
 
-    fn park(&mut self, user: u8, paths: &[u32], in_idle: bool, keepalive: u32, notify: bool) {
+    fn park(&mut self, user: u8, paths: &[u32], in_idle: bool, keepalive: u32) {
         let fd = self.fd();
-        let notify = notify.then(|| self.fd());
-        let fds: Vec<RawFd> = std::iter::once(fd.n)
-            .chain(notify.as_ref().map(|n| n.n))
-            .collect();
+        let fds: Vec<RawFd> = vec![fd.n];
         let mut paths: Vec<u32> = paths.to_vec();
         paths.dedup();
         for &p in &paths {
@@ -265,7 +257,6 @@ impl Model {
         let tag = format!("T{}", self.parks);
         let arrival = Arrival {
             fd,
-            notify,
             user: &format!("user{user}"),
             cookie: [user; 16],
             tag: &tag,
@@ -350,10 +341,9 @@ impl Model {
                 ref paths,
                 in_idle,
                 keepalive,
-                notify,
                 confirmed,
             } => {
-                self.park(user, paths, in_idle, keepalive, notify);
+                self.park(user, paths, in_idle, keepalive);
                 if !confirmed {
                     if let Some((&id, _)) = self.live.iter().next_back() {
                         if self.core.get(id).is_some_and(|c| c.phase == Phase::Parked) {
@@ -383,11 +373,6 @@ impl Model {
                 self.core.watch_fired(&p, true, now);
             }
             Step::Overflow => self.core.overflowed(now),
-            Step::Notify(c) => {
-                if let Some(id) = self.pick(c) {
-                    self.core.notify_ready(id, now);
-                }
-            }
             Step::Advance { ms, fail_writes: f } => {
                 self.now += Duration::from_millis(ms);
                 fail_writes = f;
@@ -537,7 +522,7 @@ fn every_connection_ends_exactly_once() {
 #[test]
 fn a_streaming_client_is_read_one_budget_at_a_time() {
     let mut m = Model::new();
-    m.park(1, &[0], true, 0, false);
+    m.park(1, &[0], true, 0);
     let id = *m.live.keys().next().unwrap();
     // Restart IDLE over and over: each input answers once, and the tag
     // the client gets back is the one it set last.
@@ -554,7 +539,7 @@ fn a_streaming_client_is_read_one_budget_at_a_time() {
 fn returns_lost_with_the_link_go_again_in_wake_order() {
     let mut m = Model::new();
     for user in 0..5 {
-        m.park(user, &[], true, 0, false);
+        m.park(user, &[], true, 0);
     }
     let ids: Vec<ConnId> = m.live.keys().copied().collect();
     // Wake them in an order unrelated to their ids.
@@ -576,13 +561,13 @@ fn returns_lost_with_the_link_go_again_in_wake_order() {
 #[test]
 fn a_watch_taken_again_in_the_same_event_is_not_removed() {
     let mut m = Model::new();
-    m.park(1, &[3], true, 0, false);
+    m.park(1, &[3], true, 0);
     let a = *m.live.keys().next().unwrap();
     // A leaves: the last watcher of watch 3, so its removal is queued...
     m.core.hung_up(a, "test");
     // ...and before the loop carries that out, B names the same file and
     // the kernel gives the same watch back.
-    m.park(2, &[3], true, 0, false);
+    m.park(2, &[3], true, 0);
     while let Some(action) = m.core.next_action() {
         match action {
             Action::Unwatch(wd) => panic!("watch {wd} removed while B watches it"),
@@ -596,7 +581,7 @@ fn a_watch_taken_again_in_the_same_event_is_not_removed() {
 #[test]
 fn shutdown_gives_connections_woken_before_it_the_shutdown_deadline() {
     let mut m = Model::new();
-    m.park(1, &[2], true, 0, false);
+    m.park(1, &[2], true, 0);
     let id = *m.live.keys().next().unwrap();
     // Woken by a change: five minutes to be taken back, and nobody takes it.
     m.apply(&Step::Change(2));
@@ -612,8 +597,8 @@ fn shutdown_gives_connections_woken_before_it_the_shutdown_deadline() {
 #[test]
 fn a_retired_core_wakes_nobody_and_is_done_when_the_last_one_leaves() {
     let mut m = Model::new();
-    m.park(1, &[2], true, 0, false);
-    m.park(2, &[3], true, 0, false);
+    m.park(1, &[2], true, 0);
+    m.park(2, &[3], true, 0);
     m.apply(&Step::Retire);
     m.apply(&Step::Advance {
         ms: 70_000,

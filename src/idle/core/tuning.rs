@@ -114,7 +114,6 @@ mod tests {
     fn park(core: &mut Core<Fd, u32>, n: RawFd, keepalive_secs: u32, now: Instant) -> u64 {
         let arrival = Arrival {
             fd: Fd(n),
-            notify: None,
             user: "alice",
             cookie: [1; 16],
             tag: "A1",

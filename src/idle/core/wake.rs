@@ -1,6 +1,6 @@
 //! What wakes a parked connection: its client's input (inside IDLE, only
 //! `DONE`, or `DONE` and a new IDLE answered in place), a change of what
-//! it watches, Dovecot's notify fd, shutdown. Waking takes it out of the
+//! it watches (a kernel watch, or a Dovecot notify fd), shutdown. Waking takes it out of the
 //! watches and queues it for the return path.
 
 use std::borrow::Cow;
@@ -110,13 +110,6 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
         woken.clear();
     }
 
-    /// Dovecot's inotify instance for the client of `id` became readable.
-    pub fn notify_ready(&mut self, id: ConnId, now: Instant) {
-        if self.get(id).is_some_and(|c| c.phase == Phase::Parked) {
-            self.wake(split_id(id).0, WakeReason::Changed, now);
-        }
-    }
-
     /// Wake a parked connection for `reason` (a mailbox change, shutdown):
     /// any partial input already read travels with it.
     pub(super) fn wake(&mut self, key: u32, reason: WakeReason, now: Instant) {
@@ -145,14 +138,7 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
             return;
         }
         let watch_idx = conn.take_watches();
-        // The notify fd has done its job, but it stays open until the
-        // connection leaves us: closing an inotify instance waits for the
-        // kernel to retire its marks (milliseconds), which would delay the
-        // return. Dovecot's imap-hibernate closes it at the same point.
-        self.out.push_back(Action::Unpoll {
-            fd: conn.fd.as_raw_fd(),
-            notify: conn.notify.as_ref().map(|n| n.as_raw_fd()),
-        });
+        self.out.push_back(Action::Unpoll(conn.fd.as_raw_fd()));
         // Give-up deadlines (see `Tuning`): a client that typed is waiting
         // for an answer; one with only a mailbox change can wait longer.
         let t = &self.tuning;

@@ -120,7 +120,7 @@ pub fn run(
         name: name.into(),
         ..Figures::default()
     };
-    let ours = matches!(how, Hibernation::ImapIdle);
+    let ours = matches!(how, Hibernation::ImapIdle | Hibernation::ImapIdleCap);
     raise_inotify_instances(4 * s.n as u64 + 1024)?;
     let bulk = s.n - s.mass_k;
     let names: Vec<String> = (1..=bulk.div_ceil(PER_USER))

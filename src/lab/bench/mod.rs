@@ -45,8 +45,10 @@ targets. Runs as any user; --dovecot needs root.
   --dovecot     also run a private Dovecot 2.3 three times, same sizes (at
                 most what 2 fds per client allow): once with its own
                 imap-hibernate, once with imap-idle as its hibernation
-                service, once with nothing hibernated (memory only). Needs
-                root and Dovecot (apt-get install dovecot-imapd).
+                service (notify fds shared per mailbox), once more with
+                the binary given cap_dac_read_search (notify fds reopened
+                by handle), once with nothing hibernated (memory only).
+                Needs root and Dovecot (apt-get install dovecot-imapd).
   --quiet       no progress on stderr
 
 Exit code 0 when every client of every round was parked and woken as
@@ -272,6 +274,11 @@ fn round(
                 "imap-idle --dovecot",
                 "dovecot/imap-idle",
             ),
+            (
+                Hibernation::ImapIdleCap,
+                table::WITH_CAP,
+                "dovecot/imap-idle",
+            ),
         ] {
             let mut f = dovecot::run(bin, how, name, title, &s, &client, progress)?;
             f.server_bytes_per_client = Some(u.pss);
@@ -294,7 +301,7 @@ fn run(plan: &Plan) -> Result<bool, String> {
     let n = plan
         .clients
         .unwrap_or(if plan.quick { 1000 } else { default_size(1) });
-    // Under Dovecot every parked client holds 2 fds.
+    // Under Dovecot's own imap-hibernate every client holds 2 fds.
     let nd = plan
         .clients
         .unwrap_or(if plan.quick { 1000 } else { default_size(2) })

@@ -6,6 +6,9 @@ use std::fmt::Write as _;
 use super::figures::Figures;
 use crate::lab::load::quantile;
 
+/// The name of the setup whose imap-idle has CAP_DAC_READ_SEARCH.
+pub const WITH_CAP: &str = "imap-idle --dovecot +cap";
+
 /// A table line: its label, how to read one round's value, how to print
 /// a value.
 type Get = Box<dyn Fn(&Figures) -> Option<f64>>;
@@ -251,6 +254,26 @@ pub fn targets(setups: &[Vec<Figures>]) -> String {
                 "idle daemon with {} parked wakes < 1/s (per daemon): {w:.2}/s, {}",
                 thousands(parked),
                 check(w < 1.0)
+            );
+        }
+    }
+    // Notify fds shared per mailbox (10 clients each): 1.1 and 0.1; with
+    // the capability Dovecot's are all closed.
+    for (name, fds, inotify) in [("imap-idle --dovecot", 1.1, 0.1), (WITH_CAP, 1.0, 0.0)] {
+        let Some(o) = setups
+            .iter()
+            .find(|r| r.first().is_some_and(|f| f.name == name))
+        else {
+            continue;
+        };
+        if let (Some(f), Some(i)) = (
+            median(o, |f| f.fds_per_conn),
+            median(o, |f| f.inotify_per_conn),
+        ) {
+            let _ = writeln!(
+                out,
+                "{name}: <= {fds:.1} fds and <= {inotify:.1} inotify instances per hibernated client: {f:.2} and {i:.2}, {}",
+                check(f <= fds + 0.01 && i <= inotify + 0.01)
             );
         }
     }

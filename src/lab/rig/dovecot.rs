@@ -19,27 +19,16 @@ pub fn installed() -> bool {
     Path::new("/usr/sbin/dovecot").exists()
 }
 
-/// Raise the per-uid inotify instance limit: every hibernated client of
-/// Dovecot holds one (its notify fd), and all mail runs as one uid here.
-pub fn raise_inotify_instances(at_least: u64) -> Result<(), String> {
-    let path = "/proc/sys/fs/inotify/max_user_instances";
-    let now: u64 = std::fs::read_to_string(path)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0);
-    if now < at_least {
-        io(
-            "raising fs.inotify.max_user_instances",
-            std::fs::write(path, at_least.to_string()),
-        )?;
-    }
-    Ok(())
-}
+pub use super::inotify_limit::{raise_inotify_instances, InstanceLimit};
+pub use super::service_limits::ServiceLimits;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hibernation {
     /// Our binary as Dovecot's imap-hibernate service executable.
     ImapIdle,
+    /// The same, the binary given CAP_DAC_READ_SEARCH (`setcap
+    /// cap_dac_read_search+ep`): notify fds are reopened by handle.
+    ImapIdleCap,
     /// Dovecot's own imap-hibernate.
     Dovecot,
     /// Dovecot's listener disabled (`mode = 0`); our binary started on its
@@ -47,50 +36,6 @@ pub enum Hibernation {
     Standalone,
     /// No hibernation: every idle client keeps its imap process.
     Off,
-}
-
-/// The imap-hibernate service's limits; `None` keeps what the snippet (or
-/// Dovecot's default) says. With `client_limit` C and `process_limit` P
-/// the master starts another hibernation process whenever every running
-/// one holds C clients, up to P processes.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ServiceLimits {
-    pub client_limit: Option<u32>,
-    pub process_limit: Option<u32>,
-    /// Dovecot's `shutdown_clients` (its default is yes).
-    pub shutdown_clients: Option<bool>,
-}
-
-impl ServiceLimits {
-    /// imap-idle's flags that follow from these settings: the snippet's
-    /// advice for `shutdown_clients = no`.
-    fn idle_args(&self) -> &'static str {
-        match self.shutdown_clients {
-            Some(false) => " --dovecot-shutdown-clients no",
-            _ => "",
-        }
-    }
-
-    /// A later `service imap-hibernate` section: Dovecot merges it into
-    /// the earlier one, its settings winning.
-    fn conf(&self) -> String {
-        let set = [
-            ("client_limit", self.client_limit),
-            ("process_limit", self.process_limit),
-        ];
-        let lines: String = set
-            .iter()
-            .filter_map(|(k, v)| v.map(|v| format!("  {k} = {v}\n")))
-            .collect();
-        let global = match self.shutdown_clients {
-            Some(yes) => format!("shutdown_clients = {}\n", if yes { "yes" } else { "no" }),
-            None => String::new(),
-        };
-        if lines.is_empty() {
-            return global;
-        }
-        format!("{global}service imap-hibernate {{\n{lines}}}\n")
-    }
 }
 
 pub struct Dovecot {
@@ -103,6 +48,8 @@ pub struct Dovecot {
     pub run_dir: PathBuf,
     pub stats_socket: PathBuf,
     hibernation: Hibernation,
+    /// uid and gid the mail belongs to.
+    pub mail_owner: (u32, u32),
     standalone: Option<std::process::Child>,
     _private: PrivateDir,
 }
@@ -112,12 +59,19 @@ fn free_port() -> Result<u16, String> {
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
 
-fn chown(path: &Path, user: &str) -> Result<(), String> {
-    let u = nix::unistd::User::from_name(user)
-        .ok()
-        .flatten()
-        .ok_or_else(|| format!("no user {user}"))?;
-    nix::unistd::chown(path, Some(u.uid), Some(u.gid))
+/// A user's uid and gid.
+fn ids(user: &str) -> Result<(u32, u32), String> {
+    let u = nix::unistd::User::from_name(user).ok().flatten();
+    let u = u.ok_or_else(|| format!("no user {user}"))?;
+    Ok((u.uid.as_raw(), u.gid.as_raw()))
+}
+
+fn chown(path: &Path, (uid, gid): (u32, u32)) -> Result<(), String> {
+    let (uid, gid) = (
+        nix::unistd::Uid::from_raw(uid),
+        nix::unistd::Gid::from_raw(gid),
+    );
+    nix::unistd::chown(path, Some(uid), Some(gid))
         .map_err(|e| format!("chown {}: {e}", path.display()))
 }
 
@@ -153,16 +107,24 @@ impl Dovecot {
         for sub in ["bin", "base", "state", "mail", "idle-run"] {
             io(sub, std::fs::create_dir(d.join(sub)))?;
         }
-        chown(&d.join("mail"), "nobody")?;
+        let mail_owner = match limits.own_mail_uid {
+            true => super::unused_uid().map(|u| (u, u)).ok_or("no unused uid")?,
+            false => ids("nobody")?,
+        };
+        chown(&d.join("mail"), mail_owner)?;
         // Under Dovecot's master imap-idle becomes the dovecot user, as
         // Dovecot's own imap-hibernate does; standalone it is us.
-        if !matches!(hibernation, Hibernation::Standalone) {
-            chown(&d.join("idle-run"), "dovecot")?;
+        if hibernation != Hibernation::Standalone {
+            chown(&d.join("idle-run"), ids("dovecot")?)?;
         }
         // The service runs as the dovecot user: our copy is where it can
         // reach it.
         let bin = d.join("bin/imap-idle");
         io("copying imap-idle", std::fs::copy(idle_bin, &bin))?;
+        if hibernation == Hibernation::ImapIdleCap {
+            let granted = crate::sys::caps::grant_read_search(&bin);
+            io("setcap cap_dac_read_search+ep", granted)?;
+        }
         let passwd: String = users
             .iter()
             .map(|u| format!("{u}:{{PLAIN}}{PASSWORD}\n"))
@@ -171,7 +133,7 @@ impl Dovecot {
         let port = free_port()?;
         let service = match hibernation {
             // The snippet operators copy, with our paths: proves it works.
-            Hibernation::ImapIdle => SNIPPET
+            Hibernation::ImapIdle | Hibernation::ImapIdleCap => SNIPPET
                 .replace("/usr/local/bin/imap-idle", &bin.display().to_string())
                 .replace(
                     "--runtime-dir /run/imap-idle",
@@ -196,7 +158,7 @@ impl Dovecot {
         let standalone = matches!(hibernation, Hibernation::Standalone);
         // The snippet sets this for imap-idle; the others need it too.
         let imap_master = match hibernation {
-            Hibernation::ImapIdle => "",
+            Hibernation::ImapIdle | Hibernation::ImapIdleCap => "",
             _ => "service imap {\n  unix_listener imap-master {\n    user = $default_internal_user\n  }\n}\n",
         };
         let conf = d.join("dovecot.conf");
@@ -218,7 +180,7 @@ passdb {{
 }}
 userdb {{
   driver = static
-  args = uid=nobody gid=nogroup home={d}/mail/%u
+  args = uid={uid} gid={gid} home={d}/mail/%u
 }}
 mail_location = maildir:{d}/mail/%u/Maildir
 imap_idle_notify_interval = {keepalive_secs} secs
@@ -236,7 +198,9 @@ service imap {{
 imap_hibernate_timeout = 1s
 {service}{imap_master}{limits}",
             d = d.display(),
-            limits = limits.conf()
+            limits = limits.conf(),
+            uid = mail_owner.0,
+            gid = mail_owner.1,
         );
         io("dovecot.conf", std::fs::write(&conf, text))?;
         let ok = io(
@@ -252,6 +216,7 @@ imap_hibernate_timeout = 1s
             run_dir: d.join("idle-run"),
             stats_socket: d.join("idle-run/park"),
             hibernation,
+            mail_owner,
             conf,
             dir: dir.clone(),
             standalone: None,
@@ -349,7 +314,7 @@ imap_hibernate_timeout = 1s
             "writing a message",
             std::fs::write(&tmp, "Subject: test\r\n\r\nhello\r\n"),
         )?;
-        chown(&tmp, "nobody")?;
+        chown(&tmp, self.mail_owner)?;
         io(
             "delivering",
             std::fs::rename(&tmp, md.join("new").join(name)),
@@ -389,7 +354,7 @@ imap_hibernate_timeout = 1s
     /// hold nothing else over TCP).
     pub fn hibernated(&self) -> Result<usize, String> {
         match self.hibernation {
-            Hibernation::ImapIdle | Hibernation::Standalone => Ok(self
+            Hibernation::ImapIdle | Hibernation::ImapIdleCap | Hibernation::Standalone => Ok(self
                 .stats_each()?
                 .iter()
                 .map(|(_, s)| s.parked as usize)

@@ -3,9 +3,11 @@
 
 pub mod dovecot;
 pub mod idles;
+pub mod inotify_limit;
 pub mod machine;
 pub mod native;
 pub mod procfs;
+pub mod service_limits;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -58,4 +60,24 @@ pub fn wait_until(
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
+}
+
+/// A uid no account and no process has, above the system range: a
+/// private Dovecot's mail uid whose per-uid kernel counts nobody shares.
+pub fn unused_uid() -> Option<u32> {
+    // Rigs started at once in one process look in different places.
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = 61_000 + std::process::id() % 3_000 + 37 * NEXT.fetch_add(1, Ordering::Relaxed);
+    let taken = |uid: u32| {
+        let procs = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).is_ok_and(|u| u.is_some())
+            || procs.into_iter().any(|p| {
+                std::fs::read_to_string(p.path().join("status")).is_ok_and(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("Uid:"))
+                        .is_some_and(|l| l.split_whitespace().any(|v| v == uid.to_string()))
+                })
+            })
+    };
+    (start..start + 1_000).find(|&u| !taken(u))
 }
