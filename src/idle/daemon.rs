@@ -63,6 +63,7 @@ pub struct Daemon {
 impl Daemon {
     pub fn new(cfg: Config) -> Result<Daemon, SetupError> {
         service::drop_privileges()?;
+        let handed = cfg.dovecot.then(|| service::listener(&cfg)).transpose()?;
         let mut signals = setup("setting up signals", SignalAdapter::new(false))?;
         let fd_limit = setup("raising the open-file limit", limits::raise_nofile())?;
         let budget = Budget::for_config(fd_limit, &cfg);
@@ -84,8 +85,7 @@ impl Daemon {
             )?;
         }
         let epoch = Instant::now();
-        let (tracker, dovecot) = if cfg.dovecot {
-            let (listener, service, base_dir) = service::listener(&cfg)?;
+        let (tracker, dovecot) = if let Some((listener, service, base_dir)) = handed {
             let mut sources = vec![(listener.as_raw_fd(), Source::HandOffListener)];
             if let Some(s) = &service {
                 sources.push((s.master_dead.as_raw_fd(), Source::MasterDead));

@@ -4,7 +4,6 @@
 //! imap-hibernate as the service. Needs Dovecot installed and root.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use super::dovecot_conf::Conf;
@@ -207,13 +206,15 @@ impl Dovecot {
             _private: private,
         };
         if standalone {
-            // On the host: it reaches the root's sockets by their host paths.
+            // Inside the root, as an operator's would be: the group it
+            // gives its listener is the root's Dovecot group.
             let log = io("log", std::fs::File::create(dir.join("imap-idle.log")))?;
-            let child = Command::new(idle_bin)
+            let child = root
+                .command(&i.join("bin/imap-idle").display().to_string())
                 .args(["--dovecot", "--log-level", "debug", "--dovecot-base-dir"])
-                .arg(&dc.base)
+                .arg(i.join("base"))
                 .arg("--runtime-dir")
-                .arg(dir.join("idle-run"))
+                .arg(i.join("idle-run"))
                 .stderr(log)
                 .spawn();
             dc.standalone = Some(io("starting imap-idle", child)?);
