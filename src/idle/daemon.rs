@@ -34,8 +34,6 @@ use crate::setup::setup;
 pub use crate::setup::SetupError;
 use crate::sys::{self, limits};
 
-const BYE: &[u8] = b"* BYE [UNAVAILABLE] Server is busy, please reconnect.\r\n";
-
 /// Dovecot mode's adapters: hand-offs in, returns out, and the master's
 /// pipes when it started us.
 struct Dovecot {
@@ -379,8 +377,8 @@ impl Daemon {
                 }
             }
             Action::Close(fd) => drop(fd),
-            Action::Bye(fd) => {
-                let _ = sys::write_now(fd.as_fd(), BYE);
+            Action::Bye { fd, bye } => {
+                let _ = sys::write_now(fd.as_fd(), &bye);
                 let _ = socket::shutdown(fd.as_raw_fd(), Shutdown::Both);
             }
             Action::Unwatch(wd) => self.inotify.remove(wd),

@@ -3,6 +3,7 @@
 
 pub mod base64;
 pub mod dovecot;
+pub mod multiplex;
 pub mod native;
 mod paths;
 pub mod state;

@@ -3,6 +3,7 @@
 //! its place on the return path, its user), so each leaves exactly once and
 //! its descriptor is handed to the loop exactly once.
 
+use std::borrow::Cow;
 use std::hash::Hash;
 use std::os::fd::AsRawFd;
 
@@ -10,7 +11,7 @@ use log::{debug, info, warn};
 
 use super::action::Action;
 use super::conn::{split_id, Conn, ConnId, Phase};
-use super::Core;
+use super::{Core, BYE};
 use crate::proto::native::{Gone, GoneReason};
 
 impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
@@ -67,7 +68,7 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
         let Some(user) = self.get(id).map(|c| self.users.name(c.user).to_owned()) else {
             return;
         };
-        let Some(conn) = self.remove_conn(id, true) else {
+        let Some(mut conn) = self.remove_conn(id, true) else {
             return;
         };
         match reason {
@@ -94,7 +95,8 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
             }));
         }
         if reason == GoneReason::GaveUp {
-            self.out.push_back(Action::Bye(conn.fd));
+            let bye = conn.framed(Cow::Borrowed(BYE));
+            self.out.push_back(Action::Bye { fd: conn.fd, bye });
             if let Some(n) = conn.notify {
                 self.out.push_back(Action::Close(n));
             }
