@@ -34,8 +34,6 @@ use crate::supervisor::Supervisor;
 use crate::sys::activation::Activated;
 use crate::sys::{self, limits};
 
-const BYE: &[u8] = b"* BYE [UNAVAILABLE] Server is busy, please reconnect.\r\n";
-
 pub struct Daemon {
     poll: Poll,
     core: IdleCore,
@@ -58,6 +56,9 @@ impl Daemon {
     pub fn new(cfg: Config) -> Result<Daemon, SetupError> {
         let mut activated = Activated::from_env().map_err(SetupError)?;
         let reopen = service::drop_privileges(cfg.dovecot)?;
+        // Before anything of ours takes a descriptor: Dovecot's master
+        // leaves its listener at 7, 8 or 9 by version.
+        let handed = cfg.dovecot.then(|| service::listener(&cfg)).transpose()?;
         let mut signals = setup("setting up signals", SignalAdapter::new(false))?;
         let fd_limit = setup("raising the open-file limit", limits::raise_nofile())?;
         let budget = Budget::for_config(fd_limit, &cfg);
@@ -75,8 +76,9 @@ impl Daemon {
         ];
         register(reg, &fixed)?;
         let epoch = Instant::now();
-        let (tracker, dovecot) = if cfg.dovecot {
-            let dovecot = Dovecot::start(&cfg, reg, &mut signals, &budget, &park_path, reopen)?;
+        let (tracker, dovecot) = if let Some(handed) = handed {
+            let dovecot =
+                Dovecot::start(&cfg, handed, reg, &mut signals, &budget, &park_path, reopen)?;
             (None, Some(dovecot))
         } else {
             info!(
@@ -354,8 +356,8 @@ impl Daemon {
                 }
             }
             Action::Close(fd) => drop(fd),
-            Action::Bye(fd) => {
-                let _ = sys::write_now(fd.as_fd(), BYE);
+            Action::Bye { fd, bye } => {
+                let _ = sys::write_now(fd.as_fd(), &bye);
                 let _ = socket::shutdown(fd.as_raw_fd(), Shutdown::Both);
             }
             Action::Unwatch(w) => self.inotify.remove(w, reg),

@@ -14,8 +14,8 @@
 //! imap-hibernate does with `shutdown_clients = yes`: hand everyone back
 //! at once.
 
-use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use log::info;
@@ -26,7 +26,7 @@ use super::clients::IdleCore;
 use super::config::Config;
 use super::hand_off::HandOff;
 use super::master_return::Masters;
-use super::service::{self, Service};
+use super::service::Service;
 use super::signals::SignalAdapter;
 use super::tokens::{register, Source};
 use crate::setup::SetupError;
@@ -48,6 +48,7 @@ pub(super) struct Dovecot {
 impl Dovecot {
     pub fn start(
         cfg: &Config,
+        (listener, service, base_dir): (OwnedFd, Option<Service>, PathBuf),
         reg: &Registry,
         signals: &mut SignalAdapter,
         budget: &Budget,
@@ -55,7 +56,6 @@ impl Dovecot {
         reopen: bool,
     ) -> Result<Dovecot, SetupError> {
         let max_parked = budget.max_parked;
-        let (listener, service, base_dir) = service::listener(cfg)?;
         let mut sources = vec![(listener.as_raw_fd(), Source::HandOffListener)];
         if let Some(s) = &service {
             sources.push((s.master_dead.as_raw_fd(), Source::MasterDead));

@@ -274,6 +274,7 @@ mod tests {
             let (client, peer) = std::os::unix::net::UnixStream::pair().unwrap();
             self.peers.push(peer);
             let arrival = Arrival {
+                multiplex: false,
                 fd: OwnedFd::from(client),
                 user: "u",
                 cookie: [0; 16],

@@ -3,6 +3,9 @@
 
 pub mod base64;
 pub mod dovecot;
+#[cfg(test)]
+mod dovecot_captures;
+pub mod multiplex;
 pub mod native;
 mod paths;
 pub mod state;

@@ -21,9 +21,10 @@ pub enum Action<F, W> {
     },
     /// The connection left us: close its descriptor.
     Close(F),
-    /// The connection is given up: `* BYE`, shut the socket down for every
-    /// holder (it may sit in a peer's queue too), then close.
-    Bye(F),
+    /// The connection is given up: write `bye` (a `* BYE`, framed as the
+    /// client reads), shut the socket down for every holder (it may sit in
+    /// a peer's queue too), then close.
+    Bye { fd: F, bye: Cow<'static, [u8]> },
     /// The last watcher of this watch left (a kernel watch, or a Dovecot
     /// notify fd we keep).
     Unwatch(W),

@@ -5,6 +5,7 @@
 //! whole daemon ends: shut down (everyone handed back) or retired
 //! (everyone kept until they leave by themselves).
 
+use std::borrow::Cow;
 use std::hash::Hash;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
@@ -13,7 +14,7 @@ use log::{debug, info, warn};
 
 use super::action::Action;
 use super::conn::{split_id, Conn, ConnId, Phase};
-use super::Core;
+use super::{Core, BYE};
 use crate::proto::native::{Gone, GoneReason, WakeReason};
 
 impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
@@ -108,7 +109,7 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
         let Some(user) = self.get(id).map(|c| self.users.name(c.user).to_owned()) else {
             return;
         };
-        let Some(conn) = self.remove_conn(id, true) else {
+        let Some(mut conn) = self.remove_conn(id, true) else {
             return;
         };
         match reason {
@@ -135,7 +136,8 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
             }));
         }
         if reason == GoneReason::GaveUp {
-            self.out.push_back(Action::Bye(conn.fd));
+            let bye = conn.framed(Cow::Borrowed(BYE));
+            self.out.push_back(Action::Bye { fd: conn.fd, bye });
         } else {
             self.close(conn);
         }

@@ -215,7 +215,7 @@ impl Model {
                         self.core.write_failed(id, true, what, "full");
                     }
                 }
-                Action::Close(fd) | Action::Bye(fd) => {
+                Action::Close(fd) | Action::Bye { fd, .. } => {
                     let n = fd.n;
                     assert!(
                         self.ended.values().any(|(_, fds)| fds.contains(&n)),
@@ -261,6 +261,7 @@ impl Model {
             cookie: [user; 16],
             tag: &tag,
             in_idle,
+            multiplex: false,
             keepalive_secs: keepalive,
             watches,
             state: &state,

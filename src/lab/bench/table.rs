@@ -184,6 +184,13 @@ fn median(rounds: &[Figures], get: impl Fn(&Figures) -> Option<f64>) -> Option<f
     spread(&rounds.iter().map(get).collect::<Vec<_>>()).map(|s| s.0)
 }
 
+/// Whether a row's name is setup `base`, whatever follows it (the Dovecot
+/// version), but not a variant of it (`base +cap`).
+fn is_setup(name: &str, base: &str) -> bool {
+    name.strip_prefix(base)
+        .is_some_and(|rest| !rest.starts_with(" +"))
+}
+
 /// The targets, judged on the medians of rounds: one line each.
 pub fn targets(setups: &[Vec<Figures>]) -> String {
     let mut out = String::new();
@@ -191,7 +198,7 @@ pub fn targets(setups: &[Vec<Figures>]) -> String {
     let named = |p: &str| {
         setups
             .iter()
-            .find(|r| r.first().is_some_and(|f| f.name.starts_with(p)))
+            .find(|r| r.first().is_some_and(|f| is_setup(&f.name, p)))
     };
     if let Some(n) = named("imap-idle (native)") {
         let parked = median(n, |f| Some(f.parked as f64)).unwrap_or(0.0);
@@ -262,7 +269,7 @@ pub fn targets(setups: &[Vec<Figures>]) -> String {
     for (name, fds, inotify) in [("imap-idle --dovecot", 1.1, 0.1), (WITH_CAP, 1.0, 0.0)] {
         let Some(o) = setups
             .iter()
-            .find(|r| r.first().is_some_and(|f| f.name == name))
+            .find(|r| r.first().is_some_and(|f| is_setup(&f.name, name)))
         else {
             continue;
         };

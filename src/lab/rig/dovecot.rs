@@ -1,26 +1,24 @@
-//! A private Dovecot 2.3 for the bench and the tests: own base_dir, own
+//! A private Dovecot (2.3 or 2.4, on the host or in a chroot) for the bench and the tests: own base_dir, own
 //! port on 127.0.0.1, passwd-file users, Maildir under a private dir,
 //! hibernation after 1 s, and either imap-idle or Dovecot's own
 //! imap-hibernate as the service. Needs Dovecot installed and root.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
+use super::dovecot_conf::Conf;
+pub use super::dovecot_conf::ServiceLimits;
+pub use super::dovecot_root::{DovecotRoot, Version};
+pub use super::inotify_limit::{raise_inotify_instances, InstanceLimit};
 use super::{procfs, wait_until, PrivateDir};
 use crate::proto::native::Stats;
 
 pub const PASSWORD: &str = "secret";
 
-/// The snippet operators install, used as it is (paths substituted).
-const SNIPPET: &str = include_str!("../../../contrib/dovecot/95-imap-idle.conf");
-
+/// Whether the Dovecot `IMAP_IDLE_DOVECOT_ROOT` names (else the host's) is there.
 pub fn installed() -> bool {
-    Path::new("/usr/sbin/dovecot").exists()
+    DovecotRoot::from_env().installed()
 }
-
-pub use super::inotify_limit::{raise_inotify_instances, InstanceLimit};
-pub use super::service_limits::ServiceLimits;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hibernation {
@@ -50,6 +48,8 @@ pub struct Dovecot {
     hibernation: Hibernation,
     /// uid and gid the mail belongs to.
     pub mail_owner: (u32, u32),
+    root: DovecotRoot,
+    version: Version,
     standalone: Option<std::process::Child>,
     _private: PrivateDir,
 }
@@ -57,13 +57,6 @@ pub struct Dovecot {
 fn free_port() -> Result<u16, String> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
-}
-
-/// A user's uid and gid.
-fn ids(user: &str) -> Result<(u32, u32), String> {
-    let u = nix::unistd::User::from_name(user).ok().flatten();
-    let u = u.ok_or_else(|| format!("no user {user}"))?;
-    Ok((u.uid.as_raw(), u.gid.as_raw()))
 }
 
 fn chown(path: &Path, (uid, gid): (u32, u32)) -> Result<(), String> {
@@ -83,6 +76,7 @@ impl Dovecot {
     /// Start Dovecot (it must be installed, and we must be root); the
     /// imap-idle binary used is `idle_bin`; idle clients get `* OK Still
     /// here` every `keepalive_secs` (Dovecot's imap_idle_notify_interval).
+    /// The Dovecot is the one `IMAP_IDLE_DOVECOT_ROOT` names, else the host's.
     pub fn start(
         users: &[String],
         hibernation: Hibernation,
@@ -101,24 +95,43 @@ impl Dovecot {
         keepalive_secs: u32,
         limits: ServiceLimits,
     ) -> Result<Dovecot, String> {
-        let private = PrivateDir::new("dovecot")?;
+        let root = DovecotRoot::from_env();
+        Dovecot::start_in(&root, users, hibernation, idle_bin, keepalive_secs, limits)
+    }
+
+    /// [`Dovecot::start_with`] with the Dovecot in `root`: its config, base
+    /// dir and mail are under it; the fields hold host paths.
+    pub fn start_in(
+        root: &DovecotRoot,
+        users: &[String],
+        hibernation: Hibernation,
+        idle_bin: &Path,
+        keepalive_secs: u32,
+        limits: ServiceLimits,
+    ) -> Result<Dovecot, String> {
+        root.check()?;
+        let version = root.version()?;
+        let private = PrivateDir::new_in(&root.temp_dir(), "dovecot")?;
         let dir = private.path().to_path_buf();
         let d = dir.as_path();
+        // What Dovecot sees: the same tree without the root in front.
+        let inner = root.inner_path(d);
+        let i = inner.as_path();
         for sub in ["bin", "base", "state", "mail", "idle-run"] {
             io(sub, std::fs::create_dir(d.join(sub)))?;
         }
         let mail_owner = match limits.own_mail_uid {
             true => super::unused_uid().map(|u| (u, u)).ok_or("no unused uid")?,
-            false => ids("nobody")?,
+            false => root.user("nobody")?,
         };
         chown(&d.join("mail"), mail_owner)?;
         // Under Dovecot's master imap-idle becomes the dovecot user, as
         // Dovecot's own imap-hibernate does; standalone it is us.
         if hibernation != Hibernation::Standalone {
-            chown(&d.join("idle-run"), ids("dovecot")?)?;
+            root.chown(&d.join("idle-run"), "dovecot")?;
         }
         // The service runs as the dovecot user: our copy is where it can
-        // reach it.
+        // reach it (and inside the root, where the master can).
         let bin = d.join("bin/imap-idle");
         io("copying imap-idle", std::fs::copy(idle_bin, &bin))?;
         if hibernation == Hibernation::ImapIdleCap {
@@ -131,15 +144,19 @@ impl Dovecot {
             .collect();
         io("passwd", std::fs::write(d.join("passwd"), passwd))?;
         let port = free_port()?;
+        let internal_user = Conf::internal_user(version);
         let service = match hibernation {
             // The snippet operators copy, with our paths: proves it works.
-            Hibernation::ImapIdle | Hibernation::ImapIdleCap => SNIPPET
-                .replace("/usr/local/bin/imap-idle", &bin.display().to_string())
+            Hibernation::ImapIdle | Hibernation::ImapIdleCap => Conf::snippet(version)
+                .replace(
+                    "/usr/local/bin/imap-idle",
+                    &i.join("bin/imap-idle").display().to_string(),
+                )
                 .replace(
                     "--runtime-dir /run/imap-idle",
                     &format!(
                         "--runtime-dir {} --log-level debug{}",
-                        d.join("idle-run").display(),
+                        i.join("idle-run").display(),
                         limits.idle_args()
                     ),
                 )
@@ -158,57 +175,30 @@ impl Dovecot {
         let standalone = matches!(hibernation, Hibernation::Standalone);
         // The snippet sets this for imap-idle; the others need it too.
         let imap_master = match hibernation {
-            Hibernation::ImapIdle | Hibernation::ImapIdleCap => "",
-            _ => "service imap {\n  unix_listener imap-master {\n    user = $default_internal_user\n  }\n}\n",
+            Hibernation::ImapIdle | Hibernation::ImapIdleCap => String::new(),
+            _ => format!("service imap {{\n  unix_listener imap-master {{\n    user = {internal_user}\n  }}\n}}\n"),
         };
         let conf = d.join("dovecot.conf");
-        let text = format!(
-            "base_dir = {d}/base
-state_dir = {d}/state
-log_path = {d}/dovecot.log
-protocols = imap
-listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain
-mail_max_userip_connections = 2000
-default_process_limit = 3000
-default_client_limit = 5000
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {d}/passwd
-}}
-userdb {{
-  driver = static
-  args = uid={uid} gid={gid} home={d}/mail/%u
-}}
-mail_location = maildir:{d}/mail/%u/Maildir
-imap_idle_notify_interval = {keepalive_secs} secs
-service imap-login {{
-  inet_listener imap {{
-    address = 127.0.0.1
-    port = {port}
-  }}
-  service_count = 0
-  client_limit = 2000
-}}
-service imap {{
-  process_limit = 3000
-}}
-imap_hibernate_timeout = 1s
-{service}{imap_master}{limits}",
-            d = d.display(),
-            limits = limits.conf(),
-            uid = mail_owner.0,
-            gid = mail_owner.1,
-        );
+        let tail = format!("{service}{imap_master}{}", limits.conf());
+        let text = Conf {
+            version,
+            dir: i,
+            port,
+            keepalive_secs,
+            mail_owner,
+            tail: &tail,
+        }
+        .text();
         io("dovecot.conf", std::fs::write(&conf, text))?;
         let ok = io(
             "running dovecot",
-            Command::new("dovecot").arg("-c").arg(&conf).status(),
+            root.command("dovecot")
+                .arg("-c")
+                .arg(root.inner_path(&conf))
+                .status(),
         )?;
         if !ok.success() {
-            return Err(format!("dovecot did not start: {ok}"));
+            return Err(format!("dovecot {version} did not start: {ok}"));
         }
         let mut dc = Dovecot {
             port,
@@ -219,16 +209,21 @@ imap_hibernate_timeout = 1s
             mail_owner,
             conf,
             dir: dir.clone(),
+            root: root.clone(),
+            version,
             standalone: None,
             _private: private,
         };
         if standalone {
+            // Inside the root, as an operator's would be: the group it
+            // gives its listener is the root's Dovecot group.
             let log = io("log", std::fs::File::create(dir.join("imap-idle.log")))?;
-            let child = Command::new(idle_bin)
+            let child = root
+                .command(&i.join("bin/imap-idle").display().to_string())
                 .args(["--dovecot", "--log-level", "debug", "--dovecot-base-dir"])
-                .arg(&dc.base)
+                .arg(i.join("base"))
                 .arg("--runtime-dir")
-                .arg(dir.join("idle-run"))
+                .arg(i.join("idle-run"))
                 .stderr(log)
                 .spawn();
             dc.standalone = Some(io("starting imap-idle", child)?);
@@ -245,6 +240,16 @@ imap_hibernate_timeout = 1s
             Duration::from_secs(10),
         )?;
         Ok(dc)
+    }
+
+    /// The Dovecot release running (`dovecot --version`).
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// Where this Dovecot lives (the host, or a chroot).
+    pub fn root(&self) -> &DovecotRoot {
+        &self.root
     }
 
     /// `doveadm reload`: the master rereads its config and starts a new
@@ -278,9 +283,10 @@ imap_hibernate_timeout = 1s
     fn dovecot_command(&self, args: &[&str]) -> Result<(), String> {
         let status = io(
             "running dovecot",
-            Command::new("dovecot")
+            self.root
+                .command("dovecot")
                 .arg("-c")
-                .arg(&self.conf)
+                .arg(self.root.inner_path(&self.conf))
                 .args(args)
                 .status(),
         )?;
