@@ -31,6 +31,7 @@ fn idle_clients(
     let limits = ServiceLimits {
         client_limit: Some(CLIENT_LIMIT as u32),
         process_limit: Some(process_limit),
+        ..ServiceLimits::default()
     };
     let dc = Dovecot::start_with(&names, how, limits);
     let clients = (0..total)

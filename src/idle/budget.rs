@@ -13,6 +13,7 @@ use super::config::Config;
 /// limit allows.
 pub const MAX_CONTROLS: usize = 512;
 pub const MAX_HAND_OFFS: usize = 512;
+/// The default of `--master-connections`.
 pub const MAX_MASTERS: usize = 64;
 /// Standard streams, the poll, signalfd, inotify, the listeners, the
 /// tracker link, Dovecot's pipes and a few to spare.
@@ -30,13 +31,14 @@ impl Budget {
     /// The shares for `limit` descriptors. The reserve is a sixteenth of
     /// the limit, at least 32, at most what the full caps need; when it is
     /// smaller than that, the caps shrink in proportion.
+    #[cfg(test)]
     pub fn new(limit: usize, dovecot: bool) -> Budget {
-        let want = MAX_CONTROLS
-            + if dovecot {
-                MAX_HAND_OFFS + MAX_MASTERS
-            } else {
-                0
-            };
+        Budget::with_masters(limit, dovecot, MAX_MASTERS)
+    }
+
+    /// [`Budget::new`] with `masters` imap-master links wanted.
+    pub fn with_masters(limit: usize, dovecot: bool, masters: usize) -> Budget {
+        let want = MAX_CONTROLS + if dovecot { MAX_HAND_OFFS + masters } else { 0 };
         let reserve = (limit / 16).clamp(32, want + FIXED).min(limit);
         let avail = reserve.saturating_sub(FIXED);
         let share = |cap: usize| (cap * avail / want).max(1);
@@ -45,7 +47,7 @@ impl Budget {
             max_parked: (limit.saturating_sub(reserve) / fds_per_client).max(1),
             controls: share(MAX_CONTROLS),
             hand_offs: if dovecot { share(MAX_HAND_OFFS) } else { 0 },
-            masters: if dovecot { share(MAX_MASTERS) } else { 0 },
+            masters: if dovecot { share(masters) } else { 0 },
         }
     }
 
@@ -54,7 +56,7 @@ impl Budget {
     /// is taken as given (with a warning when it does not fit, since then
     /// descriptors can run out and accepting pauses).
     pub fn for_config(fd_limit: u64, cfg: &Config) -> Budget {
-        let mut b = Budget::new(fd_limit as usize, cfg.dovecot);
+        let mut b = Budget::with_masters(fd_limit as usize, cfg.dovecot, cfg.master_connections);
         match cfg.max_parked {
             Some(n) if n > b.max_parked => warn!(
                 "--max-parked {n} is more than the open-file limit allows \

@@ -53,6 +53,9 @@ Options:
                          listener the master passes; required standalone]
   --dovecot-group NAME   standalone: group of BASE_DIR/imap-hibernate (mode
                          0660), as Dovecot's own [default: dovecot]
+  --master-connections N  with --dovecot: imap-master connections open at
+                         once, each returning one woken client (the rest
+                         wait their turn) [default: 64]
   -h, --help             print this help
   -V, --version          print the version
 
@@ -79,6 +82,7 @@ pub struct Config {
     pub max_controls: Option<usize>,
     pub max_controls_per_uid: usize,
     pub handshake_timeout_secs: u64,
+    pub master_connections: usize,
 }
 
 #[derive(Debug)]
@@ -128,6 +132,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     let mut max_controls = None;
     let mut max_controls_per_uid = 64;
     let mut handshake_timeout_secs = 10;
+    let mut master_connections = crate::idle::budget::MAX_MASTERS;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -171,6 +176,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
             "--handshake-timeout" => {
                 handshake_timeout_secs = number(&flag, &value()?)? as u64;
             }
+            "--master-connections" => master_connections = number(&flag, &value()?)?,
             "--log-level" => {
                 let v = value()?;
                 if !["error", "warn", "info", "debug", "trace"].contains(&v.as_str()) {
@@ -199,6 +205,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
         max_controls,
         max_controls_per_uid,
         handshake_timeout_secs,
+        master_connections,
     })))
 }
 

@@ -8,7 +8,7 @@ use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use mio::unix::SourceFd;
@@ -22,9 +22,9 @@ use super::budget::Budget;
 use super::clients::{self, Clients, IdleCore};
 use super::config::Config;
 use super::core::{Action, Core};
+use super::dovecot_mode::{self, Dovecot};
 use super::hand_off::HandOff;
 use super::inotify::Inotify;
-use super::master_return::Masters;
 use super::park_socket::{Held, ParkSocket};
 use super::service::{self, Service};
 use super::signals::{Command, SignalAdapter};
@@ -35,14 +35,6 @@ pub use crate::setup::SetupError;
 use crate::sys::{self, limits};
 
 const BYE: &[u8] = b"* BYE [UNAVAILABLE] Server is busy, please reconnect.\r\n";
-
-/// Dovecot mode's adapters: hand-offs in, returns out, and the master's
-/// pipes when it started us.
-struct Dovecot {
-    hand_off: HandOff,
-    masters: Masters,
-    service: Option<Service>,
-}
 
 pub struct Daemon {
     poll: Poll,
@@ -62,6 +54,7 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn new(cfg: Config) -> Result<Daemon, SetupError> {
+        let anvil_pipe = dovecot_mode::before_privileges(&cfg);
         service::drop_privileges()?;
         let mut signals = setup("setting up signals", SignalAdapter::new(false))?;
         let fd_limit = setup("raising the open-file limit", limits::raise_nofile())?;
@@ -85,40 +78,8 @@ impl Daemon {
         }
         let epoch = Instant::now();
         let (tracker, dovecot) = if cfg.dovecot {
-            let (listener, service, base_dir) = service::listener(&cfg)?;
-            let mut sources = vec![(listener.as_raw_fd(), Source::HandOffListener)];
-            if let Some(s) = &service {
-                sources.push((s.master_dead.as_raw_fd(), Source::MasterDead));
-                signals.set_under_master();
-            }
-            for (fd, source) in sources {
-                setup(
-                    "registering with the poll",
-                    reg.register(&mut SourceFd(&fd), token(source), Interest::READABLE),
-                )?;
-            }
-            let (by, limit) = match &service {
-                Some(s) => (" (started by Dovecot's master)", s.limit(max_parked)),
-                None => ("", max_parked),
-            };
-            info!(
-                "imap-idle {} in Dovecot mode{by}: taking clients on {}, returning them to {}, \
-                 up to {limit} parked; statistics on {}",
-                env!("CARGO_PKG_VERSION"),
-                base_dir.join("imap-hibernate").display(),
-                base_dir.join("imap-master").display(),
-                park_path.display(),
-            );
-            let dovecot = Dovecot {
-                hand_off: HandOff::new(listener, budget.hand_offs),
-                masters: Masters::new(
-                    base_dir.join("imap-master"),
-                    SystemTime::now(),
-                    budget.masters,
-                ),
-                service,
-            };
-            (None, Some(dovecot))
+            let d = Dovecot::new(&cfg, &budget, reg, &mut signals, &park_path, anvil_pipe)?;
+            (None, Some(d))
         } else {
             info!(
                 "imap-idle {} listening on {}, returning to {}, up to {max_parked} parked",
@@ -128,9 +89,13 @@ impl Daemon {
             );
             (Some(TrackerLink::new(cfg.tracker_socket.clone())), None)
         };
+        let mut core = Core::new(max_parked, !cfg.dovecot, epoch, crate::setup::random_key()?);
+        if dovecot.as_ref().is_some_and(|d| d.anvil.is_some()) {
+            core.announce_presence();
+        }
         Ok(Daemon {
             poll,
-            core: Core::new(max_parked, !cfg.dovecot, epoch, crate::setup::random_key()?),
+            core,
             clients: Clients::new(),
             inotify,
             park: ParkSocket::new(listener, cfg.dovecot, policy),
@@ -252,6 +217,11 @@ impl Daemon {
                     d.masters.event(m, &mut self.core, reg, now);
                 }
             }
+            Source::AnvilPipe | Source::AdminListener | Source::Admin(_) => {
+                if let Some(d) = &mut self.dovecot {
+                    d.event(source, &mut self.core, reg);
+                }
+            }
             Source::Client(key) => self.clients.readable(&mut self.core, key, now),
             Source::Notify(key) => {
                 if let Some(id) = self.core.parked_at_key(key) {
@@ -297,7 +267,10 @@ impl Daemon {
     fn signals(&mut self, now: Instant) {
         for command in self.signals.commands() {
             match command {
-                Command::Summary => info!("{}", self.core.summary()),
+                Command::Summary => {
+                    let anvil = self.dovecot.as_ref().map(Dovecot::summary);
+                    info!("{}{}", self.core.summary(), anvil.unwrap_or_default());
+                }
                 Command::Stop(sig) => self.core.shutdown(sig.as_ref(), now),
                 Command::IdleExit => {
                     let hand_offs = self.dovecot.as_ref().map_or(0, |d| d.hand_off.len());
@@ -395,6 +368,9 @@ impl Daemon {
                 }
             }
             Action::Capacity => self.report_capacity(),
+            Action::Kicked(fd) => dovecot_mode::kicked(fd),
+            Action::Joined(p) => self.dovecot.iter_mut().for_each(|d| d.presence(&p, true)),
+            Action::Left(p) => self.dovecot.iter_mut().for_each(|d| d.presence(&p, false)),
         }
     }
 }

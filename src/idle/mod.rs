@@ -8,13 +8,16 @@
 //! each event to the adapter owning its token.
 
 mod accept;
+mod admin_socket;
 mod admission;
+mod anvil;
 mod budget;
 mod clients;
 pub mod config;
 mod control;
 pub mod core;
 mod daemon;
+mod dovecot_mode;
 mod hand_off;
 mod inotify;
 mod main;

@@ -25,6 +25,9 @@ Commands:
           the median of rounds; --quick takes under a minute
   park-rate  parks per second straight into a private imap-idle, one at
           a time and pipelined [--parks N] [--window W]
+  mass-wake  one delivery to N hibernated clients of one mailbox under a
+          private Dovecot: its own imap-hibernate against imap-idle at
+          each --master-connections value [--clients N] [--rounds K]
   load    hold N idle IMAP clients against any IMAP server, deliver mail,
           measure delivery -> EXISTS
   serve   the reference IMAP login and mail processes (a reference peer
@@ -50,6 +53,7 @@ pub fn main() -> ExitCode {
         Some("load") => load::main(args.collect()),
         Some("bench") => bench::main(args.collect()),
         Some("park-rate") => bench::park_rate::main(args.collect()),
+        Some("mass-wake") => bench::mass_wake::main(args.collect()),
         // Started by `load` itself, one per client process.
         Some("load-worker") => load::worker::main(),
         Some("probe") => probe::main(args.collect()),

@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 
 use log::{debug, info, warn};
 
-use super::action::Action;
+use super::action::{Action, Presence};
 use super::conn::{split_id, Conn, ConnId, Phase};
 use super::Core;
 use crate::proto::native::{Gone, GoneReason};
@@ -35,6 +35,13 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
                 }
             }
             Phase::Queued | Phase::Waiting => {}
+        }
+        if self.announce {
+            self.out.push_back(Action::Left(Presence {
+                id,
+                user: self.users.name(conn.user).to_owned(),
+                cookie: conn.cookie,
+            }));
         }
         self.users.release(conn.user);
         self.capacity_changed();
@@ -106,6 +113,31 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
     /// Nobody took the connection back in time: say goodbye and close it.
     pub fn give_up(&mut self, id: ConnId, why: &str) {
         self.drop_conn(id, GoneReason::GaveUp, why);
+    }
+
+    /// An admin kicked `user` (Dovecot 2.4's `doveadm kick`): each of its
+    /// connections, or only `only`, gets `* BYE Server shutting down.` and
+    /// is closed. Connections in flight are left alone: the imap process
+    /// taking them registers with anvil itself, and a kick reaches it
+    /// there. Returns how many were kicked.
+    pub fn kick(&mut self, user: &str, only: Option<ConnId>) -> u32 {
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.phase != Phase::InFlight && self.users.name(c.user) == user)
+            .map(|(k, c)| c.id(k as u32))
+            .filter(|id| only.is_none_or(|o| o == *id))
+            .collect();
+        for &id in &ids {
+            info!("{}: kicked by an admin", self.who(id));
+            if let Some(conn) = self.remove_conn(id, true) {
+                self.out.push_back(Action::Kicked(conn.fd));
+                if let Some(n) = conn.notify {
+                    self.out.push_back(Action::Close(n));
+                }
+            }
+        }
+        ids.len() as u32
     }
 
     /// Undo a park whose confirmation could not be delivered: the mail

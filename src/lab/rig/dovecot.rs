@@ -57,6 +57,10 @@ pub enum Hibernation {
 pub struct ServiceLimits {
     pub client_limit: Option<u32>,
     pub process_limit: Option<u32>,
+    /// imap-idle's `--master-connections` (with Hibernation::ImapIdle).
+    pub master_connections: Option<u32>,
+    /// Dovecot's `mail_max_userip_connections` [default here: 2000].
+    pub userip_connections: Option<u32>,
 }
 
 impl ServiceLimits {
@@ -71,10 +75,13 @@ impl ServiceLimits {
             .iter()
             .filter_map(|(k, v)| v.map(|v| format!("  {k} = {v}\n")))
             .collect();
+        let userip = self.userip_connections.map_or(String::new(), |n| {
+            format!("mail_max_userip_connections = {n}\n")
+        });
         if lines.is_empty() {
-            return lines;
+            return userip;
         }
-        format!("service imap-hibernate {{\n{lines}}}\n")
+        format!("{userip}service imap-hibernate {{\n{lines}}}\n")
     }
 }
 
@@ -161,8 +168,11 @@ impl Dovecot {
                 .replace(
                     "--runtime-dir /run/imap-idle",
                     &format!(
-                        "--runtime-dir {} --log-level debug",
-                        d.join("idle-run").display()
+                        "--runtime-dir {} --log-level debug{}",
+                        d.join("idle-run").display(),
+                        limits
+                            .master_connections
+                            .map_or(String::new(), |n| format!(" --master-connections {n}"))
                     ),
                 )
                 .replace(
