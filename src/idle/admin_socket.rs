@@ -22,22 +22,32 @@ use crate::proto::anvil::{admin_command, AdminCommand, ADMIN_PEER, ADMIN_VERSION
 use crate::proto::dovecot::check_version;
 use crate::sys::{self, fdpass};
 
-/// `MASTER_LISTEN_FD_FIRST`: listener n is fd 7 + n.
-const LISTEN_FD_FIRST: i32 = 7;
+/// `MASTER_LISTEN_FD_FIRST` of each release (7 in 2.3, 8 in 2.4.0 and
+/// 2.4.1, 9 from 2.4.2): listener n is that fd + n.
+const LISTEN_FDS_FIRST: [i32; 3] = [7, 8, 9];
 /// Anvil keeps one connection per process; a few spare for doveadm.
 const MAX_CONNS: usize = 8;
 /// Dovecot's own limit for this connection's input.
 const MAX_LINE: usize = 1024;
 
 /// The per-process admin listener the master passed, if any: the one
-/// whose settings name it `%{pid}` (2.4; 2.3 has none).
+/// whose settings name it `%{pid}` (2.4; 2.3 has none), found where it
+/// listens on a path ending in our pid.
 pub fn from_master() -> Option<OwnedFd> {
     let count: i32 = std::env::var("SOCKET_COUNT").ok()?.parse().ok()?;
-    (0..count.min(64)).find_map(|i| {
-        let settings = std::env::var(format!("SOCKET{i}_SETTINGS")).ok()?;
-        let name = settings.split('\t').next()?;
-        (name == "%{pid}").then(|| fdpass::inherited(LISTEN_FD_FIRST + i))?
-    })
+    let i = (0..count.min(64)).find(|i| {
+        std::env::var(format!("SOCKET{i}_SETTINGS"))
+            .is_ok_and(|s| s.split('\t').next() == Some("%{pid}"))
+    })?;
+    let ours = format!("/{}", std::process::id());
+    let fd = LISTEN_FDS_FIRST.iter().map(|f| f + i).find(|&fd| {
+        fdpass::inherited_is_listening(fd)
+            && nix::sys::socket::getsockname::<nix::sys::socket::UnixAddr>(fd).is_ok_and(|a| {
+                a.path()
+                    .is_some_and(|p| p.to_string_lossy().ends_with(&ours))
+            })
+    })?;
+    fdpass::inherited(fd)
 }
 
 struct AdminConn {

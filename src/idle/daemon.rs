@@ -56,6 +56,7 @@ impl Daemon {
     pub fn new(cfg: Config) -> Result<Daemon, SetupError> {
         let anvil_pipe = dovecot_mode::before_privileges(&cfg);
         service::drop_privileges()?;
+        let handed = cfg.dovecot.then(|| service::listener(&cfg)).transpose()?;
         let mut signals = setup("setting up signals", SignalAdapter::new(false))?;
         let fd_limit = setup("raising the open-file limit", limits::raise_nofile())?;
         let budget = Budget::for_config(fd_limit, &cfg);
@@ -77,8 +78,8 @@ impl Daemon {
             )?;
         }
         let epoch = Instant::now();
-        let (tracker, dovecot) = if cfg.dovecot {
-            let d = Dovecot::new(&cfg, &budget, reg, &mut signals, &park_path, anvil_pipe)?;
+        let (tracker, dovecot) = if let Some(handed) = handed {
+            let d = Dovecot::new(handed, &budget, reg, &mut signals, &park_path, anvil_pipe)?;
             (None, Some(d))
         } else {
             info!(

@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use log::info;
@@ -52,15 +52,17 @@ fn register(reg: &Registry, fd: i32, source: Source, interest: Interest) -> Resu
 }
 
 impl Dovecot {
+    /// `handed`: what [`service::listener`] found, taken before anything
+    /// of ours opened a descriptor.
     pub fn new(
-        cfg: &Config,
+        handed: (OwnedFd, Option<Service>, PathBuf),
         budget: &Budget,
         reg: &Registry,
         signals: &mut SignalAdapter,
         park_path: &Path,
         anvil_pipe: Option<File>,
     ) -> Result<Dovecot, SetupError> {
-        let (listener, service, base_dir) = service::listener(cfg)?;
+        let (listener, service, base_dir) = handed;
         register(
             reg,
             listener.as_raw_fd(),

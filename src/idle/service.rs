@@ -15,8 +15,12 @@ use super::config::Config;
 use crate::setup::{setup, SetupError};
 use crate::sys::fdpass;
 
-/// `MASTER_LISTEN_FD_FIRST`, status and death pipes (master-interface.h).
-const LISTEN_FD: i32 = 7;
+/// `MASTER_LISTEN_FD_FIRST` (master-interface.h) moved between releases:
+/// 7 in 2.3, 8 in 2.4.0 and 2.4.1 (7 became the config fd), 9 from 2.4.2
+/// (8 a connection the master accepted itself, for client_limit = 1).
+/// The first of these that listens is the imap-hibernate listener.
+const LISTEN_FDS: [i32; 3] = [7, 8, 9];
+/// Status and death pipes, the same in every release.
 const STATUS_FD: i32 = 5;
 const MASTER_DEAD_FD: i32 = 6;
 
@@ -47,7 +51,10 @@ pub(super) fn from_master() -> Option<(Service, OwnedFd)> {
     if !started_by_master() {
         return None;
     }
-    let listener = fdpass::inherited(LISTEN_FD)?;
+    let listen_fd = LISTEN_FDS
+        .into_iter()
+        .find(|&fd| fdpass::inherited_is_listening(fd))?;
+    let listener = fdpass::inherited(listen_fd)?;
     let status = fdpass::inherited(STATUS_FD)?;
     let master_dead = fdpass::inherited(MASTER_DEAD_FD)?;
     let env_num = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
@@ -125,6 +132,8 @@ impl Service {
 
 /// The imap-hibernate listener: the master's, or our own bound in
 /// `--dovecot-base-dir`. Returns it with the base_dir returns go to.
+/// Call before anything opens a descriptor: 2.4's master leaves fd 7 free,
+/// and a socket of ours there would pass for the master's listener.
 pub(super) fn listener(cfg: &Config) -> Result<(OwnedFd, Option<Service>, PathBuf), SetupError> {
     if let Some((service, listener)) = from_master() {
         let base_dir = match &cfg.dovecot_base_dir {

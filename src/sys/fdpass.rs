@@ -64,6 +64,21 @@ pub fn inherited(fd: RawFd) -> Option<OwnedFd> {
     Some(owned)
 }
 
+/// Whether a descriptor our parent left open is a listening socket, without
+/// taking it (a number that is not ours to close stays open).
+pub fn inherited_is_listening(fd: RawFd) -> bool {
+    use nix::sys::socket::{getsockopt, sockopt};
+    // SAFETY: F_GETFD only reads the descriptor's flags; it fails with
+    // EBADF when the number is not open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return false;
+    }
+    // SAFETY: the number is open (checked above) and stays open while the
+    // borrow lives: it ends with this call, and nothing closes it meanwhile.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    getsockopt(&borrowed, sockopt::AcceptConn).unwrap_or(false)
+}
+
 /// Receive one packet and the descriptors attached to it (close-on-exec).
 pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
     const SPACE: usize = cmsg_space(MAX_FDS);

@@ -21,10 +21,18 @@ pub fn available(test: &str) -> bool {
         return true;
     }
     if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
-        panic!("{test}: Dovecot (apt-get install dovecot-imapd) and root are required ({REQUIRE_ENV}=1)");
+        panic!("{test}: Dovecot (apt-get install dovecot-imapd{}) and root are required ({REQUIRE_ENV}=1)", where_());
     }
-    eprintln!("SKIPPED {test}: needs Dovecot (/usr/sbin/dovecot) and root; set {REQUIRE_ENV}=1 to make this a failure");
+    eprintln!("SKIPPED {test}: needs Dovecot (/usr/sbin/dovecot{}) and root; set {REQUIRE_ENV}=1 to make this a failure", where_());
     false
+}
+
+/// The chroot the tests' Dovecot is in, when `IMAP_IDLE_DOVECOT_ROOT` names one.
+fn where_() -> String {
+    match rig::DovecotRoot::from_env().chroot_path() {
+        Some(r) => format!(", in {}", r.display()),
+        None => String::new(),
+    }
 }
 
 pub fn raise_inotify_instances(at_least: u64) {

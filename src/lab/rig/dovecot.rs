@@ -1,22 +1,22 @@
-//! A private Dovecot 2.3 for the bench and the tests: own base_dir, own
+//! A private Dovecot (2.3 or 2.4, on the host or in a chroot) for the bench and the tests: own base_dir, own
 //! port on 127.0.0.1, passwd-file users, Maildir under a private dir,
 //! hibernation after 1 s, and either imap-idle or Dovecot's own
 //! imap-hibernate as the service. Needs Dovecot installed and root.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
+use super::dovecot_conf::Conf;
+pub use super::dovecot_conf::ServiceLimits;
+pub use super::dovecot_root::{DovecotRoot, Version};
 use super::{procfs, wait_until, PrivateDir};
 use crate::proto::native::Stats;
 
 pub const PASSWORD: &str = "secret";
 
-/// The snippet operators install, used as it is (paths substituted).
-const SNIPPET: &str = include_str!("../../../contrib/dovecot/95-imap-idle.conf");
-
+/// Whether the Dovecot `IMAP_IDLE_DOVECOT_ROOT` names (else the host's) is there.
 pub fn installed() -> bool {
-    Path::new("/usr/sbin/dovecot").exists()
+    DovecotRoot::from_env().installed()
 }
 
 /// Raise the per-uid inotify instance limit: every hibernated client of
@@ -49,42 +49,6 @@ pub enum Hibernation {
     Off,
 }
 
-/// The imap-hibernate service's limits; `None` keeps what the snippet (or
-/// Dovecot's default) says. With `client_limit` C and `process_limit` P
-/// the master starts another hibernation process whenever every running
-/// one holds C clients, up to P processes.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ServiceLimits {
-    pub client_limit: Option<u32>,
-    pub process_limit: Option<u32>,
-    /// imap-idle's `--master-connections` (with Hibernation::ImapIdle).
-    pub master_connections: Option<u32>,
-    /// Dovecot's `mail_max_userip_connections` [default here: 2000].
-    pub userip_connections: Option<u32>,
-}
-
-impl ServiceLimits {
-    /// A later `service imap-hibernate` section: Dovecot merges it into
-    /// the earlier one, its settings winning.
-    fn conf(&self) -> String {
-        let set = [
-            ("client_limit", self.client_limit),
-            ("process_limit", self.process_limit),
-        ];
-        let lines: String = set
-            .iter()
-            .filter_map(|(k, v)| v.map(|v| format!("  {k} = {v}\n")))
-            .collect();
-        let userip = self.userip_connections.map_or(String::new(), |n| {
-            format!("mail_max_userip_connections = {n}\n")
-        });
-        if lines.is_empty() {
-            return userip;
-        }
-        format!("{userip}service imap-hibernate {{\n{lines}}}\n")
-    }
-}
-
 pub struct Dovecot {
     pub dir: PathBuf,
     conf: PathBuf,
@@ -95,6 +59,8 @@ pub struct Dovecot {
     pub run_dir: PathBuf,
     pub stats_socket: PathBuf,
     hibernation: Hibernation,
+    root: DovecotRoot,
+    version: Version,
     standalone: Option<std::process::Child>,
     _private: PrivateDir,
 }
@@ -102,15 +68,6 @@ pub struct Dovecot {
 fn free_port() -> Result<u16, String> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
-}
-
-fn chown(path: &Path, user: &str) -> Result<(), String> {
-    let u = nix::unistd::User::from_name(user)
-        .ok()
-        .flatten()
-        .ok_or_else(|| format!("no user {user}"))?;
-    nix::unistd::chown(path, Some(u.uid), Some(u.gid))
-        .map_err(|e| format!("chown {}: {e}", path.display()))
 }
 
 fn io<T>(what: impl std::fmt::Display, r: std::io::Result<T>) -> Result<T, String> {
@@ -121,6 +78,7 @@ impl Dovecot {
     /// Start Dovecot (it must be installed, and we must be root); the
     /// imap-idle binary used is `idle_bin`; idle clients get `* OK Still
     /// here` every `keepalive_secs` (Dovecot's imap_idle_notify_interval).
+    /// The Dovecot is the one `IMAP_IDLE_DOVECOT_ROOT` names, else the host's.
     pub fn start(
         users: &[String],
         hibernation: Hibernation,
@@ -139,20 +97,39 @@ impl Dovecot {
         keepalive_secs: u32,
         limits: ServiceLimits,
     ) -> Result<Dovecot, String> {
-        let private = PrivateDir::new("dovecot")?;
+        let root = DovecotRoot::from_env();
+        Dovecot::start_in(&root, users, hibernation, idle_bin, keepalive_secs, limits)
+    }
+
+    /// [`Dovecot::start_with`] with the Dovecot in `root`: its config, base
+    /// dir and mail are under it; the fields hold host paths.
+    pub fn start_in(
+        root: &DovecotRoot,
+        users: &[String],
+        hibernation: Hibernation,
+        idle_bin: &Path,
+        keepalive_secs: u32,
+        limits: ServiceLimits,
+    ) -> Result<Dovecot, String> {
+        root.check()?;
+        let version = root.version()?;
+        let private = PrivateDir::new_in(&root.temp_dir(), "dovecot")?;
         let dir = private.path().to_path_buf();
         let d = dir.as_path();
+        // What Dovecot sees: the same tree without the root in front.
+        let inner = root.inner_path(d);
+        let i = inner.as_path();
         for sub in ["bin", "base", "state", "mail", "idle-run"] {
             io(sub, std::fs::create_dir(d.join(sub)))?;
         }
-        chown(&d.join("mail"), "nobody")?;
+        root.chown(&d.join("mail"), "nobody")?;
         // Under Dovecot's master imap-idle becomes the dovecot user, as
         // Dovecot's own imap-hibernate does; standalone it is us.
         if !matches!(hibernation, Hibernation::Standalone) {
-            chown(&d.join("idle-run"), "dovecot")?;
+            root.chown(&d.join("idle-run"), "dovecot")?;
         }
         // The service runs as the dovecot user: our copy is where it can
-        // reach it.
+        // reach it (and inside the root, where the master can).
         let bin = d.join("bin/imap-idle");
         io("copying imap-idle", std::fs::copy(idle_bin, &bin))?;
         let passwd: String = users
@@ -161,15 +138,19 @@ impl Dovecot {
             .collect();
         io("passwd", std::fs::write(d.join("passwd"), passwd))?;
         let port = free_port()?;
+        let internal_user = Conf::internal_user(version);
         let service = match hibernation {
             // The snippet operators copy, with our paths: proves it works.
-            Hibernation::ImapIdle => SNIPPET
-                .replace("/usr/local/bin/imap-idle", &bin.display().to_string())
+            Hibernation::ImapIdle => Conf::snippet(version)
+                .replace(
+                    "/usr/local/bin/imap-idle",
+                    &i.join("bin/imap-idle").display().to_string(),
+                )
                 .replace(
                     "--runtime-dir /run/imap-idle",
                     &format!(
                         "--runtime-dir {} --log-level debug{}",
-                        d.join("idle-run").display(),
+                        i.join("idle-run").display(),
                         limits
                             .master_connections
                             .map_or(String::new(), |n| format!(" --master-connections {n}"))
@@ -190,55 +171,29 @@ impl Dovecot {
         let standalone = matches!(hibernation, Hibernation::Standalone);
         // The snippet sets this for imap-idle; the others need it too.
         let imap_master = match hibernation {
-            Hibernation::ImapIdle => "",
-            _ => "service imap {\n  unix_listener imap-master {\n    user = $default_internal_user\n  }\n}\n",
+            Hibernation::ImapIdle => String::new(),
+            _ => format!("service imap {{\n  unix_listener imap-master {{\n    user = {internal_user}\n  }}\n}}\n"),
         };
         let conf = d.join("dovecot.conf");
-        let text = format!(
-            "base_dir = {d}/base
-state_dir = {d}/state
-log_path = {d}/dovecot.log
-protocols = imap
-listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain
-mail_max_userip_connections = 2000
-default_process_limit = 3000
-default_client_limit = 5000
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {d}/passwd
-}}
-userdb {{
-  driver = static
-  args = uid=nobody gid=nogroup home={d}/mail/%u
-}}
-mail_location = maildir:{d}/mail/%u/Maildir
-imap_idle_notify_interval = {keepalive_secs} secs
-service imap-login {{
-  inet_listener imap {{
-    address = 127.0.0.1
-    port = {port}
-  }}
-  service_count = 0
-  client_limit = 2000
-}}
-service imap {{
-  process_limit = 3000
-}}
-imap_hibernate_timeout = 1s
-{service}{imap_master}{limits}",
-            d = d.display(),
-            limits = limits.conf()
-        );
+        let tail = format!("{service}{imap_master}{}", limits.conf());
+        let text = Conf {
+            version,
+            dir: i,
+            port,
+            keepalive_secs,
+            tail: &tail,
+        }
+        .text();
         io("dovecot.conf", std::fs::write(&conf, text))?;
         let ok = io(
             "running dovecot",
-            Command::new("dovecot").arg("-c").arg(&conf).status(),
+            root.command("dovecot")
+                .arg("-c")
+                .arg(root.inner_path(&conf))
+                .status(),
         )?;
         if !ok.success() {
-            return Err(format!("dovecot did not start: {ok}"));
+            return Err(format!("dovecot {version} did not start: {ok}"));
         }
         let mut dc = Dovecot {
             port,
@@ -248,16 +203,21 @@ imap_hibernate_timeout = 1s
             hibernation,
             conf,
             dir: dir.clone(),
+            root: root.clone(),
+            version,
             standalone: None,
             _private: private,
         };
         if standalone {
+            // Inside the root, as an operator's would be: the group it
+            // gives its listener is the root's Dovecot group.
             let log = io("log", std::fs::File::create(dir.join("imap-idle.log")))?;
-            let child = Command::new(idle_bin)
+            let child = root
+                .command(&i.join("bin/imap-idle").display().to_string())
                 .args(["--dovecot", "--log-level", "debug", "--dovecot-base-dir"])
-                .arg(&dc.base)
+                .arg(i.join("base"))
                 .arg("--runtime-dir")
-                .arg(dir.join("idle-run"))
+                .arg(i.join("idle-run"))
                 .stderr(log)
                 .spawn();
             dc.standalone = Some(io("starting imap-idle", child)?);
@@ -276,6 +236,39 @@ imap_hibernate_timeout = 1s
         Ok(dc)
     }
 
+    /// The Dovecot release running (`dovecot --version`).
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// `doveadm ARGS` against this Dovecot (inside its root): its output,
+    /// or its error output when it fails.
+    pub fn doveadm(&self, args: &[&str]) -> Result<String, String> {
+        let out = self
+            .root
+            .command("doveadm")
+            .arg("-c")
+            .arg(self.root.inner_path(&self.conf))
+            .args(args)
+            .output()
+            .map_err(|e| format!("running doveadm: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(format!(
+                "doveadm {args:?}: {}: {text}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    /// Where this Dovecot lives (the host, or a chroot).
+    pub fn root(&self) -> &DovecotRoot {
+        &self.root
+    }
+
     pub fn maildir(&self, user: &str) -> PathBuf {
         self.dir.join("mail").join(user).join("Maildir")
     }
@@ -289,7 +282,7 @@ imap_hibernate_timeout = 1s
             "writing a message",
             std::fs::write(&tmp, "Subject: test\r\n\r\nhello\r\n"),
         )?;
-        chown(&tmp, "nobody")?;
+        self.root.chown(&tmp, "nobody")?;
         io(
             "delivering",
             std::fs::rename(&tmp, md.join("new").join(name)),
@@ -388,9 +381,11 @@ impl Drop for Dovecot {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new("dovecot")
+        let _ = self
+            .root
+            .command("dovecot")
             .arg("-c")
-            .arg(&self.conf)
+            .arg(self.root.inner_path(&self.conf))
             .arg("stop")
             .status();
         // Give the master time to take its children down before the

@@ -2,6 +2,8 @@
 //! stack, and a private Dovecot with either hibernation process.
 
 pub mod dovecot;
+pub mod dovecot_conf;
+pub mod dovecot_root;
 pub mod idles;
 pub mod machine;
 pub mod native;
@@ -16,10 +18,15 @@ pub struct PrivateDir(PathBuf);
 
 impl PrivateDir {
     pub fn new(what: &str) -> Result<PrivateDir, String> {
+        PrivateDir::new_in(&std::env::temp_dir(), what)
+    }
+
+    /// [`PrivateDir::new`] under `parent` (a chroot's `/tmp`, say).
+    pub fn new_in(parent: &Path, what: &str) -> Result<PrivateDir, String> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let mut rnd = [0u8; 4];
         let _ = getrandom::fill(&mut rnd);
-        let path = std::env::temp_dir().join(format!(
+        let path = parent.join(format!(
             "imap-idle-lab-{what}-{}-{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed),
