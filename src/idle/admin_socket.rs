@@ -203,6 +203,7 @@ mod tests {
                 watches: Vec::new(),
                 state: b"",
                 from_pid: 1,
+                multiplex: false,
             };
             assert!(core.adopt(arrival, Instant::now()).is_ok());
         }

@@ -34,8 +34,6 @@ use crate::setup::setup;
 pub use crate::setup::SetupError;
 use crate::sys::{self, limits};
 
-const BYE: &[u8] = b"* BYE [UNAVAILABLE] Server is busy, please reconnect.\r\n";
-
 pub struct Daemon {
     poll: Poll,
     core: IdleCore,
@@ -353,8 +351,8 @@ impl Daemon {
                 }
             }
             Action::Close(fd) => drop(fd),
-            Action::Bye(fd) => {
-                let _ = sys::write_now(fd.as_fd(), BYE);
+            Action::Bye { fd, bye } => {
+                let _ = sys::write_now(fd.as_fd(), &bye);
                 let _ = socket::shutdown(fd.as_raw_fd(), Shutdown::Both);
             }
             Action::Unwatch(wd) => self.inotify.remove(wd),
@@ -369,7 +367,6 @@ impl Daemon {
                 }
             }
             Action::Capacity => self.report_capacity(),
-            Action::Kicked(fd) => dovecot_mode::kicked(fd),
             Action::Joined(p) => self.dovecot.iter_mut().for_each(|d| d.presence(&p, true)),
             Action::Left(p) => self.dovecot.iter_mut().for_each(|d| d.presence(&p, false)),
         }

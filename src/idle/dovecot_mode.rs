@@ -3,7 +3,7 @@
 //! Set up here so that the loop only dispatches to them.
 
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -24,9 +24,6 @@ use super::signals::SignalAdapter;
 use super::tokens::{token, Source};
 use crate::proto::anvil::Format;
 use crate::setup::{setup, SetupError};
-use crate::sys;
-
-const KICKED: &[u8] = b"* BYE Server shutting down.\r\n";
 
 pub struct Dovecot {
     pub hand_off: HandOff,
@@ -162,10 +159,4 @@ impl Dovecot {
             .as_ref()
             .map_or(String::new(), |a| format!("; {}", a.summary()))
     }
-}
-
-/// A kicked client: the BYE Dovecot's own sends, then gone for every holder.
-pub fn kicked(fd: OwnedFd) {
-    let _ = sys::write_now(fd.as_fd(), KICKED);
-    let _ = nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Both);
 }

@@ -15,13 +15,13 @@ use mio::{Interest, Registry};
 use slab::Slab;
 
 use super::accept::{self, Next};
-use super::core::{Arrival, MAX_KEPT_TAG};
+use super::core::{Arrival, BYE, MAX_KEPT_TAG};
 use super::park_socket::Held;
 use super::tokens::{token, Source};
 use crate::proto::dovecot::{self, Hibernate, HIBERNATE_SERVICE, MAX_LINE};
+use crate::proto::multiplex;
 use crate::sys::{self, fdpass};
 
-const BYE_FULL: &[u8] = b"* BYE [UNAVAILABLE] Server is busy, please reconnect.\r\n";
 /// A hand-off brings the client and at most its notify fd.
 const MAX_FDS: usize = 2;
 
@@ -291,9 +291,12 @@ impl HandOff {
             fd,
             notify: c.notify.take(),
             user: &cmd.user,
-            cookie: [0; 16],
+            // No cookies in Dovecot mode: the client's address rides
+            // there, for anvil.
+            cookie: crate::proto::anvil::pack_ip(cmd.rip),
             tag: &cmd.tag,
             in_idle: cmd.idle_cmd,
+            multiplex: cmd.multiplex,
             keepalive_secs: cmd.idle_notify_interval,
             watches: Vec::new(),
             state: &tail,
@@ -314,7 +317,11 @@ impl HandOff {
                     "user={}: could not park after the hand-off: {}",
                     cmd.user, r.reason
                 );
-                let _ = sys::write_now(r.fd.as_fd(), BYE_FULL);
+                let bye = match cmd.multiplex {
+                    true => multiplex::frame(BYE, true),
+                    false => BYE.into(),
+                };
+                let _ = sys::write_now(r.fd.as_fd(), &bye);
             }
         }
         resume

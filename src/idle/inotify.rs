@@ -139,6 +139,7 @@ mod tests {
                 cookie: [0; 16],
                 tag: "t",
                 in_idle: true,
+                multiplex: false,
                 keepalive_secs: 0,
                 watches: vec![(wd, dir.path())],
                 state: b"s",

@@ -336,6 +336,7 @@ impl ParkSocket {
             cookie: park.cookie,
             tag: &park.tag,
             in_idle: park.in_idle,
+            multiplex: false,
             keepalive_secs: park.keepalive_secs,
             watches: Vec::new(),
             state: &park.state,

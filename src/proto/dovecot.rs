@@ -1,4 +1,4 @@
-//! Dovecot 2.3's hibernation protocols, as pure functions: the line an imap
+//! Dovecot's hibernation protocols (2.3 and 2.4), as pure functions: the line an imap
 //! process sends to `imap-hibernate`, and the line that returns a client
 //! through `imap-master`. Lines are TAB-separated fields, each escaped
 //! with byte 0x01 (Dovecot's strescape), ending in LF.
@@ -83,18 +83,27 @@ pub fn check_version(line: &[u8], service: &str) -> Result<(), String> {
     }
 }
 
-/// Fields that travel back to imap-master unchanged.
-const RETURNED: [&str; 10] = [
-    "session",
-    "session_created",
-    "lip",
-    "lport",
-    "rip",
-    "rport",
-    "userdb_fields",
-    "peer_dev_major",
-    "peer_dev_minor",
-    "peer_ino",
+/// Keys of the hand-off that are for the hibernation process alone: what
+/// it reads to serve the client (Dovecot's own imap-hibernate never sends
+/// them back either), and the keys of the return line that we write
+/// ourselves. Every other field, known or not, goes back to imap-master as
+/// it came and in its place: 2.4's `multiplex_ostream`, logout statistics
+/// and `auth_token`/`session_pid` (2.4.3) travel back without our knowing
+/// them, and so will keys a later Dovecot adds.
+const HAND_OFF_ONLY: [&str; 13] = [
+    "tag",
+    "idle-cmd",
+    "notify_fd",
+    "idle_notify_interval",
+    "mailbox",
+    "stats",
+    "uid",
+    "gid",
+    "hibernation_started",
+    "client_input",
+    "client_output",
+    "bad-done",
+    "idle-continue",
 ];
 
 /// What an imap process asks of imap-hibernate.
@@ -110,8 +119,13 @@ pub struct Hibernate {
     /// The opaque session state, decoded from base64.
     pub state: Vec<u8>,
     pub mailbox: String,
-    /// `key=value` fields to send back as they came, escaped and
-    /// TAB-prefixed, ready to append to the return line.
+    /// 2.4: the client reads Dovecot's multiplexed stream format, so what
+    /// we write to it is framed (see [`super::multiplex`]).
+    pub multiplex: bool,
+    /// The client's address (`rip`), for Dovecot's anvil.
+    pub rip: Option<std::net::IpAddr>,
+    /// The fields to send back, each TAB-prefixed and still escaped as
+    /// they came, in their order: ready to append to the return line.
     pub passthrough: Vec<u8>,
 }
 
@@ -126,23 +140,17 @@ fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, String> {
 }
 
 impl Hibernate {
-    /// What a parked client keeps to build its return line: the
-    /// passthrough fields and the state, already escaped and encoded.
+    /// What a parked client keeps to build its return line: the fields
+    /// that go back (the state among them), already escaped and encoded.
     pub fn return_tail(&self) -> Vec<u8> {
-        let mut tail = self.passthrough.clone();
-        if !self.state.is_empty() {
-            tail.extend_from_slice(b"\tstate=");
-            tail.extend_from_slice(base64::encode(&self.state).as_bytes());
-        }
-        tail
+        self.passthrough.clone()
     }
 
     /// Parse the command line (without its LF). Unknown keys are ignored.
     pub fn parse(line: &[u8]) -> Result<Hibernate, String> {
-        let fields = split(line);
-        let mut it = fields.iter();
-        let user = match it.next() {
-            Some(u) if !u.is_empty() => text(u, "username")?,
+        let mut it = line.split(|&b| b == b'\t');
+        let user = match it.next().map(unescape) {
+            Some(u) if !u.is_empty() => text(&u, "username")?,
             _ => return Err("Missing username in input".into()),
         };
         if it.next().is_none() {
@@ -156,11 +164,13 @@ impl Hibernate {
             idle_notify_interval: 0,
             state: Vec::new(),
             mailbox: String::new(),
+            multiplex: false,
+            rip: None,
             passthrough: Vec::new(),
         };
         let mut have_tag = false;
-        for field in it {
-            let field = text(field, "a field")?;
+        for raw in it {
+            let field = text(&unescape(raw), "a field")?;
             let (key, value) = field.split_once('=').unwrap_or((field.as_str(), ""));
             match key {
                 "tag" => {
@@ -172,6 +182,7 @@ impl Hibernate {
                 }
                 "idle-cmd" => h.idle_cmd = true,
                 "notify_fd" => h.notify_fd = true,
+                "multiplex_ostream" => h.multiplex = true,
                 "idle_notify_interval" => h.idle_notify_interval = number(key, value)?,
                 "mailbox" => h.mailbox = value.to_owned(),
                 "state" => {
@@ -186,15 +197,18 @@ impl Hibernate {
                     number::<u64>(key, value)?;
                 }
                 "lip" | "rip" => {
-                    value
+                    let ip = value
                         .parse::<std::net::IpAddr>()
                         .map_err(|_| format!("Invalid {key} value: {value}"))?;
+                    if key == "rip" {
+                        h.rip = Some(ip);
+                    }
                 }
                 _ => {}
             }
-            if RETURNED.contains(&key) {
+            if !HAND_OFF_ONLY.contains(&key) {
                 h.passthrough.push(b'\t');
-                escape(field.as_bytes(), &mut h.passthrough);
+                h.passthrough.extend_from_slice(raw);
             }
         }
         if !have_tag {
@@ -284,6 +298,7 @@ mod tests {
         assert!(h.idle_cmd && h.notify_fd);
         assert_eq!(h.idle_notify_interval, 120);
         assert_eq!(h.mailbox, "INBOX");
+        assert_eq!(h.rip, Some("127.0.0.1".parse().unwrap()));
         assert!(h.state.starts_with(b"base\nBINBOX\0"));
     }
 
@@ -342,10 +357,11 @@ mod tests {
         assert!(Hibernate::parse(b"alice\tp\ttag=a\tlport=x").is_err());
         assert!(Hibernate::parse(b"alice\tp\ttag=a\trip=nope").is_err());
         assert!(Hibernate::parse(b"alice\tp\ttag=a\tstate=***").is_err());
-        // Unknown keys and bare words are ignored.
-        let h = Hibernate::parse(b"alice\tp\ttag=a\tfuture_key=1\tfuture-flag").unwrap();
+        // Unknown keys and bare words are not errors: they go back as
+        // they came (still escaped), in their order.
+        let h = Hibernate::parse(b"alice\tp\ttag=a\tfuture_key=1\x01t2\tfuture-flag").unwrap();
         assert_eq!(h.tag, "a");
-        assert!(h.passthrough.is_empty());
+        assert_eq!(h.passthrough, b"\tfuture_key=1\x01t2\tfuture-flag");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod anvil;
 pub mod base64;
 pub mod dovecot;
+pub mod multiplex;
 pub mod native;
 mod paths;
 pub mod state;

@@ -31,9 +31,10 @@ pub enum Action<F, W> {
     },
     /// The connection left us: close its descriptor.
     Close(F),
-    /// The connection is given up: `* BYE`, shut the socket down for every
-    /// holder (it may sit in a peer's queue too), then close.
-    Bye(F),
+    /// The connection is given up: write `bye` (a `* BYE`, framed as the
+    /// client reads), shut the socket down for every holder (it may sit in
+    /// a peer's queue too), then close.
+    Bye { fd: F, bye: Cow<'static, [u8]> },
     /// The last watcher of this kernel watch left.
     Unwatch(W),
     /// Tell the tracker a parked client is gone (native mode).
@@ -48,7 +49,4 @@ pub enum Action<F, W> {
     /// A connection left (every way out: returned, gone, given up,
     /// kicked, handed to a successor), when presence is announced.
     Left(Presence),
-    /// An admin kicked the user: `* BYE Server shutting down.`, then shut
-    /// down and close, as Dovecot's own imap-hibernate does.
-    Kicked(F),
 }

@@ -2,10 +2,12 @@
 //! what it carries back. Kept small on purpose: this struct (plus the state
 //! blob and tag it carries) is the daemon's per-client cost.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use super::timers::Millis;
+use crate::proto::multiplex;
 use crate::proto::native::{Cookie, Park, Return, WakeReason};
 
 /// The daemon's id for a connection: its serial (which tells a reused slab
@@ -48,6 +50,11 @@ pub struct Conn<F> {
     pub parked_at: u32,
     pub phase: Phase,
     pub in_idle: bool,
+    /// Dovecot 2.4: the client reads a multiplexed stream.
+    pub multiplex: bool,
+    /// Something was written to it since the hand-off (so it is on
+    /// channel 0 already).
+    switched: bool,
     /// Counts of what `data` holds (see [`Conn::pack`]).
     n_watch: u8,
     tag_len: u8,
@@ -86,6 +93,7 @@ pub struct Fields<'a> {
     pub keepalive_secs: u32,
     pub parked_at: u32,
     pub in_idle: bool,
+    pub multiplex: bool,
     pub cookie: Cookie,
     /// Indices into the watch table, at most `MAX_WATCH`.
     pub watches: &'a [u32],
@@ -106,12 +114,28 @@ impl<F> Conn<F> {
             parked_at: f.parked_at,
             phase: Phase::Parked,
             in_idle: f.in_idle,
+            multiplex: f.multiplex,
+            switched: false,
             n_watch: f.watches.len() as u8,
             tag_len: f.tag.len() as u8,
             cookie: f.cookie,
             data: pack(f.watches, f.tag.as_bytes(), f.state),
             extra: None,
         }
+    }
+
+    /// `bytes` as they go to this client: in Dovecot's multiplex framing
+    /// when it reads a multiplexed stream.
+    pub fn framed(&mut self, bytes: Cow<'static, [u8]>) -> Cow<'static, [u8]> {
+        if !self.multiplex {
+            return bytes;
+        }
+        let first = !std::mem::replace(&mut self.switched, true);
+        let framed = match multiplex::frame(&bytes, first) {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(v) => Some(v),
+        };
+        framed.map_or(bytes, Cow::Owned)
     }
 
     fn tag_start(&self) -> usize {
@@ -233,5 +257,38 @@ impl<F> Returning<'_, F> {
             idle_running: self.waking.idle_running,
             parked_secs: now_secs.saturating_sub(self.parked_at),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(multiplex: bool) -> Conn<()> {
+        let f = Fields {
+            serial: 1,
+            user: 0,
+            keepalive_secs: 3,
+            parked_at: 0,
+            in_idle: true,
+            multiplex,
+            cookie: [0; 16],
+            watches: &[],
+            tag: "c",
+            state: b"",
+        };
+        Conn::new((), None, f)
+    }
+
+    #[test]
+    fn a_multiplexed_client_gets_channel_0_once_then_plain_bytes() {
+        let mut c = conn(true);
+        let ka: &'static [u8] = b"* OK Still here\r\n";
+        let first = c.framed(Cow::Borrowed(ka));
+        assert_eq!(&first[..], [&b"\x03\xFE\x00\x00"[..], ka].concat());
+        assert_eq!(&c.framed(Cow::Borrowed(ka))[..], ka);
+        let mut plain = conn(false);
+        assert_eq!(&plain.framed(Cow::Borrowed(ka))[..], ka);
+        assert_eq!(&plain.framed(Cow::Borrowed(ka))[..], ka);
     }
 }

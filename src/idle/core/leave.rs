@@ -3,6 +3,7 @@
 //! its place on the return path, its user), so each leaves exactly once and
 //! its descriptor is handed to the loop exactly once.
 
+use std::borrow::Cow;
 use std::hash::Hash;
 use std::os::fd::AsRawFd;
 
@@ -10,8 +11,11 @@ use log::{debug, info, warn};
 
 use super::action::{Action, Presence};
 use super::conn::{split_id, Conn, ConnId, Phase};
-use super::Core;
+use super::{Core, BYE};
 use crate::proto::native::{Gone, GoneReason};
+
+/// What Dovecot's own imap-hibernate says to a kicked client.
+const KICKED: &[u8] = b"* BYE Server shutting down.\r\n";
 
 impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
     /// Take the connection out, undoing everything it held. `abandon`: a
@@ -74,7 +78,7 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
         let Some(user) = self.get(id).map(|c| self.users.name(c.user).to_owned()) else {
             return;
         };
-        let Some(conn) = self.remove_conn(id, true) else {
+        let Some(mut conn) = self.remove_conn(id, true) else {
             return;
         };
         match reason {
@@ -101,7 +105,8 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
             }));
         }
         if reason == GoneReason::GaveUp {
-            self.out.push_back(Action::Bye(conn.fd));
+            let bye = conn.framed(Cow::Borrowed(BYE));
+            self.out.push_back(Action::Bye { fd: conn.fd, bye });
             if let Some(n) = conn.notify {
                 self.out.push_back(Action::Close(n));
             }
@@ -130,8 +135,9 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
             .collect();
         for &id in &ids {
             info!("{}: kicked by an admin", self.who(id));
-            if let Some(conn) = self.remove_conn(id, true) {
-                self.out.push_back(Action::Kicked(conn.fd));
+            if let Some(mut conn) = self.remove_conn(id, true) {
+                let bye = conn.framed(Cow::Borrowed(KICKED));
+                self.out.push_back(Action::Bye { fd: conn.fd, bye });
                 if let Some(n) = conn.notify {
                     self.out.push_back(Action::Close(n));
                 }

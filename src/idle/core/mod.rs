@@ -45,6 +45,8 @@ use watch_refs::{WatchRefs, Watcher};
 use crate::proto::native::{Cookie, RefuseKind, Stats, WakeReason};
 
 const STILL_HERE: &[u8] = b"* OK Still here\r\n";
+/// What a client we give up on, or cannot park after all, is told.
+pub const BYE: &[u8] = b"* BYE [UNAVAILABLE] Server is busy, please reconnect.\r\n";
 
 /// A client arriving to be parked, however it came, with its watched
 /// paths already resolved to kernel watches by the inotify adapter.
@@ -56,6 +58,8 @@ pub struct Arrival<'a, F, W> {
     pub cookie: Cookie,
     pub tag: &'a str,
     pub in_idle: bool,
+    /// Dovecot 2.4's `multiplex_ostream`: frame what we write to it.
+    pub multiplex: bool,
     pub keepalive_secs: u32,
     pub watches: Vec<(W, &'a Path)>,
     pub state: &'a [u8],
@@ -276,6 +280,7 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
                 keepalive_secs: a.keepalive_secs,
                 parked_at: (ms / 1000) as u32,
                 in_idle: a.in_idle,
+                multiplex: a.multiplex,
                 cookie: a.cookie,
                 watches: &watches,
                 tag: a.tag,
@@ -336,7 +341,7 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
     pub fn expire(&mut self, now: Instant) {
         let ms = self.millis(now);
         while let Some((key, gen)) = self.timers.pop_due(ms) {
-            let Some(conn) = self.conns.get(key as usize) else {
+            let Some(conn) = self.conns.get_mut(key as usize) else {
                 continue;
             };
             if conn.timer_gen != gen {
@@ -346,9 +351,10 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
             match conn.phase {
                 Phase::Parked => {
                     self.stats.keepalives += 1;
+                    let bytes = conn.framed(Cow::Borrowed(STILL_HERE));
                     self.out.push_back(Action::Write {
                         id,
-                        bytes: Cow::Borrowed(STILL_HERE),
+                        bytes,
                         what: "keepalive",
                     });
                     self.schedule_keepalive(key, ms);

@@ -64,11 +64,12 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
                 answer.extend_from_slice(conn.tag().as_bytes());
                 answer.extend_from_slice(b" OK Idle completed.\r\n+ idling\r\n");
                 conn.set_tag(tag);
+                let bytes = conn.framed(Cow::Owned(answer));
                 self.stats.idle_restarted += 1;
                 debug!("{}: IDLE restarted in place", self.who(id));
                 self.out.push_back(Action::Write {
                     id,
-                    bytes: Cow::Owned(answer),
+                    bytes,
                     what: "IDLE restart",
                 });
             }
