@@ -66,6 +66,13 @@ impl Budget {
             Some(n) => b.max_parked = n,
             None => {}
         }
+        if cfg.dovecot && b.masters < cfg.master_connections {
+            warn!(
+                "--master-connections {} is more than the open-file limit leaves for them; \
+                 using {}",
+                cfg.master_connections, b.masters
+            );
+        }
         if let Some(n) = cfg.max_controls {
             if n > b.controls {
                 warn!(
@@ -111,5 +118,17 @@ mod tests {
         assert_eq!((b.controls, b.max_parked), (512, 20_000 - 528));
         // A small limit: a reserve of 32 leaves 16 for parked connections.
         assert_eq!(Budget::new(48, false).max_parked, 16);
+    }
+
+    #[test]
+    fn master_connections_as_asked_when_they_fit() {
+        let b = Budget::with_masters(20_000, true, 8);
+        assert_eq!(b.masters, 8);
+        assert_eq!(b.max_parked, (20_000 - (512 + 512 + 8 + 16)) / 2);
+        assert!(b.total(true) <= 20_000);
+        // On a tight limit they shrink with the other caps.
+        let b = Budget::with_masters(1024, true, 256);
+        assert!(b.masters < 256 && b.masters >= 1, "{b:?}");
+        assert!(b.total(true) <= 1024 + 1);
     }
 }

@@ -252,5 +252,13 @@ mod tests {
         assert!(run(&["--bogus"]).is_err());
         assert!(run(&["--log-level", "loud"]).is_err());
         assert!(matches!(parse(["--help".to_string()]), Ok(Parsed::Help)));
+        assert_eq!(run(&[]).unwrap().master_connections, 64);
+        assert_eq!(
+            run(&["--master-connections", "16"])
+                .unwrap()
+                .master_connections,
+            16
+        );
+        assert!(run(&["--master-connections", "0"]).is_err());
     }
 }
