@@ -55,7 +55,7 @@ Options:
                          0660), as Dovecot's own [default: dovecot]
   --master-connections N  with --dovecot: imap-master connections open at
                          once, each returning one woken client (the rest
-                         wait their turn) [default: 64]
+                         wait their turn) [default: 16]
   -h, --help             print this help
   -V, --version          print the version
 
@@ -252,7 +252,7 @@ mod tests {
         assert!(run(&["--bogus"]).is_err());
         assert!(run(&["--log-level", "loud"]).is_err());
         assert!(matches!(parse(["--help".to_string()]), Ok(Parsed::Help)));
-        assert_eq!(run(&[]).unwrap().master_connections, 64);
+        assert_eq!(run(&[]).unwrap().master_connections, 16);
         assert_eq!(
             run(&["--master-connections", "16"])
                 .unwrap()
