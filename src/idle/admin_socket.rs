@@ -106,8 +106,13 @@ impl AdminSocket {
     }
 
     fn close(&mut self, key: usize, reg: &Registry) {
+        let was_full = self.conns.len() >= MAX_CONNS;
         if let Some(c) = self.conns.try_remove(key) {
             let _ = reg.deregister(&mut SourceFd(&c.sock.as_raw_fd()));
+        }
+        // Connections that queued meanwhile raise no new edge.
+        if was_full {
+            self.accept(reg);
         }
     }
 
