@@ -41,7 +41,7 @@ Options:
                          halved with --dovecot, where a client holds 2 fds]
   --log-level LEVEL      error, warn, info, debug or trace [default: info;
                          RUST_LOG overrides it when set]
-  --dovecot              speak Dovecot 2.3's hibernation protocol instead of
+  --dovecot              speak Dovecot's (2.3, 2.4) hibernation protocol instead of
                          the native one: take clients from imap processes
                          on BASE_DIR/imap-hibernate and return them through
                          BASE_DIR/imap-master. Started by Dovecot's master

@@ -55,6 +55,7 @@ pub(super) fn from_master() -> Option<(Service, OwnedFd)> {
         .into_iter()
         .find(|&fd| fdpass::inherited_is_listening(fd))?;
     let listener = fdpass::inherited(listen_fd)?;
+    refuse_pre_accepted();
     let status = fdpass::inherited(STATUS_FD)?;
     let master_dead = fdpass::inherited(MASTER_DEAD_FD)?;
     let env_num = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
@@ -71,6 +72,24 @@ pub(super) fn from_master() -> Option<(Service, OwnedFd)> {
         },
         listener,
     ))
+}
+
+/// From 2.4.2, a service with `client_limit = 1` gets a connection the
+/// master accepted for it on fd 8. We do not serve it: closing it makes
+/// that imap process keep its client at once, instead of waiting on us.
+fn refuse_pre_accepted() {
+    const ACCEPTED_FD: i32 = 8;
+    if std::env::var_os("DOVECOT_ACCEPTED_CLIENT_LISTENER_FD").is_none() {
+        return;
+    }
+    if fdpass::inherited_is_listening(ACCEPTED_FD) {
+        return;
+    }
+    drop(fdpass::inherited(ACCEPTED_FD));
+    warn!(
+        "Dovecot's master accepted a hand-off for us (client_limit = 1); it is refused: \
+         give the imap-hibernate service a client_limit above 1"
+    );
 }
 
 impl Service {

@@ -148,6 +148,11 @@ impl Hibernate {
 
     /// Parse the command line (without its LF). Unknown keys are ignored.
     pub fn parse(line: &[u8]) -> Result<Hibernate, String> {
+        // Fields go back still escaped as they came: a raw LF would end the
+        // return line early (a line read up to its LF never has one).
+        if line.contains(&b'\n') {
+            return Err("LF inside the line".into());
+        }
         let mut it = line.split(|&b| b == b'\t');
         let user = match it.next().map(unescape) {
             Some(u) if !u.is_empty() => text(&u, "username")?,
@@ -357,6 +362,7 @@ mod tests {
         assert!(Hibernate::parse(b"alice\tp\ttag=a\tlport=x").is_err());
         assert!(Hibernate::parse(b"alice\tp\ttag=a\trip=nope").is_err());
         assert!(Hibernate::parse(b"alice\tp\ttag=a\tstate=***").is_err());
+        assert!(Hibernate::parse(b"alice\tp\ttag=a\tx=1\n2").is_err());
         // Unknown keys and bare words are not errors: they go back as
         // they came (still escaped), in their order.
         let h = Hibernate::parse(b"alice\tp\ttag=a\tfuture_key=1\x01t2\tfuture-flag").unwrap();

@@ -4,6 +4,8 @@
 pub mod anvil;
 pub mod base64;
 pub mod dovecot;
+#[cfg(test)]
+mod dovecot_captures;
 pub mod multiplex;
 pub mod native;
 mod paths;
