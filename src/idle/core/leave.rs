@@ -1,4 +1,5 @@
-//! The ways a connection leaves the core. Every one goes through
+//! The ways a connection leaves the core, and shutdown, which sends them
+//! all one of those ways. Every one goes through
 //! `remove_conn`, which undoes what the connection held (polling, watches,
 //! its place on the return path, its user), so each leaves exactly once and
 //! its descriptor is handed to the loop exactly once.
@@ -6,13 +7,14 @@
 use std::borrow::Cow;
 use std::hash::Hash;
 use std::os::fd::AsRawFd;
+use std::time::Instant;
 
 use log::{debug, info, warn};
 
 use super::action::{Action, Presence};
 use super::conn::{split_id, Conn, ConnId, Phase};
 use super::{Core, BYE};
-use crate::proto::native::{Gone, GoneReason};
+use crate::proto::native::{Gone, GoneReason, WakeReason};
 
 /// What Dovecot's own imap-hibernate says to a kicked client.
 const KICKED: &[u8] = b"* BYE Server shutting down.\r\n";
@@ -159,6 +161,37 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
         if let Some(conn) = self.remove_conn(id, true) {
             self.stats.parks -= 1;
             self.close(conn);
+        }
+    }
+
+    /// First call: hand every parked connection back. Second: give up on
+    /// whatever was not taken back yet.
+    pub fn shutdown(&mut self, why: &str, now: Instant) {
+        if !self.draining {
+            self.draining = true;
+            let keys: Vec<u32> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.phase == Phase::Parked)
+                .map(|(k, _)| k as u32)
+                .collect();
+            info!(
+                "{why}: returning {} parked connections, then exiting",
+                keys.len()
+            );
+            self.shorten_deadlines(now);
+            for key in keys {
+                self.wake(key, WakeReason::Shutdown, now);
+            }
+        } else {
+            let ids: Vec<ConnId> = self.conns.iter().map(|(k, c)| c.id(k as u32)).collect();
+            log::warn!(
+                "{why} again: giving up on {} connections not yet taken back",
+                ids.len()
+            );
+            for id in ids {
+                self.give_up(id, "the server is shutting down");
+            }
         }
     }
 }

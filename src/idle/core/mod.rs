@@ -42,7 +42,7 @@ pub use timers::{next_keepalive, Millis};
 use users::Users;
 use watch_refs::{WatchRefs, Watcher};
 
-use crate::proto::native::{Cookie, RefuseKind, Stats, WakeReason};
+use crate::proto::native::{Cookie, RefuseKind, Stats};
 
 const STILL_HERE: &[u8] = b"* OK Still here\r\n";
 /// What a client we give up on, or cannot park after all, is told.
@@ -369,37 +369,6 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
         self.timers.compact(conns.len(), |key, gen| {
             conns.get(key as usize).is_some_and(|c| c.timer_gen == gen)
         });
-    }
-
-    /// First call: hand every parked connection back. Second: give up on
-    /// whatever was not taken back yet.
-    pub fn shutdown(&mut self, why: &str, now: Instant) {
-        if !self.draining {
-            self.draining = true;
-            let keys: Vec<u32> = self
-                .conns
-                .iter()
-                .filter(|(_, c)| c.phase == Phase::Parked)
-                .map(|(k, _)| k as u32)
-                .collect();
-            info!(
-                "{why}: returning {} parked connections, then exiting",
-                keys.len()
-            );
-            self.shorten_deadlines(now);
-            for key in keys {
-                self.wake(key, WakeReason::Shutdown, now);
-            }
-        } else {
-            let ids: Vec<ConnId> = self.conns.iter().map(|(k, c)| c.id(k as u32)).collect();
-            log::warn!(
-                "{why} again: giving up on {} connections not yet taken back",
-                ids.len()
-            );
-            for id in ids {
-                self.give_up(id, "the server is shutting down");
-            }
-        }
     }
 }
 
