@@ -25,7 +25,8 @@ use crate::sys::{self, fdpass};
 /// `MASTER_LISTEN_FD_FIRST` of each release (7 in 2.3, 8 in 2.4.0 and
 /// 2.4.1, 9 from 2.4.2): listener n is that fd + n.
 const LISTEN_FDS_FIRST: [i32; 3] = [7, 8, 9];
-/// Anvil keeps one connection per process; a few spare for doveadm.
+/// Anvil keeps one connection per process; a few spare for doveadm (the
+/// descriptor budget counts them).
 const MAX_CONNS: usize = 8;
 /// Dovecot's own limit for this connection's input.
 const MAX_LINE: usize = 1024;

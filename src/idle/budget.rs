@@ -21,6 +21,9 @@ pub const MAX_MASTERS: usize = 16;
 /// Standard streams, the poll, signalfd, inotify, the listeners, the
 /// tracker link, Dovecot's pipes and a few to spare.
 const FIXED: usize = 16;
+/// Dovecot mode under its master adds anvil's pipe, the admin listener and
+/// its connections (`admin_socket::MAX_CONNS`).
+const DOVECOT_FIXED: usize = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budget {
@@ -42,8 +45,9 @@ impl Budget {
     /// [`Budget::new`] with `masters` imap-master links wanted.
     pub fn with_masters(limit: usize, dovecot: bool, masters: usize) -> Budget {
         let want = MAX_CONTROLS + if dovecot { MAX_HAND_OFFS + masters } else { 0 };
-        let reserve = (limit / 16).clamp(32, want + FIXED).min(limit);
-        let avail = reserve.saturating_sub(FIXED);
+        let fixed = FIXED + if dovecot { DOVECOT_FIXED } else { 0 };
+        let reserve = (limit / 16).clamp(32, want + fixed).min(limit);
+        let avail = reserve.saturating_sub(fixed);
         let share = |cap: usize| (cap * avail / want).max(1);
         let fds_per_client = if dovecot { 2 } else { 1 };
         Budget {
@@ -93,7 +97,8 @@ impl Budget {
     #[cfg(test)]
     pub fn total(&self, dovecot: bool) -> usize {
         let fds_per_client = if dovecot { 2 } else { 1 };
-        self.max_parked * fds_per_client + self.controls + self.hand_offs + self.masters + FIXED
+        let fixed = FIXED + if dovecot { DOVECOT_FIXED } else { 0 };
+        self.max_parked * fds_per_client + self.controls + self.hand_offs + self.masters + fixed
     }
 }
 
@@ -116,7 +121,7 @@ mod tests {
     fn full_caps_on_a_normal_limit() {
         let b = Budget::new(20_000, true);
         assert_eq!((b.controls, b.hand_offs, b.masters), (512, 512, 16));
-        assert_eq!(b.max_parked, (20_000 - 1056) / 2);
+        assert_eq!(b.max_parked, (20_000 - 1066) / 2);
         let b = Budget::new(20_000, false);
         assert_eq!((b.controls, b.max_parked), (512, 20_000 - 528));
         // A small limit: a reserve of 32 leaves 16 for parked connections.
@@ -127,7 +132,7 @@ mod tests {
     fn master_connections_as_asked_when_they_fit() {
         let b = Budget::with_masters(20_000, true, 8);
         assert_eq!(b.masters, 8);
-        assert_eq!(b.max_parked, (20_000 - (512 + 512 + 8 + 16)) / 2);
+        assert_eq!(b.max_parked, (20_000 - (512 + 512 + 8 + 16 + 10)) / 2);
         assert!(b.total(true) <= 20_000);
         // On a tight limit they shrink with the other caps.
         let b = Budget::with_masters(1024, true, 256);
