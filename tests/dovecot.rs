@@ -1,4 +1,5 @@
-//! imap-idle as the imap-hibernate service of a real, private Dovecot 2.3,
+//! imap-idle as the imap-hibernate service of a real, private Dovecot (the
+//! host's 2.3, or the 2.4 of the chroot IMAP_IDLE_DOVECOT_ROOT names),
 //! driven by real IMAP clients. Needs Dovecot and root; with
 //! IMAP_IDLE_REQUIRE_DOVECOT=1 (set by CI) a missing Dovecot is a failure.
 

@@ -1,4 +1,4 @@
-//! Several imap-idle processes under one Dovecot 2.3: with a small
+//! Several imap-idle processes under one Dovecot (2.3, or 2.4 in a chroot): with a small
 //! imap-hibernate `client_limit`, Dovecot's master starts another imap-idle
 //! whenever the running ones are full, and each serves its own clients.
 //! Needs Dovecot and root; with IMAP_IDLE_REQUIRE_DOVECOT=1 (set by CI) a

@@ -3,7 +3,8 @@
 //! does) is parked, gets keepalives and the in-place IDLE restart in the
 //! ostream-multiplex framing, and comes back to an imap process that still
 //! multiplexes (so `multiplex_ostream` went back to imap-master). Dovecot
-//! 2.3 has no such output: there the test says it is skipped.
+//! 2.3 has no such output: there the test says it is skipped. Also the
+//! other 2.4 novelty under the master: a hand-off it accepted for us.
 
 mod util;
 
@@ -11,6 +12,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use imap_idle::lab::rig::dovecot as rig;
 use imap_idle::proto::multiplex::main_channel;
 use util::dovecot::{available, Dovecot, Hibernation, PASSWORD};
 
@@ -132,4 +134,41 @@ fn a_multiplexed_client_is_parked_framed_and_returned_still_multiplexed() {
         "{:?}",
         text(&done)
     );
+}
+
+/// From 2.4.2 the master accepts the first hand-off itself for a service
+/// with client_limit = 1 and passes it on fd 8: imap-idle refuses that one
+/// (the imap process keeps its client, which still gets its mail) and
+/// takes the next from its listener. Before 2.4.2 both are parked.
+#[test]
+fn a_hand_off_the_master_accepted_for_us_is_refused_cleanly() {
+    if !available("dovecot_multiplex") {
+        return;
+    }
+    let limits = util::dovecot::ServiceLimits {
+        client_limit: Some(1),
+        process_limit: Some(1),
+    };
+    let dc = Dovecot::start_with(&["alice".to_string()], Hibernation::ImapIdle, limits);
+    let v = dc.version();
+    let pre_accepts = (v.major, v.minor, v.patch) >= (2, 4, 2);
+    let mut first = util::imap::Imap::login(dc.port, "alice", PASSWORD);
+    first.idle("c");
+    let parked = if pre_accepts { 0 } else { 1 };
+    dc.wait_for(
+        // The rig's own stats(): an error (not a panic) until it listens.
+        || rig::Dovecot::stats(&dc).is_ok_and(|s| s.parked == parked),
+        "imap-idle to start and take what it should",
+        Duration::from_secs(10),
+    );
+    if pre_accepts {
+        dc.wait_for(
+            || dc.log().contains("client_limit = 1); it is refused"),
+            "the refusal in the log",
+            Duration::from_secs(5),
+        );
+    }
+    dc.deliver("alice", "1.msg");
+    let (line, _) = first.expect("EXISTS");
+    assert_eq!(line, "* 1 EXISTS\r\n", "Dovecot {v}");
 }

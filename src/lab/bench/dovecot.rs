@@ -1,4 +1,4 @@
-//! A private Dovecot 2.3 under load, with its own imap-hibernate and with
+//! A private Dovecot (2.3 or 2.4) under load, with its own imap-hibernate and with
 //! imap-idle as its hibernation service, same machine, same run.
 
 use std::path::Path;

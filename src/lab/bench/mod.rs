@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use crate::args::Args;
-use crate::lab::rig::dovecot::{installed, Hibernation};
+use crate::lab::rig::dovecot::{installed, DovecotRoot, Hibernation};
 pub use figures::Figures;
 
 const USAGE: &str = "\
@@ -43,11 +43,13 @@ targets. Runs as any user; --dovecot needs root.
   --rounds K    run everything K times [default: 3, or 1 with --quick]
   --plots DIR   also write SVG plots there: memory against connections,
                 and latency CDFs
-  --dovecot     also run a private Dovecot 2.3 three times, same sizes (at
+  --dovecot     also run a private Dovecot three times, same sizes (at
                 most what 2 fds per client allow): once with its own
                 imap-hibernate, once with imap-idle as its hibernation
                 service, once with nothing hibernated (memory only). Needs
-                root and Dovecot (apt-get install dovecot-imapd).
+                root and Dovecot (apt-get install dovecot-imapd); the
+                host's, or the one in the chroot IMAP_IDLE_DOVECOT_ROOT
+                names (its /proc mounted), 2.3 or 2.4.
   --quiet       no progress on stderr
 
 Exit code 0 when every client of every round was parked and woken as
@@ -275,19 +277,21 @@ fn round(
         let s = sizes(nd);
         let client = memory::client_side(bin, s.n1, s.n, progress)?;
         let u = dovecot::unhibernated(bin, s.ref_clients, &client, progress)?;
+        // The rig runs the Dovecot IMAP_IDLE_DOVECOT_ROOT names, else the host's.
+        let v = DovecotRoot::from_env().version()?;
         for (how, name, title) in [
             (
                 Hibernation::Dovecot,
-                "Dovecot imap-hibernate",
+                format!("Dovecot {v} imap-hibernate"),
                 "dovecot/imap-hibernate",
             ),
             (
                 Hibernation::ImapIdle,
-                "imap-idle --dovecot",
+                format!("imap-idle --dovecot ({v})"),
                 "dovecot/imap-idle",
             ),
         ] {
-            let mut f = dovecot::run(bin, how, name, title, &s, &client, progress)?;
+            let mut f = dovecot::run(bin, how, &name, title, &s, &client, progress)?;
             f.server_bytes_per_client = Some(u.pss);
             f.machine_server_per_client = u.machine;
             f.memory_curve_unparked = u.curve.clone();
