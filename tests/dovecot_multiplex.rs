@@ -148,6 +148,7 @@ fn a_hand_off_the_master_accepted_for_us_is_refused_cleanly() {
     let limits = util::dovecot::ServiceLimits {
         client_limit: Some(1),
         process_limit: Some(1),
+        ..util::dovecot::ServiceLimits::default()
     };
     let dc = Dovecot::start_with(&["alice".to_string()], Hibernation::ImapIdle, limits);
     let v = dc.version();
