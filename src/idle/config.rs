@@ -68,6 +68,9 @@ Options:
                          go back to whichever master runs when they wake. A
                          reload itself wakes nobody. [default: yes, as
                          Dovecot's own default]
+  --master-connections N  with --dovecot: imap-master connections open at
+                         once, each returning one woken client (the rest
+                         wait their turn) [default: 16]
   -h, --help             print this help
   -V, --version          print the version
 
@@ -126,6 +129,7 @@ pub struct Config {
     pub tuning: Tuning,
     /// Returns in flight to the tracker, at most.
     pub return_window: usize,
+    pub master_connections: usize,
 }
 
 #[derive(Debug)]
@@ -178,6 +182,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     let mut handshake_timeout_secs = 10;
     let mut tuning = Tuning::default();
     let mut return_window = 64;
+    let mut master_connections = crate::idle::budget::MAX_MASTERS;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -240,6 +245,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
             "--return-retry-min" => tuning.backoff_min_ms = number(&flag, &value()?)? as u64,
             "--return-retry-max" => tuning.backoff_max_ms = number(&flag, &value()?)? as u64,
             "--return-window" => return_window = number(&flag, &value()?)?,
+            "--master-connections" => master_connections = number(&flag, &value()?)?,
             "--log-level" => {
                 let v = value()?;
                 if !["error", "warn", "info", "debug", "trace"].contains(&v.as_str()) {
@@ -272,6 +278,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
         handshake_timeout_secs,
         tuning,
         return_window,
+        master_connections,
     })))
 }
 
@@ -331,6 +338,14 @@ mod tests {
         assert!(run(&["--bogus"]).is_err());
         assert!(run(&["--log-level", "loud"]).is_err());
         assert!(matches!(parse(["--help".to_string()]), Ok(Parsed::Help)));
+        assert_eq!(run(&[]).unwrap().master_connections, 16);
+        assert_eq!(
+            run(&["--master-connections", "16"])
+                .unwrap()
+                .master_connections,
+            16
+        );
+        assert!(run(&["--master-connections", "0"]).is_err());
     }
 
     #[test]

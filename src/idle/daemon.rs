@@ -20,7 +20,7 @@ use super::budget::Budget;
 use super::clients::{self, Clients, IdleCore};
 use super::config::Config;
 use super::core::{Action, Core};
-use super::dovecot_mode::Dovecot;
+use super::dovecot_mode::{self, Dovecot};
 use super::hand_off::HandOff;
 use super::inotify::{Inotify, Watch};
 use super::park_socket::{Held, ParkSocket};
@@ -55,6 +55,7 @@ pub struct Daemon {
 impl Daemon {
     pub fn new(cfg: Config) -> Result<Daemon, SetupError> {
         let mut activated = Activated::from_env().map_err(SetupError)?;
+        let anvil_pipe = dovecot_mode::before_privileges(&cfg);
         let reopen = service::drop_privileges(cfg.dovecot)?;
         // Before anything of ours takes a descriptor: Dovecot's master
         // leaves its listener at 7, 8 or 9 by version.
@@ -77,9 +78,17 @@ impl Daemon {
         register(reg, &fixed)?;
         let epoch = Instant::now();
         let (tracker, dovecot) = if let Some(handed) = handed {
-            let dovecot =
-                Dovecot::start(&cfg, handed, reg, &mut signals, &budget, &park_path, reopen)?;
-            (None, Some(dovecot))
+            let d = Dovecot::new(
+                &cfg,
+                handed,
+                &budget,
+                reg,
+                &mut signals,
+                &park_path,
+                anvil_pipe,
+                reopen,
+            )?;
+            (None, Some(d))
         } else {
             info!(
                 "imap-idle {} listening on {}, returning to {}, up to {max_parked} parked",
@@ -93,15 +102,14 @@ impl Daemon {
         for name in activated.unused() {
             warn!("the service manager passed a socket named {name:?}, which is not ours: closed");
         }
+        let key = crate::setup::random_key()?;
+        let mut core = Core::new(max_parked, !cfg.dovecot, epoch, key, cfg.tuning);
+        if dovecot.as_ref().is_some_and(|d| d.anvil.is_some()) {
+            core.announce_presence();
+        }
         Ok(Daemon {
             poll,
-            core: Core::new(
-                max_parked,
-                !cfg.dovecot,
-                epoch,
-                crate::setup::random_key()?,
-                cfg.tuning,
-            ),
+            core,
             clients: Clients::new(),
             inotify,
             park: ParkSocket::new(listener, cfg.dovecot, policy),
@@ -233,6 +241,11 @@ impl Daemon {
                     d.masters.event(m, &mut self.core, reg, now);
                 }
             }
+            Source::AnvilPipe | Source::AdminListener | Source::Admin(_) => {
+                if let Some(d) = &mut self.dovecot {
+                    d.event(source, &mut self.core, reg);
+                }
+            }
             Source::Client(key) => self.clients.readable(&mut self.core, key, now),
             Source::Notify(key) => self.inotify.notify_readable(key, &mut self.core, now),
         }
@@ -274,7 +287,10 @@ impl Daemon {
     fn signals(&mut self, now: Instant) {
         for command in self.signals.commands() {
             match command {
-                Command::Summary => info!("{}", self.core.summary()),
+                Command::Summary => {
+                    let anvil = self.dovecot.as_ref().map(Dovecot::summary);
+                    info!("{}{}", self.core.summary(), anvil.unwrap_or_default());
+                }
                 Command::Stop(sig) => self.core.shutdown(sig.as_ref(), now),
                 Command::CloseListener => {
                     if let Some(d) = &mut self.dovecot {
@@ -372,6 +388,8 @@ impl Daemon {
                 }
             }
             Action::Capacity => self.report_capacity(),
+            Action::Joined(p) => self.dovecot.iter_mut().for_each(|d| d.presence(&p, true)),
+            Action::Left(p) => self.dovecot.iter_mut().for_each(|d| d.presence(&p, false)),
         }
     }
 }

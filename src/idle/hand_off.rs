@@ -310,7 +310,9 @@ impl HandOff {
         let arrival = Arrival {
             fd,
             user: &cmd.user,
-            cookie: [0; 16],
+            // No cookies in Dovecot mode: the client's address rides
+            // there, for anvil.
+            cookie: crate::proto::anvil::pack_ip(cmd.rip),
             tag: &cmd.tag,
             in_idle: cmd.idle_cmd,
             multiplex: cmd.multiplex,

@@ -8,7 +8,9 @@
 //! each event to the adapter owning its token.
 
 mod accept;
+mod admin_socket;
 mod admission;
+mod anvil;
 mod budget;
 mod clients;
 mod closer;

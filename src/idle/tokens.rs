@@ -18,6 +18,10 @@ pub enum Source {
     /// Dovecot mode: the imap-hibernate listener and the master's death pipe.
     HandOffListener,
     MasterDead,
+    /// Dovecot mode under its master: anvil's pipe (writable) and, with
+    /// 2.4, our admin listener.
+    AnvilPipe,
+    AdminListener,
     /// A control connection on the park socket (mail process, admin).
     Control(usize),
     /// A Dovecot hand-off connection (imap -> us).
@@ -28,6 +32,8 @@ pub enum Source {
     Client(u32),
     /// A Dovecot notify fd we keep, by its key in `notify_fds.rs`.
     Notify(u32),
+    /// A connection on the admin socket (anvil -> us, 2.4).
+    Admin(usize),
 }
 
 /// Register fixed sources for reading, each under its token.
@@ -45,6 +51,7 @@ const HAND_OFF: usize = 2;
 const MASTER: usize = 3;
 const CLIENT: usize = 4;
 const NOTIFY: usize = 5;
+const ADMIN: usize = 6;
 const KIND_BITS: u32 = 3;
 const KIND_MASK: usize = (1 << KIND_BITS) - 1;
 
@@ -60,11 +67,14 @@ pub fn token(source: Source) -> Token {
         Source::TrackerLink => make(FIXED, 3),
         Source::HandOffListener => make(FIXED, 4),
         Source::MasterDead => make(FIXED, 5),
+        Source::AnvilPipe => make(FIXED, 6),
+        Source::AdminListener => make(FIXED, 7),
         Source::Control(k) => make(CONTROL, k),
         Source::HandOff(k) => make(HAND_OFF, k),
         Source::Master(k) => make(MASTER, k),
         Source::Client(k) => make(CLIENT, k as usize),
         Source::Notify(k) => make(NOTIFY, k as usize),
+        Source::Admin(k) => make(ADMIN, k),
     }
 }
 
@@ -80,6 +90,8 @@ pub fn source(token: Token) -> Option<Source> {
             3 => Source::TrackerLink,
             4 => Source::HandOffListener,
             5 => Source::MasterDead,
+            6 => Source::AnvilPipe,
+            7 => Source::AdminListener,
             _ => return None,
         },
         CONTROL => Source::Control(key),
@@ -87,6 +99,7 @@ pub fn source(token: Token) -> Option<Source> {
         MASTER => Source::Master(key),
         CLIENT => Source::Client(u32::try_from(key).ok()?),
         NOTIFY => Source::Notify(u32::try_from(key).ok()?),
+        ADMIN => Source::Admin(key),
         _ => return None,
     })
 }
@@ -104,6 +117,9 @@ mod tests {
             Source::TrackerLink,
             Source::HandOffListener,
             Source::MasterDead,
+            Source::AnvilPipe,
+            Source::AdminListener,
+            Source::Admin(3),
             Source::Control(0),
             Source::Control(511),
             Source::HandOff(7),
@@ -115,7 +131,7 @@ mod tests {
         for s in all {
             assert_eq!(source(token(s)), Some(s), "{s:?}");
         }
-        assert_eq!(source(Token(6 << KIND_BITS)), None);
+        assert_eq!(source(Token(8 << KIND_BITS)), None);
         assert_eq!(source(Token(7)), None);
     }
 }

@@ -29,6 +29,9 @@ Commands:
   dovecot-reload  N clients hibernated in imap-idle under a private
           Dovecot, then `doveadm reload`: clients woken and lost
           [--clients N] [--shutdown-clients yes|no]
+  mass-wake  one delivery to N hibernated clients of one mailbox under a
+          private Dovecot: its own imap-hibernate against imap-idle at
+          each --master-connections value [--clients N] [--rounds K]
   load    hold N idle IMAP clients against any IMAP server, deliver mail,
           measure delivery -> EXISTS
   serve   the reference IMAP login and mail processes (a reference peer
@@ -55,6 +58,7 @@ pub fn main() -> ExitCode {
         Some("dovecot-reload") => dovecot_reload::main(args.collect()),
         Some("bench") => bench::main(args.collect()),
         Some("park-rate") => bench::park_rate::main(args.collect()),
+        Some("mass-wake") => bench::mass_wake::main(args.collect()),
         // Started by `load` itself, one per client process.
         Some("load-worker") => load::worker::main(),
         Some("probe") => probe::main(args.collect()),

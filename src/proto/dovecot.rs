@@ -122,6 +122,8 @@ pub struct Hibernate {
     /// 2.4: the client reads Dovecot's multiplexed stream format, so what
     /// we write to it is framed (see [`super::multiplex`]).
     pub multiplex: bool,
+    /// The client's address (`rip`), for Dovecot's anvil.
+    pub rip: Option<std::net::IpAddr>,
     /// The fields to send back, each TAB-prefixed and still escaped as
     /// they came, in their order: ready to append to the return line.
     pub passthrough: Vec<u8>,
@@ -168,6 +170,7 @@ impl Hibernate {
             state: Vec::new(),
             mailbox: String::new(),
             multiplex: false,
+            rip: None,
             passthrough: Vec::new(),
         };
         let mut have_tag = false;
@@ -199,9 +202,12 @@ impl Hibernate {
                     number::<u64>(key, value)?;
                 }
                 "lip" | "rip" => {
-                    value
+                    let ip = value
                         .parse::<std::net::IpAddr>()
                         .map_err(|_| format!("Invalid {key} value: {value}"))?;
+                    if key == "rip" {
+                        h.rip = Some(ip);
+                    }
                 }
                 _ => {}
             }
@@ -297,6 +303,7 @@ mod tests {
         assert!(h.idle_cmd && h.notify_fd);
         assert_eq!(h.idle_notify_interval, 120);
         assert_eq!(h.mailbox, "INBOX");
+        assert_eq!(h.rip, Some("127.0.0.1".parse().unwrap()));
         assert!(h.state.starts_with(b"base\nBINBOX\0"));
     }
 

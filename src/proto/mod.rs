@@ -1,6 +1,7 @@
 //! Wire encodings: the native protocol between our processes, the session
 //! state a mail process exports, and the small codecs they need.
 
+pub mod anvil;
 pub mod base64;
 pub mod dovecot;
 #[cfg(test)]

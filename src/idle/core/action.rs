@@ -6,7 +6,17 @@ use std::borrow::Cow;
 use std::os::fd::RawFd;
 
 use super::conn::ConnId;
-use crate::proto::native::Gone;
+use crate::proto::native::{Cookie, Gone};
+
+/// A connection as Dovecot's anvil hears of it (Dovecot mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presence {
+    pub id: ConnId,
+    pub user: String,
+    /// What the hand-off adapter kept in the cookie (Dovecot mode has no
+    /// cookies): the client's remote address.
+    pub cookie: Cookie,
+}
 
 #[derive(Debug)]
 pub enum Action<F, W> {
@@ -34,4 +44,10 @@ pub enum Action<F, W> {
     Abandon(ConnId),
     /// The number of connections held changed.
     Capacity,
+    /// A connection came in (every way in: hand-off, predecessor), when
+    /// presence is announced.
+    Joined(Presence),
+    /// A connection left (every way out: returned, gone, given up,
+    /// kicked, handed to a successor), when presence is announced.
+    Left(Presence),
 }

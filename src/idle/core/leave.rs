@@ -1,4 +1,5 @@
-//! The ways a connection leaves the core. Every one goes through
+//! The ways a connection leaves the core, and shutdown, which sends them
+//! all one of those ways. Every one goes through
 //! `remove_conn`, which undoes what the connection held (polling, watches,
 //! its place on the return path, its user), so each leaves exactly once and
 //! its descriptor is handed to the loop exactly once. Also the two ways the
@@ -12,10 +13,13 @@ use std::time::Instant;
 
 use log::{debug, info, warn};
 
-use super::action::Action;
+use super::action::{Action, Presence};
 use super::conn::{split_id, Conn, ConnId, Phase};
 use super::{Core, BYE};
 use crate::proto::native::{Gone, GoneReason, WakeReason};
+
+/// What Dovecot's own imap-hibernate says to a kicked client.
+const KICKED: &[u8] = b"* BYE Server shutting down.\r\n";
 
 impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
     /// Keep every connection where it is (none is woken by this), and
@@ -80,6 +84,13 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
                 }
             }
             Phase::Queued | Phase::Waiting => {}
+        }
+        if self.announce {
+            self.out.push_back(Action::Left(Presence {
+                id,
+                user: self.users.name(conn.user).to_owned(),
+                cookie: conn.cookie,
+            }));
         }
         self.users.release(conn.user);
         self.capacity_changed();
@@ -146,6 +157,29 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
     /// Nobody took the connection back in time: say goodbye and close it.
     pub fn give_up(&mut self, id: ConnId, why: &str) {
         self.drop_conn(id, GoneReason::GaveUp, why);
+    }
+
+    /// An admin kicked `user` (Dovecot 2.4's `doveadm kick`): each of its
+    /// connections, or only `only`, gets `* BYE Server shutting down.` and
+    /// is closed. Connections in flight are left alone: the imap process
+    /// taking them registers with anvil itself, and a kick reaches it
+    /// there. Returns how many were kicked.
+    pub fn kick(&mut self, user: &str, only: Option<ConnId>) -> u32 {
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.phase != Phase::InFlight && self.users.name(c.user) == user)
+            .map(|(k, c)| c.id(k as u32))
+            .filter(|id| only.is_none_or(|o| o == *id))
+            .collect();
+        for &id in &ids {
+            info!("{}: kicked by an admin", self.who(id));
+            if let Some(mut conn) = self.remove_conn(id, true) {
+                let bye = conn.framed(Cow::Borrowed(KICKED));
+                self.out.push_back(Action::Bye { fd: conn.fd, bye });
+            }
+        }
+        ids.len() as u32
     }
 
     /// Undo a park whose confirmation could not be delivered: the mail

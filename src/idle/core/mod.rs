@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use log::{debug, info};
 use slab::Slab;
 
-pub use action::Action;
+pub use action::{Action, Presence};
 pub use conn::{conn_id, split_id, ConnId, Phase, Returning, Waking, MAX_KEPT_TAG};
 use conn::{Conn, Fields};
 pub use notify_path::NotifyPath;
@@ -95,6 +95,9 @@ pub struct Core<F, W> {
     /// Native mode: the tracker hears of every parked client that leaves
     /// other than by a return (Dovecot's imap-master counts nothing).
     tell_gone: bool,
+    /// Dovecot mode under its master: anvil hears of every connection
+    /// that joins and leaves.
+    announce: bool,
     stats: Stats,
     /// Latest wake latencies (change noticed -> descriptor sent back), µs.
     wake_us: VecDeque<u32>,
@@ -120,12 +123,19 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
             draining: false,
             retiring: false,
             tell_gone,
+            announce: false,
             stats: Stats::default(),
             wake_us: VecDeque::new(),
             epoch,
             out: VecDeque::new(),
             woken: Vec::new(),
         }
+    }
+
+    /// Ask for [`Action::Joined`] and [`Action::Left`] for every
+    /// connection from now on.
+    pub fn announce_presence(&mut self) {
+        self.announce = true;
     }
 
     pub fn millis(&self, now: Instant) -> Millis {
@@ -286,6 +296,13 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
         self.stats.parks += 1;
         self.capacity_changed();
         let id = conn_id(key, serial);
+        if self.announce {
+            self.out.push_back(Action::Joined(Presence {
+                id,
+                user: a.user.to_owned(),
+                cookie: a.cookie,
+            }));
+        }
         debug!(
             "{}: parked from pid {} ({} watches, keepalive {}s)",
             self.who(id),

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
-use super::{Action, Arrival, ConnId, Core, Phase, Tuning};
+use super::{Action, Arrival, ConnId, Core, Phase, Presence, Tuning};
 use crate::proto::native::{GoneReason, WakeReason};
 
 /// A stand-in descriptor that records when it is closed.
@@ -234,6 +234,7 @@ impl Model {
                     self.end(g.id, how);
                 }
                 Action::Abandon(id) => assert!(!self.core.holds(id)),
+                Action::Joined(_) | Action::Left(_) => panic!("presence is not announced here"),
             }
         }
     }
@@ -615,4 +616,69 @@ fn a_retired_core_wakes_nobody_and_is_done_when_the_last_one_leaves() {
     m.apply(&Step::HangUp(0));
     assert!(m.live.is_empty(), "{:?}", m.ended);
     assert!(m.core.done());
+}
+
+/// Dovecot mode with anvil: every connection is announced once when it
+/// joins and once when it leaves, whichever way it leaves (returned, hung
+/// up, given up, kicked), with the user and cookie it came with; a kick
+/// spares connections whose return is in flight.
+#[test]
+fn presence_is_announced_once_each_way() {
+    let mut m = Model::new();
+    m.core = Core::new(400, false, m.now, 0x5eed, Tuning::default());
+    m.core.announce_presence();
+    for user in [1, 1, 2, 3, 3] {
+        m.park(user, &[], true, 0);
+    }
+    type Seen = HashMap<ConnId, Presence>;
+    let (mut joined, mut left, mut kicked) = (Seen::new(), Seen::new(), 0);
+    fn drain(core: &mut Core<FakeFd, u32>, joined: &mut Seen, left: &mut Seen, kicked: &mut u32) {
+        while let Some(a) = core.next_action() {
+            match a {
+                Action::Joined(p) => assert!(joined.insert(p.id, p).is_none()),
+                Action::Left(p) => assert!(left.insert(p.id, p).is_none()),
+                Action::Bye { bye, .. } if bye.starts_with(b"* BYE Server shutting down.") => {
+                    *kicked += 1
+                }
+                _ => {}
+            }
+        }
+    }
+    drain(&mut m.core, &mut joined, &mut left, &mut kicked);
+    assert_eq!(joined.len(), 5);
+    let ids: Vec<ConnId> = m.live.keys().copied().collect();
+    let user = |id: &ConnId| joined[id].user.clone();
+    // user1's first connection is returned, the second hangs up.
+    let u1: Vec<ConnId> = ids.iter().copied().filter(|i| user(i) == "user1").collect();
+    m.core.input(u1[0], b"DONE\r\n", m.now);
+    let back = m.core.pop_return().unwrap();
+    m.core.sending(back);
+    m.core.sent(back, m.now);
+    m.core.accepted(back, "imap-master");
+    m.core.hung_up(u1[1], "test");
+    // user2 is given up; user3's first is in flight when user3 is kicked.
+    let u2 = ids.iter().copied().find(|i| user(i) == "user2").unwrap();
+    m.core.give_up(u2, "test");
+    let u3: Vec<ConnId> = ids.iter().copied().filter(|i| user(i) == "user3").collect();
+    m.core.input(u3[0], b"DONE\r\n", m.now);
+    let flying = m.core.pop_return().unwrap();
+    m.core.sending(flying);
+    m.core.sent(flying, m.now);
+    assert_eq!(m.core.kick("user3", None), 1);
+    assert_eq!(
+        m.core.kick("user3", Some(flying)),
+        0,
+        "in flight: not kicked"
+    );
+    drain(&mut m.core, &mut joined, &mut left, &mut kicked);
+    assert_eq!(kicked, 1);
+    assert_eq!(left.len(), 4);
+    assert!(!left.contains_key(&flying));
+    for (id, p) in &left {
+        assert_eq!(p, &joined[id], "left as it joined");
+        assert_eq!(p.cookie[0], p.user.as_bytes()[4] - b'0');
+    }
+    m.core.accepted(flying, "imap-master");
+    drain(&mut m.core, &mut joined, &mut left, &mut kicked);
+    assert_eq!(left.len(), 5);
 }

@@ -4,6 +4,7 @@
 
 mod dovecot;
 mod figures;
+pub mod mass_wake;
 mod memory;
 mod native;
 pub mod park_rate;
@@ -199,17 +200,30 @@ fn parse(mut args: Args) -> Result<Option<Plan>, String> {
     Ok(Some(p))
 }
 
-pub fn main(args: Vec<String>) -> ExitCode {
-    let plan = match parse(Args::new(args)) {
-        Ok(Some(p)) => p,
+/// A command's parsed plan, or how it exits: after `--help` (`None`
+/// from the parser), or on a bad argument.
+fn plan_or_exit<P>(
+    parsed: Result<Option<P>, String>,
+    cmd: &str,
+    usage: &str,
+) -> Result<P, ExitCode> {
+    match parsed {
+        Ok(Some(p)) => Ok(p),
         Ok(None) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
+            print!("{usage}");
+            Err(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("imap-idle-lab bench: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
+            eprintln!("imap-idle-lab {cmd}: {e}\n\n{usage}");
+            Err(ExitCode::from(2))
         }
+    }
+}
+
+pub fn main(args: Vec<String>) -> ExitCode {
+    let plan = match plan_or_exit(parse(Args::new(args)), "bench", USAGE) {
+        Ok(p) => p,
+        Err(code) => return code,
     };
     if plan.with_dovecot && !nix::unistd::geteuid().is_root() {
         eprintln!(

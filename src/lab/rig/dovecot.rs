@@ -247,6 +247,29 @@ impl Dovecot {
         self.version
     }
 
+    /// `doveadm ARGS` against this Dovecot (inside its root): its output,
+    /// or its error output when it fails.
+    pub fn doveadm(&self, args: &[&str]) -> Result<String, String> {
+        let out = self
+            .root
+            .command("doveadm")
+            .arg("-c")
+            .arg(self.root.inner_path(&self.conf))
+            .args(args)
+            .output()
+            .map_err(|e| format!("running doveadm: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(format!(
+                "doveadm {args:?}: {}: {text}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
     /// Where this Dovecot lives (the host, or a chroot).
     pub fn root(&self) -> &DovecotRoot {
         &self.root

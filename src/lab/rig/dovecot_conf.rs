@@ -37,16 +37,24 @@ pub struct ServiceLimits {
     pub own_mail_uid: bool,
     /// Dovecot's `shutdown_clients` (its default is yes).
     pub shutdown_clients: Option<bool>,
+    /// imap-idle's `--master-connections` (with Hibernation::ImapIdle).
+    pub master_connections: Option<u32>,
+    /// Dovecot's `mail_max_userip_connections` [default here: 2000].
+    pub userip_connections: Option<u32>,
 }
 
 impl ServiceLimits {
-    /// imap-idle's flags that follow from these settings: the snippet's
-    /// advice for `shutdown_clients = no`.
-    pub fn idle_args(&self) -> &'static str {
-        match self.shutdown_clients {
-            Some(false) => " --dovecot-shutdown-clients no",
-            _ => "",
+    /// imap-idle's flags that follow from these settings (for
+    /// `shutdown_clients = no`, the snippet's advice).
+    pub fn idle_args(&self) -> String {
+        let mut args = String::new();
+        if self.shutdown_clients == Some(false) {
+            args.push_str(" --dovecot-shutdown-clients no");
         }
+        if let Some(n) = self.master_connections {
+            args.push_str(&format!(" --master-connections {n}"));
+        }
+        args
     }
 
     /// A later `service imap-hibernate` section: Dovecot merges it into
@@ -64,10 +72,13 @@ impl ServiceLimits {
             Some(yes) => format!("shutdown_clients = {}\n", if yes { "yes" } else { "no" }),
             None => String::new(),
         };
+        let userip = self.userip_connections.map_or(String::new(), |n| {
+            format!("mail_max_userip_connections = {n}\n")
+        });
         if lines.is_empty() {
-            return global;
+            return format!("{global}{userip}");
         }
-        format!("{global}service imap-hibernate {{\n{lines}}}\n")
+        format!("{global}{userip}service imap-hibernate {{\n{lines}}}\n")
     }
 }
 
