@@ -53,11 +53,18 @@ Options:
                          listener the master passes; required standalone]
   --dovecot-group NAME   standalone: group of BASE_DIR/imap-hibernate (mode
                          0660), as Dovecot's own [default: dovecot]
+  --take-over            take over from the imap-idle running on the park
+                         socket (same uid only): its listening sockets and
+                         every parked connection, none woken; it exits
+                         once it holds nothing. Not under Dovecot's master
   -h, --help             print this help
   -V, --version          print the version
 
 Signals: SIGTERM/SIGINT return every parked connection to the tracker and
-exit (a second one gives up at once); SIGUSR1 logs a one-line summary.
+exit (a second one gives up at once); SIGUSR1 logs a one-line summary;
+SIGUSR2 starts this program again with the same arguments plus
+--take-over, which takes every parked connection over (a new version
+replaces the running one without waking anybody).
 See imap-idle(8).
 ";
 
@@ -79,6 +86,7 @@ pub struct Config {
     pub max_controls: Option<usize>,
     pub max_controls_per_uid: usize,
     pub handshake_timeout_secs: u64,
+    pub take_over: bool,
 }
 
 #[derive(Debug)]
@@ -118,6 +126,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     let mut max_parked = None;
     let mut log_level = "info".to_owned();
     let mut dovecot = false;
+    let mut take_over = false;
     let mut dovecot_base_dir = None;
     let mut dovecot_group = "dovecot".to_owned();
     let mut park_socket_mode = 0o660;
@@ -157,6 +166,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
                 max_parked = Some(n);
             }
             "--dovecot" => dovecot = true,
+            "--take-over" => take_over = true,
             "--dovecot-base-dir" => dovecot_base_dir = Some(PathBuf::from(value()?)),
             "--dovecot-group" => dovecot_group = value()?,
             "--park-socket-mode" => park_socket_mode = octal(&flag, &value()?)?,
@@ -199,6 +209,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
         max_controls,
         max_controls_per_uid,
         handshake_timeout_secs,
+        take_over,
     })))
 }
 

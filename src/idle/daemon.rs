@@ -8,7 +8,7 @@ use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use mio::unix::SourceFd;
@@ -22,27 +22,22 @@ use super::budget::Budget;
 use super::clients::{self, Clients, IdleCore};
 use super::config::Config;
 use super::core::{Action, Core};
+use super::dovecot_mode::{self, Dovecot};
+use super::from_predecessor::{self, Predecessor};
 use super::hand_off::HandOff;
 use super::inotify::Inotify;
-use super::master_return::Masters;
 use super::park_socket::{Held, ParkSocket};
 use super::service::{self, Service};
 use super::signals::{Command, SignalAdapter};
+use super::to_successor::Succession;
 use super::tokens::{source, token, Source};
 use super::tracker_link::TrackerLink;
+use crate::proto::native::ListenerKind as Kind;
 use crate::setup::setup;
 pub use crate::setup::SetupError;
-use crate::sys::{self, limits};
+use crate::sys::{self, limits, notify, SeqPacket};
 
 const BYE: &[u8] = b"* BYE [UNAVAILABLE] Server is busy, please reconnect.\r\n";
-
-/// Dovecot mode's adapters: hand-offs in, returns out, and the master's
-/// pipes when it started us.
-struct Dovecot {
-    hand_off: HandOff,
-    masters: Masters,
-    service: Option<Service>,
-}
 
 pub struct Daemon {
     poll: Poll,
@@ -58,6 +53,8 @@ pub struct Daemon {
     /// Room opened up under the master's client_limit: accept what queued.
     accept_again: bool,
     park_socket: PathBuf,
+    succession: Succession,
+    predecessor: Option<Predecessor>,
 }
 
 impl Daemon {
@@ -69,7 +66,11 @@ impl Daemon {
         let max_parked = budget.max_parked;
         let policy = Policy::from_config(&cfg, budget.controls)?;
         let shared = cfg.dovecot && service::started_by_master();
-        let (listener, park_path) = accept::listen(&cfg, shared)?;
+        let mut predecessor = from_predecessor::connect(&cfg)?;
+        let (listener, park_path) = match predecessor.as_mut().and_then(|p| p.take(Kind::Park)) {
+            Some(fd) => (SeqPacket::from(fd), cfg.park_socket.clone()),
+            None => accept::listen(&cfg, shared)?,
+        };
         let inotify = setup("creating the inotify instance", Inotify::new())?;
         let poll = setup("creating the poll", Poll::new())?;
         let reg = poll.registry();
@@ -83,41 +84,12 @@ impl Daemon {
                 reg.register(&mut SourceFd(&fd), token(source), Interest::READABLE),
             )?;
         }
-        let epoch = Instant::now();
+        let epoch = predecessor
+            .as_ref()
+            .map_or_else(Instant::now, |p| p.epoch());
         let (tracker, dovecot) = if cfg.dovecot {
-            let (listener, service, base_dir) = service::listener(&cfg)?;
-            let mut sources = vec![(listener.as_raw_fd(), Source::HandOffListener)];
-            if let Some(s) = &service {
-                sources.push((s.master_dead.as_raw_fd(), Source::MasterDead));
-                signals.set_under_master();
-            }
-            for (fd, source) in sources {
-                setup(
-                    "registering with the poll",
-                    reg.register(&mut SourceFd(&fd), token(source), Interest::READABLE),
-                )?;
-            }
-            let (by, limit) = match &service {
-                Some(s) => (" (started by Dovecot's master)", s.limit(max_parked)),
-                None => ("", max_parked),
-            };
-            info!(
-                "imap-idle {} in Dovecot mode{by}: taking clients on {}, returning them to {}, \
-                 up to {limit} parked; statistics on {}",
-                env!("CARGO_PKG_VERSION"),
-                base_dir.join("imap-hibernate").display(),
-                base_dir.join("imap-master").display(),
-                park_path.display(),
-            );
-            let dovecot = Dovecot {
-                hand_off: HandOff::new(listener, budget.hand_offs),
-                masters: Masters::new(
-                    base_dir.join("imap-master"),
-                    SystemTime::now(),
-                    budget.masters,
-                ),
-                service,
-            };
+            let pred = predecessor.as_mut();
+            let dovecot = dovecot_mode::start(&cfg, reg, &mut signals, &budget, &park_path, pred)?;
             (None, Some(dovecot))
         } else {
             info!(
@@ -140,10 +112,18 @@ impl Daemon {
             accept_paused_until: None,
             accept_again: false,
             park_socket: park_path,
+            succession: Succession::default(),
+            predecessor,
         })
     }
 
     pub fn run(mut self) -> Result<(), SetupError> {
+        if let Some(p) = self.predecessor.take() {
+            p.adopt_all(&mut self.held(Instant::now()).0);
+            self.carry_out();
+            let _ = notify::notify(&format!("MAINPID={}", std::process::id()));
+        }
+        let _ = notify::notify("READY=1");
         self.report_capacity();
         let mut events = Events::with_capacity(1024);
         loop {
@@ -169,6 +149,7 @@ impl Daemon {
             self.clients.turn(&mut self.core, now);
             self.carry_out();
             self.park_turn(now);
+            self.serve_successor(Instant::now());
             self.fire_timers(Instant::now());
             self.pump(Instant::now());
             if self.core.done() {
@@ -179,7 +160,9 @@ impl Daemon {
             }
         }
         info!("all connections handed back; exiting");
-        let _ = fs::remove_file(&self.park_socket);
+        if !self.succession.handed_over() {
+            let _ = fs::remove_file(&self.park_socket);
+        }
         Ok(())
     }
 
@@ -274,9 +257,29 @@ impl Daemon {
         }
     }
 
+    /// A successor said Hello: hand it our listeners and parked clients;
+    /// once it took them all, what is left here drains and we exit.
+    fn serve_successor(&mut self, now: Instant) {
+        let Some((sock, pid)) = self.park.take_successor() else {
+            return;
+        };
+        let mut listeners = vec![(Kind::Park, self.park.listener())];
+        if let Some(d) = &self.dovecot {
+            listeners.push((Kind::HandOff, d.hand_off.listener()));
+        }
+        let age = self.core.millis(now);
+        if self
+            .succession
+            .serve(sock, pid, &listeners, age, &mut self.core)
+        {
+            self.core.shutdown("handed over to a successor", now);
+        }
+        self.carry_out();
+    }
+
     /// Both listeners, unless out of descriptors a moment ago.
     fn accept(&mut self, now: Instant) {
-        if self.accept_paused_until.is_some() {
+        if self.accept_paused_until.is_some() || self.succession.handed_over() {
             return;
         }
         let max = self.core.max_parked();
@@ -298,6 +301,7 @@ impl Daemon {
         for command in self.signals.commands() {
             match command {
                 Command::Summary => info!("{}", self.core.summary()),
+                Command::Succeed => self.succession.start(),
                 Command::Stop(sig) => self.core.shutdown(sig.as_ref(), now),
                 Command::IdleExit => {
                     let hand_offs = self.dovecot.as_ref().map_or(0, |d| d.hand_off.len());

@@ -68,6 +68,11 @@ impl HandOff {
         }
     }
 
+    /// The imap-hibernate listener, for a successor.
+    pub fn listener(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.listener.as_fd()
+    }
+
     /// Hand-offs in progress: each has been promised room.
     pub fn len(&self) -> usize {
         self.conns.len()
@@ -298,6 +303,7 @@ impl HandOff {
             watches: Vec::new(),
             state: &tail,
             from_pid: c.pid,
+            carried: Default::default(),
         };
         match h
             .clients

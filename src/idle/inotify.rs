@@ -143,6 +143,7 @@ mod tests {
                 watches: vec![(wd, dir.path())],
                 state: b"s",
                 from_pid: 1,
+                carried: Default::default(),
             };
             ids.push(core.adopt(arrival, now).ok().unwrap());
         }

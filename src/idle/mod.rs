@@ -15,6 +15,8 @@ pub mod config;
 mod control;
 pub mod core;
 mod daemon;
+mod dovecot_mode;
+mod from_predecessor;
 mod hand_off;
 mod inotify;
 mod main;
@@ -22,6 +24,7 @@ mod master_return;
 mod park_socket;
 mod service;
 mod signals;
+mod to_successor;
 mod tokens;
 mod tracker_link;
 

@@ -57,6 +57,8 @@ pub struct ParkSocket {
     /// with it unsent): the mail process keeps those clients, so we must
     /// not. Undone before the event that found them returns.
     undone: Vec<u64>,
+    /// A successor that said Hello, for the daemon to hand everything to.
+    successor: Option<(SeqPacket, i32)>,
 }
 
 impl ParkSocket {
@@ -70,6 +72,7 @@ impl ParkSocket {
             scratch: vec![0; MAX_PACKET + 1].into_boxed_slice(),
             ready: VecDeque::new(),
             undone: Vec::new(),
+            successor: None,
         }
     }
 
@@ -278,6 +281,9 @@ impl ParkSocket {
                 }
                 c.role = Some(role);
                 c.hello_by = None;
+                if role == Role::Successor {
+                    return self.succeed(key, h.reg);
+                }
                 debug!("{}: connected", c.who());
                 let hello = Message::Hello {
                     role: Role::Idle,
@@ -319,6 +325,28 @@ impl ParkSocket {
         }
     }
 
+    /// The connection leaves the control table for the daemon's hand-over
+    /// (which answers its Hello itself).
+    fn succeed(&mut self, key: usize, reg: &Registry) -> bool {
+        if let Some(c) = self.controls.try_remove(key) {
+            let _ = reg.deregister(&mut SourceFd(&c.sock.as_raw_fd()));
+            self.admission.closed(&c.peer);
+            debug!("{}: a successor", c.who());
+            // A second one at once waits for the first to be over.
+            self.successor.get_or_insert((c.sock, c.peer.pid));
+        }
+        false
+    }
+
+    /// A successor waiting to be served, with its pid.
+    pub fn take_successor(&mut self) -> Option<(SeqPacket, i32)> {
+        self.successor.take()
+    }
+
+    pub fn listener(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.listener.as_fd()
+    }
+
     /// Take over a client for a mail process, and answer it.
     fn park(
         &mut self,
@@ -340,6 +368,7 @@ impl ParkSocket {
             watches: Vec::new(),
             state: &park.state,
             from_pid: pid,
+            carried: Default::default(),
         };
         match h
             .clients

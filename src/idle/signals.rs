@@ -15,6 +15,8 @@ pub enum Command {
     Stop(Signal),
     /// SIGINT from Dovecot's master: "you look idle, exit".
     IdleExit,
+    /// SIGUSR2: start a successor to take everything over.
+    Succeed,
 }
 
 pub struct SignalAdapter {
@@ -26,7 +28,12 @@ pub struct SignalAdapter {
 impl SignalAdapter {
     /// Call before starting any thread, so every thread blocks them too.
     pub fn new(under_master: bool) -> io::Result<SignalAdapter> {
-        let signals = Signals::new(&[Signal::SIGTERM, Signal::SIGINT, Signal::SIGUSR1])?;
+        let signals = Signals::new(&[
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGUSR1,
+            Signal::SIGUSR2,
+        ])?;
         Ok(SignalAdapter {
             signals,
             under_master,
@@ -43,6 +50,7 @@ impl SignalAdapter {
         loop {
             match self.signals.pending() {
                 Ok(Some(Signal::SIGUSR1)) => out.push(Command::Summary),
+                Ok(Some(Signal::SIGUSR2)) => out.push(Command::Succeed),
                 Ok(Some(Signal::SIGINT)) if self.under_master => out.push(Command::IdleExit),
                 Ok(Some(sig)) => out.push(Command::Stop(sig)),
                 Ok(None) => return out,

@@ -17,7 +17,8 @@ use crate::sys::SeqPacket;
 
 /// 2: parks carry a request id that their answer echoes. 3: a parked
 /// release names the daemon (its pid), since several may serve one tracker.
-pub const VERSION: u8 = 3;
+/// 4: a successor daemon takes every parked connection over.
+pub const VERSION: u8 = 4;
 /// Largest packet either side accepts; larger ones are an error.
 pub const MAX_PACKET: usize = 64 * 1024;
 pub const MAX_USER: usize = 256;
@@ -44,6 +45,8 @@ pub enum Role {
     Admin,
     /// A login process handing authenticated clients to the tracker.
     Login,
+    /// A new imap-idle taking over everything the running one holds.
+    Successor,
 }
 
 /// Everything a mail process hands over with the client descriptor. It
@@ -160,6 +163,10 @@ pub struct Stats {
     /// daemon noticing a watched change to the client's descriptor being
     /// sent back (to the tracker, or to Dovecot's imap-master).
     pub wake_us: Vec<u32>,
+    /// Parked connections handed to a successor daemon.
+    pub handed_over: u64,
+    /// Parked connections taken over from a predecessor daemon.
+    pub taken_over: u64,
 }
 
 impl Stats {
@@ -183,6 +190,8 @@ impl Stats {
         self.keepalives += other.keepalives;
         self.wake_samples += other.wake_samples;
         self.wake_us.extend_from_slice(&other.wake_us);
+        self.handed_over += other.handed_over;
+        self.taken_over += other.taken_over;
     }
 }
 
@@ -344,6 +353,50 @@ pub enum Message {
         missing: Vec<String>,
         last: bool,
     },
+    /// daemon -> successor, right after Hello: its listening sockets,
+    /// one descriptor each, in this order, and how long it has run (the
+    /// successor keeps its clock, so keepalives keep their instants).
+    Listeners {
+        kinds: Vec<ListenerKind>,
+        age_ms: u64,
+    },
+    /// daemon -> successor: parked connections, their descriptors in
+    /// order (the client's, then its notify fd where it has one).
+    Handing { batch: u64, conns: Vec<Handed> },
+    /// successor -> daemon: the ids (the daemon's) of the connections of
+    /// `batch` the successor holds now; the daemon keeps the rest.
+    TookOver { batch: u64, ids: Vec<u64> },
+    /// daemon -> successor: nothing more to hand; the daemon exits once
+    /// what it still holds (returns under way) is gone.
+    HandedAll,
+}
+
+/// One of the listening sockets a daemon hands to its successor.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// The park socket.
+    Park,
+    /// Dovecot mode: the imap-hibernate socket.
+    HandOff,
+}
+
+/// A parked connection on its way to a successor: everything the daemon
+/// keeps about it, so the successor carries on exactly where it was. New
+/// per-connection state belongs here, so that it travels too.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Handed {
+    /// The sender's id for it; [`Message::TookOver`] names it.
+    pub id: u64,
+    /// What it was parked with (Dovecot mode: `state` is the return tail).
+    pub park: Park,
+    /// Dovecot mode: a notify fd follows the client's.
+    pub notify: bool,
+    /// Milliseconds until its next keepalive is due (0: none pending).
+    pub keepalive_in_ms: u32,
+    /// Bytes of a `DONE` typed so far.
+    pub partial: Vec<u8>,
+    /// Seconds it has been parked.
+    pub parked_secs: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -385,10 +438,14 @@ impl std::error::Error for ProtoError {}
 impl Message {
     /// How many descriptors must travel with this message.
     pub fn fds_expected(&self) -> usize {
-        matches!(
-            self,
-            Message::Park { .. } | Message::Return(_) | Message::Login(_) | Message::Assign(_)
-        ) as usize
+        match self {
+            Message::Listeners { kinds, .. } => kinds.len(),
+            Message::Handing { conns, .. } => conns.iter().map(|c| 1 + c.notify as usize).sum(),
+            m => matches!(
+                m,
+                Message::Park { .. } | Message::Return(_) | Message::Login(_) | Message::Assign(_)
+            ) as usize,
+        }
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -461,6 +518,13 @@ impl Message {
             Message::WhoRequest { user: Some(u) } | Message::Describe { user: Some(u), .. } => {
                 check_user(u)
             }
+            Message::Handing { conns, .. } => conns.iter().try_for_each(|c| {
+                c.park.check_limits()?;
+                if c.partial.len() > MAX_TAG + 16 {
+                    return Err(ProtoError::Limit("partial input too long"));
+                }
+                Ok(())
+            }),
             Message::Error { reason }
             | Message::Refused { reason, .. }
             | Message::Rejected { reason, .. }
@@ -541,8 +605,11 @@ pub fn chunks<T: Serialize>(items: Vec<T>) -> Vec<Vec<T>> {
 #[derive(Debug)]
 pub struct Incoming {
     pub msg: Message,
-    /// Present exactly when `msg.fds_expected()` is 1.
+    /// Present exactly when `msg` is one that carries a single descriptor.
     pub fd: Option<OwnedFd>,
+    /// The descriptors of a hand-over message (`Listeners`, `Handing`), in
+    /// order; empty for every other message.
+    pub fds: Vec<OwnedFd>,
 }
 
 #[derive(Debug)]
@@ -588,10 +655,13 @@ pub fn recv(sock: &SeqPacket, buf: &mut [u8]) -> Result<Incoming, RecvError> {
             got: got.fds.len(),
         }));
     }
-    Ok(Incoming {
-        msg,
-        fd: got.fds.into_iter().next(),
-    })
+    let many = matches!(msg, Message::Listeners { .. } | Message::Handing { .. });
+    let (fd, fds) = if many {
+        (None, got.fds)
+    } else {
+        (got.fds.into_iter().next(), Vec::new())
+    };
+    Ok(Incoming { msg, fd, fds })
 }
 
 /// How long a peer that must not drop a message waits for a slow reader.

@@ -3,6 +3,7 @@
 
 pub mod fdpass;
 pub mod limits;
+pub mod notify;
 pub mod seqpacket;
 pub mod signals;
 

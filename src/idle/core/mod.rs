@@ -13,6 +13,7 @@
 
 mod action;
 mod conn;
+mod handover;
 pub mod idle_input;
 mod leave;
 mod report;
@@ -36,6 +37,7 @@ use slab::Slab;
 pub use action::Action;
 pub use conn::{conn_id, split_id, ConnId, Phase, Returning, Waking, MAX_KEPT_TAG};
 use conn::{Conn, Fields};
+pub use handover::{Carried, Leaving};
 use serials::Serials;
 use timers::Timers;
 pub use timers::{next_keepalive, Millis};
@@ -60,6 +62,8 @@ pub struct Arrival<'a, F, W> {
     pub watches: Vec<(W, &'a Path)>,
     pub state: &'a [u8],
     pub from_pid: i32,
+    /// Set when it comes from a predecessor daemon.
+    pub carried: Carried<'a>,
 }
 
 /// A refused arrival: its descriptors go back to the caller.
@@ -255,6 +259,8 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
             .map(|(wd, path)| self.watches.add(wd.clone(), path, (key, serial)))
             .collect();
         let ms = self.millis(now);
+        let from_predecessor = a.from_predecessor();
+        let carried = a.carried;
         let user = self.users.intern(a.user);
         let notify = a.notify.is_some();
         let conn = Conn::new(
@@ -275,7 +281,11 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
         let inserted = self.conns.insert(conn) as u32;
         debug_assert_eq!(inserted, key);
         self.schedule_keepalive(key, ms);
-        self.stats.parks += 1;
+        if from_predecessor {
+            self.carried_in(key, &carried, ms);
+        } else {
+            self.stats.parks += 1;
+        }
         self.capacity_changed();
         let id = conn_id(key, serial);
         debug!(
