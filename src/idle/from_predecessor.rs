@@ -14,7 +14,7 @@ use log::{info, warn};
 use super::config::Config;
 use super::core::{Arrival, Carried, ConnId};
 use super::park_socket::Held;
-use crate::proto::native::{self, Handed, ListenerKind, Message, RecvError, Role, MAX_PACKET};
+use crate::proto::native::{self, Handed, ListenerKind, Message, ProtoError, Role, MAX_PACKET};
 use crate::setup::{setup, SetupError};
 use crate::sys::SeqPacket;
 
@@ -93,16 +93,13 @@ impl Predecessor {
     pub fn adopt_all(mut self, h: &mut Held<'_>) {
         let (mut taken, mut kept) = (0usize, 0usize);
         let end = loop {
-            let incoming = match native::recv(&self.sock, &mut self.scratch) {
+            let incoming = match self.next() {
                 Ok(i) => i,
-                Err(RecvError::Proto(e)) => {
-                    // Descriptors cut short (our open-file limit) included:
-                    // what came is closed, the predecessor keeps them all.
-                    let reason = format!("cannot take this batch: {e}");
+                Err(e) => {
+                    let reason = format!("cannot go on: {e}");
                     let _ = native::send(&self.sock, &Message::Error { reason }, None);
                     break format!("broken off: {e}");
                 }
-                Err(e) => break format!("broken off: {e}"),
             };
             match incoming.msg {
                 Message::Handing { batch, conns } => {
@@ -116,7 +113,7 @@ impl Predecessor {
                         break "broken off: the predecessor did not take our answer".into();
                     }
                 }
-                Message::HandedAll => break "complete".into(),
+                Message::HandedAll => break "over".into(),
                 Message::Error { reason } => break format!("broken off by it: {reason}"),
                 other => break format!("broken off: unexpected {other:?}"),
             }
@@ -125,6 +122,36 @@ impl Predecessor {
             "take-over from pid {} {end}: {taken} connections taken, {kept} left with it",
             self.pid
         );
+    }
+
+    /// The next packet. Unlike a park, a batch whose descriptors were cut
+    /// short (our open-file limit) is still taken: the first ones arrived,
+    /// and those are adopted; the predecessor keeps the others.
+    fn next(&mut self) -> Result<native::Incoming, String> {
+        let got = self
+            .sock
+            .recv(&mut self.scratch)
+            .map_err(|e| e.to_string())?;
+        if got.len == 0 && got.fds.is_empty() {
+            return Err("the predecessor closed the connection".into());
+        }
+        if got.truncated || got.len > MAX_PACKET {
+            return Err(ProtoError::TooLarge.to_string());
+        }
+        let msg = Message::decode(&self.scratch[..got.len]).map_err(|e| e.to_string())?;
+        let (expected, n) = (msg.fds_expected(), got.fds.len());
+        let cut_short = got.fds_truncated && n < expected;
+        if n != expected && !cut_short {
+            return Err(ProtoError::FdCount { expected, got: n }.to_string());
+        }
+        if cut_short {
+            warn!("out of descriptors: {n} of a batch's {expected} arrived");
+        }
+        Ok(native::Incoming {
+            msg,
+            fd: None,
+            fds: got.fds,
+        })
     }
 
     /// Adopt what we can of one batch; the predecessor's ids of those
@@ -138,9 +165,15 @@ impl Predecessor {
         let mut fds = fds.into_iter();
         let mut ids = Vec::with_capacity(conns.len());
         for c in conns {
-            // native::recv checked the count against the batch.
+            // Descriptors cut short: the rest stay with the predecessor.
             let Some(fd) = fds.next() else { break };
-            let notify = if c.notify { fds.next() } else { None };
+            let notify = match c.notify {
+                true => match fds.next() {
+                    Some(n) => Some(n),
+                    None => break,
+                },
+                false => None,
+            };
             let arrival = Arrival {
                 fd,
                 notify,

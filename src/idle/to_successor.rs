@@ -168,9 +168,7 @@ impl Hand<'_> {
         if !conns.is_empty() {
             self.exchange(conns)?;
         }
-        if self.kept == 0 {
-            native::send_patiently(&self.sock, &Message::HandedAll, None).map_err(e)?;
-        }
+        native::send_patiently(&self.sock, &Message::HandedAll, None).map_err(e)?;
         Ok(())
     }
 

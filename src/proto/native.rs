@@ -366,8 +366,9 @@ pub enum Message {
     /// successor -> daemon: the ids (the daemon's) of the connections of
     /// `batch` the successor holds now; the daemon keeps the rest.
     TookOver { batch: u64, ids: Vec<u64> },
-    /// daemon -> successor: nothing more to hand; the daemon exits once
-    /// what it still holds (returns under way) is gone.
+    /// daemon -> successor: nothing more to hand. When the successor took
+    /// every batch whole, the daemon exits once what it still holds
+    /// (returns under way) is gone; otherwise both go on serving their own.
     HandedAll,
 }
 
