@@ -75,7 +75,9 @@ fn sigusr2_hands_hibernated_dovecot_clients_to_the_successor() {
     );
     // Each came with its imap process's notify fd.
     let adopted = format!("parked from pid {old} (");
-    let with_notify = log.lines().filter(|l| l.contains(&adopted) && l.contains("notify fd"));
+    let with_notify = log
+        .lines()
+        .filter(|l| l.contains(&adopted) && l.contains("notify fd"));
     assert_eq!(with_notify.count(), 3, "{log}");
     let s = dc.stats();
     assert_eq!((s.parked, s.taken_over), (3, 3), "{s:?}");

@@ -16,7 +16,7 @@ use mio::{Events, Interest, Poll, Token};
 use nix::sys::inotify::WatchDescriptor;
 use nix::sys::socket::{self, Shutdown};
 
-use super::accept::{self, PAUSE_MS};
+use super::accept::PAUSE_MS;
 use super::admission::Policy;
 use super::budget::Budget;
 use super::clients::{self, Clients, IdleCore};
@@ -35,7 +35,7 @@ use super::tracker_link::TrackerLink;
 use crate::proto::native::ListenerKind as Kind;
 use crate::setup::setup;
 pub use crate::setup::SetupError;
-use crate::sys::{self, limits, notify, SeqPacket};
+use crate::sys::{self, limits, notify};
 
 const BYE: &[u8] = b"* BYE [UNAVAILABLE] Server is busy, please reconnect.\r\n";
 
@@ -67,10 +67,8 @@ impl Daemon {
         let policy = Policy::from_config(&cfg, budget.controls)?;
         let shared = cfg.dovecot && service::started_by_master();
         let mut predecessor = from_predecessor::connect(&cfg)?;
-        let (listener, park_path) = match predecessor.as_mut().and_then(|p| p.take(Kind::Park)) {
-            Some(fd) => (SeqPacket::from(fd), cfg.park_socket.clone()),
-            None => accept::listen(&cfg, shared)?,
-        };
+        let (listener, park_path) =
+            from_predecessor::park_listener(&mut predecessor, &cfg, shared)?;
         let inotify = setup("creating the inotify instance", Inotify::new())?;
         let poll = setup("creating the poll", Poll::new())?;
         let reg = poll.registry();
@@ -84,9 +82,7 @@ impl Daemon {
                 reg.register(&mut SourceFd(&fd), token(source), Interest::READABLE),
             )?;
         }
-        let epoch = predecessor
-            .as_ref()
-            .map_or_else(Instant::now, |p| p.epoch());
+        let epoch = from_predecessor::epoch(&predecessor);
         let (tracker, dovecot) = if cfg.dovecot {
             let pred = predecessor.as_mut();
             let dovecot = dovecot_mode::start(&cfg, reg, &mut signals, &budget, &park_path, pred)?;
@@ -121,7 +117,6 @@ impl Daemon {
         if let Some(p) = self.predecessor.take() {
             p.adopt_all(&mut self.held(Instant::now()).0);
             self.carry_out();
-            let _ = notify::notify(&format!("MAINPID={}", std::process::id()));
         }
         let _ = notify::notify("READY=1");
         self.report_capacity();
@@ -260,18 +255,17 @@ impl Daemon {
     /// A successor said Hello: hand it our listeners and parked clients;
     /// once it took them all, what is left here drains and we exit.
     fn serve_successor(&mut self, now: Instant) {
-        let Some((sock, pid)) = self.park.take_successor() else {
+        let Some((sock, pid)) = self.park.successor.take() else {
             return;
         };
-        let mut listeners = vec![(Kind::Park, self.park.listener())];
+        // Keepalives due now go out from here, not skipped over there.
+        self.fire_timers(now);
+        let mut listeners = vec![(Kind::Park, self.park.listener.as_fd())];
         if let Some(d) = &self.dovecot {
             listeners.push((Kind::HandOff, d.hand_off.listener()));
         }
-        let age = self.core.millis(now);
-        if self
-            .succession
-            .serve(sock, pid, &listeners, age, &mut self.core)
-        {
+        let (age, core) = (self.core.millis(now), &mut self.core);
+        if self.succession.serve(sock, pid, &listeners, age, core) {
             self.core.shutdown("handed over to a successor", now);
         }
         self.carry_out();

@@ -7,16 +7,18 @@
 //! event loop starts: nothing else is served until the last batch is in.
 
 use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
+use super::accept;
 use super::config::Config;
 use super::core::{Arrival, Carried, ConnId};
 use super::park_socket::Held;
 use crate::proto::native::{self, Handed, ListenerKind, Message, ProtoError, Role, MAX_PACKET};
 use crate::setup::{setup, SetupError};
-use crate::sys::SeqPacket;
+use crate::sys::{notify, SeqPacket};
 
 /// How long the successor waits for the predecessor's next packet.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -36,13 +38,13 @@ pub fn connect(cfg: &Config) -> Result<Option<Predecessor>, SetupError> {
     }
     let path = &cfg.park_socket;
     let what = format_args!("taking over from the imap-idle on {}", path.display());
-    let sock = setup(&what, SeqPacket::connect(path, false))?;
-    setup(&what, sock.set_recv_timeout(Some(PATIENCE)))?;
+    let sock = setup(what, SeqPacket::connect(path, false))?;
+    setup(what, sock.set_recv_timeout(Some(PATIENCE)))?;
     let hello = Message::Hello {
         role: Role::Successor,
         pid: std::process::id(),
     };
-    setup(&what, native::send_patiently(&sock, &hello, None))?;
+    setup(what, native::send_patiently(&sock, &hello, None))?;
     let mut scratch = vec![0; MAX_PACKET + 1].into_boxed_slice();
     let mut next = || match native::recv(&sock, &mut scratch) {
         Ok(i) => Ok(i),
@@ -73,19 +75,32 @@ pub fn connect(cfg: &Config) -> Result<Option<Predecessor>, SetupError> {
     }))
 }
 
+/// The park socket: the predecessor's, or bound as configured.
+pub fn park_listener(
+    p: &mut Option<Predecessor>,
+    cfg: &Config,
+    shared: bool,
+) -> Result<(SeqPacket, PathBuf), SetupError> {
+    match p.as_mut().and_then(|p| p.take(ListenerKind::Park)) {
+        Some(fd) => Ok((SeqPacket::from(fd), cfg.park_socket.clone())),
+        None => accept::listen(cfg, shared),
+    }
+}
+
+/// Our clock's start: the predecessor's, so each user's keepalives keep
+/// falling on the same instants; else now.
+pub fn epoch(p: &Option<Predecessor>) -> Instant {
+    let now = Instant::now();
+    p.as_ref()
+        .and_then(|p| now.checked_sub(Duration::from_millis(p.age_ms)))
+        .unwrap_or(now)
+}
+
 impl Predecessor {
     /// The predecessor's listening socket of `kind`, if it sent one.
     pub fn take(&mut self, kind: ListenerKind) -> Option<OwnedFd> {
         let i = self.listeners.iter().position(|(k, _)| *k == kind)?;
         Some(self.listeners.swap_remove(i).1)
-    }
-
-    /// The predecessor's start: we keep its clock, so each user's
-    /// keepalives keep falling on the same instants.
-    pub fn epoch(&self) -> Instant {
-        let now = Instant::now();
-        now.checked_sub(Duration::from_millis(self.age_ms))
-            .unwrap_or(now)
     }
 
     /// Adopt batch after batch until the predecessor has handed all, or
@@ -122,6 +137,7 @@ impl Predecessor {
             "take-over from pid {} {end}: {taken} connections taken, {kept} left with it",
             self.pid
         );
+        let _ = notify::notify(&format!("MAINPID={}", std::process::id()));
     }
 
     /// The next packet. Unlike a park, a batch whose descriptors were cut

@@ -18,6 +18,7 @@ mod daemon;
 mod dovecot_mode;
 mod from_predecessor;
 mod hand_off;
+mod held;
 mod inotify;
 mod main;
 mod master_return;

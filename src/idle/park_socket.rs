@@ -5,7 +5,8 @@
 //! malformed packet closes that one control connection (with every
 //! descriptor it carried) and the daemon serves everyone else. A mail
 //! process may pipeline its parks: each turn takes up to a budget of a
-//! connection's packets and writes their answers out together.
+//! connection's packets and writes their answers out together. A
+//! successor daemon's connection goes to the daemon's hand-over.
 
 use std::collections::VecDeque;
 use std::io;
@@ -19,10 +20,9 @@ use slab::Slab;
 
 use super::accept::{self, Next};
 use super::admission::{Admission, Policy};
-use super::clients::{Clients, IdleCore};
 use super::control::{Control, Sent, WRITE_BATCH};
 use super::core::Arrival;
-use super::inotify::Inotify;
+pub use super::held::Held;
 use super::tokens::{token, Source};
 use crate::proto::native::{self, Message, Park, RecvError, Role, MAX_PACKET};
 use crate::sys::SeqPacket;
@@ -33,17 +33,8 @@ use crate::sys::SeqPacket;
 /// the next turn.
 const PACKETS_PER_TURN: usize = 256;
 
-/// What the park socket needs from the rest of the daemon for one event.
-pub struct Held<'a> {
-    pub core: &'a mut IdleCore,
-    pub clients: &'a mut Clients,
-    pub inotify: &'a mut Inotify,
-    pub reg: &'a Registry,
-    pub now: Instant,
-}
-
 pub struct ParkSocket {
-    listener: SeqPacket,
+    pub listener: SeqPacket,
     controls: Slab<Control>,
     admission: Admission,
     /// Dovecot mode: mail processes may not park here.
@@ -57,8 +48,9 @@ pub struct ParkSocket {
     /// with it unsent): the mail process keeps those clients, so we must
     /// not. Undone before the event that found them returns.
     undone: Vec<u64>,
-    /// A successor that said Hello, for the daemon to hand everything to.
-    successor: Option<(SeqPacket, i32)>,
+    /// A successor that said Hello (and its pid), for the daemon to hand
+    /// everything to.
+    pub successor: Option<(SeqPacket, i32)>,
 }
 
 impl ParkSocket {
@@ -131,14 +123,14 @@ impl ParkSocket {
         }
     }
 
-    fn close(&mut self, key: usize, reg: &Registry) {
-        if let Some(c) = self.controls.try_remove(key) {
-            let _ = reg.deregister(&mut SourceFd(&c.sock.as_raw_fd()));
-            self.admission.closed(&c.peer);
-            if self.controls.len() + 1 == self.admission.policy.max_controls * 9 / 10 {
-                self.resume = true;
-            }
+    fn close(&mut self, key: usize, reg: &Registry) -> Option<Control> {
+        let c = self.controls.try_remove(key)?;
+        let _ = reg.deregister(&mut SourceFd(&c.sock.as_raw_fd()));
+        self.admission.closed(&c.peer);
+        if self.controls.len() + 1 == self.admission.policy.max_controls * 9 / 10 {
+            self.resume = true;
         }
+        Some(c)
     }
 
     /// Queue an answer for the end of the turn; a peer that leaves too
@@ -282,7 +274,10 @@ impl ParkSocket {
                 c.role = Some(role);
                 c.hello_by = None;
                 if role == Role::Successor {
-                    return self.succeed(key, h.reg);
+                    // The daemon's hand-over answers it; a second is closed.
+                    let c = self.close(key, h.reg).map(|c| (c.sock, c.peer.pid));
+                    self.successor = self.successor.take().or(c);
+                    return false;
                 }
                 debug!("{}: connected", c.who());
                 let hello = Message::Hello {
@@ -323,28 +318,6 @@ impl ParkSocket {
                 false
             }
         }
-    }
-
-    /// The connection leaves the control table for the daemon's hand-over
-    /// (which answers its Hello itself).
-    fn succeed(&mut self, key: usize, reg: &Registry) -> bool {
-        if let Some(c) = self.controls.try_remove(key) {
-            let _ = reg.deregister(&mut SourceFd(&c.sock.as_raw_fd()));
-            self.admission.closed(&c.peer);
-            debug!("{}: a successor", c.who());
-            // A second one at once waits for the first to be over.
-            self.successor.get_or_insert((c.sock, c.peer.pid));
-        }
-        false
-    }
-
-    /// A successor waiting to be served, with its pid.
-    pub fn take_successor(&mut self) -> Option<(SeqPacket, i32)> {
-        self.successor.take()
-    }
-
-    pub fn listener(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.listener.as_fd()
     }
 
     /// Take over a client for a mail process, and answer it.

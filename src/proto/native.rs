@@ -815,21 +815,76 @@ mod tests {
                 missing: vec!["x".into()],
                 last: true,
             },
+            Message::Listeners {
+                kinds: vec![ListenerKind::Park, ListenerKind::HandOff],
+                age_ms: 12345,
+            },
+            Message::Handing {
+                batch: 2,
+                conns: vec![handed(true)],
+            },
+            Message::TookOver {
+                batch: 2,
+                ids: vec![1 << 33],
+            },
+            Message::HandedAll,
         ];
         for m in msgs {
             assert_eq!(Message::decode(&m.encode()).unwrap(), m);
         }
     }
 
+    fn handed(notify: bool) -> Handed {
+        Handed {
+            id: 1 << 33,
+            park: sample_park(),
+            notify,
+            keepalive_in_ms: 900,
+            partial: b"DO".to_vec(),
+            parked_secs: 60,
+        }
+    }
+
+    #[test]
+    fn hand_over_messages_count_their_descriptors() {
+        let batch = Message::Handing {
+            batch: 1,
+            conns: vec![handed(false), handed(true), handed(false)],
+        };
+        assert_eq!(batch.fds_expected(), 4, "one each, two with a notify fd");
+        let listeners = Message::Listeners {
+            kinds: vec![ListenerKind::Park],
+            age_ms: 0,
+        };
+        assert_eq!(listeners.fds_expected(), 1);
+        assert_eq!(Message::HandedAll.fds_expected(), 0);
+        let mut long = handed(false);
+        long.partial = vec![b'D'; MAX_TAG + 17];
+        let bad = Message::Handing {
+            batch: 1,
+            conns: vec![long],
+        };
+        assert!(matches!(
+            Message::decode(&bad.encode()),
+            Err(ProtoError::Limit(_))
+        ));
+    }
+
     #[test]
     fn variant_indices_match_the_manual() {
-        assert_eq!(Message::Registered.encode(), [3, 12]);
-        assert_eq!(Message::WhoRequest { user: None }.encode(), [3, 18, 0]);
+        assert_eq!(Message::HandedAll.encode(), [VERSION, 25]);
+        let hello = Message::Hello {
+            role: Role::Successor,
+            pid: 1,
+        };
+        assert_eq!(hello.encode(), [VERSION, 0, 5, 1]);
+        assert_eq!(Message::Registered.encode(), [4, 12]);
+        assert_eq!(Message::WhoRequest { user: None }.encode(), [4, 18, 0]);
         let hello = Message::Hello {
             role: Role::Login,
             pid: 1,
         };
-        assert_eq!(hello.encode(), [3, 0, 4, 1]);
+        assert_eq!(hello.encode(), [4, 0, 4, 1]);
         let long: Vec<u32> = (0..100_000).collect();
         let pieces = chunks(long);
         assert!(pieces.len() > 1);
@@ -855,10 +910,10 @@ mod tests {
     fn rejects_bad_packets_without_panicking() {
         assert_eq!(Message::decode(&[]), Err(ProtoError::Empty));
         assert_eq!(Message::decode(&[1, 0]), Err(ProtoError::Version(1)));
-        assert_eq!(Message::decode(&[2, 12]), Err(ProtoError::Version(2)));
-        assert!(matches!(Message::decode(&[3]), Err(ProtoError::Decode(_))));
+        assert_eq!(Message::decode(&[3, 12]), Err(ProtoError::Version(3)));
+        assert!(matches!(Message::decode(&[4]), Err(ProtoError::Decode(_))));
         assert!(matches!(
-            Message::decode(&[3, 200]),
+            Message::decode(&[4, 200]),
             Err(ProtoError::Decode(_))
         ));
         let mut extra = Message::StatsRequest.encode();

@@ -1,12 +1,12 @@
 //! One connection held by the core: its client descriptor, its phase, and
-//! what it carries back. Kept small on purpose: this struct (plus the state
+//! what it carries back (and what travels with it between daemons). Kept small on purpose: this struct (plus the state
 //! blob and tag it carries) is the daemon's per-client cost.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use super::timers::Millis;
-use crate::proto::native::{Cookie, Park, Return, WakeReason};
+use crate::proto::native::{Cookie, Handed, Park, Return, WakeReason};
 
 /// The daemon's id for a connection: its serial (which tells a reused slab
 /// key apart) in the high half, its slab key in the low half.
@@ -234,4 +234,26 @@ impl<F> Returning<'_, F> {
             parked_secs: now_secs.saturating_sub(self.parked_at),
         }
     }
+}
+
+/// What a connection brings from a predecessor past a plain park.
+/// `Default` is a fresh park.
+#[derive(Default, Clone, Copy)]
+pub struct Carried<'a> {
+    /// It comes from a predecessor daemon (a hand-over, not a park).
+    pub predecessor: bool,
+    /// When its next keepalive is due, in ms from adoption (0: none).
+    pub keepalive_in_ms: Millis,
+    /// Bytes of a `DONE` typed so far.
+    pub partial: &'a [u8],
+    /// Seconds it has been parked already.
+    pub parked_secs: u32,
+}
+
+/// A connection taken out of the core for a successor: its descriptors
+/// (closed only once the successor confirmed it) and what travels.
+pub struct Leaving<F> {
+    pub fd: F,
+    pub notify: Option<F>,
+    pub handed: Handed,
 }

@@ -11,32 +11,10 @@ use std::time::Instant;
 
 use log::debug;
 
-use super::conn::{ConnId, Extra, Phase};
+use super::conn::{Carried, ConnId, Extra, Leaving, Phase};
 use super::timers::{next_keepalive, Millis};
 use super::Core;
 use crate::proto::native::{Handed, Park};
-
-/// What a connection brings from a predecessor past a plain park.
-/// `Default` is a fresh park.
-#[derive(Default, Clone, Copy)]
-pub struct Carried<'a> {
-    /// It comes from a predecessor daemon (a hand-over, not a park).
-    pub predecessor: bool,
-    /// When its next keepalive is due, in ms from adoption (0: none).
-    pub keepalive_in_ms: Millis,
-    /// Bytes of a `DONE` typed so far.
-    pub partial: &'a [u8],
-    /// Seconds it has been parked already.
-    pub parked_secs: u32,
-}
-
-/// A connection taken out of the core for a successor: its descriptors
-/// (closed only once the successor confirmed it) and what travels.
-pub struct Leaving<F> {
-    pub fd: F,
-    pub notify: Option<F>,
-    pub handed: Handed,
-}
 
 impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
     /// Every connection that is parked (woken ones finish their return here).
@@ -110,11 +88,15 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
         }
     }
 
-    /// Apply what an adopted connection carried: its keepalive phase and
-    /// any partial `DONE`. The one place where a connection adopted from a
-    /// predecessor is handled as such: whatever must hear of that hooks in
-    /// here.
-    pub(super) fn carried_in(&mut self, key: u32, carried: &Carried<'_>, ms: Millis) {
+    /// Count a park; or apply what a connection adopted from a predecessor
+    /// carried: its keepalive instant and any partial `DONE`. The one place
+    /// where a connection adopted from a predecessor is handled as such:
+    /// whatever must hear of that hooks in here.
+    pub(super) fn arrived(&mut self, key: u32, carried: &Carried<'_>, ms: Millis) {
+        if !carried.predecessor {
+            self.stats.parks += 1;
+            return;
+        }
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };
@@ -128,12 +110,6 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
             self.timers.schedule(at, key, conn.timer_gen);
         }
         self.stats.taken_over += 1;
-    }
-}
-
-impl<F, W> super::Arrival<'_, F, W> {
-    pub fn from_predecessor(&self) -> bool {
-        self.carried.predecessor
     }
 }
 
@@ -154,5 +130,94 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
     pub fn fds_of(&self, id: ConnId) -> Option<(&F, Option<&F>)> {
         let c = self.get(id).filter(|c| c.phase == Phase::Parked)?;
         Some((&c.fd, c.notify.as_ref()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::RawFd;
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::idle::core::{Action, Arrival};
+
+    struct Fd(RawFd);
+
+    impl AsRawFd for Fd {
+        fn as_raw_fd(&self) -> RawFd {
+            self.0
+        }
+    }
+
+    fn arrival<'a>(fd: RawFd, carried: Carried<'a>, watch: &'a Path) -> Arrival<'a, Fd, u32> {
+        Arrival {
+            fd: Fd(fd),
+            notify: Some(Fd(fd + 1000)),
+            user: "alice",
+            cookie: [3; 16],
+            tag: "A1",
+            in_idle: true,
+            keepalive_secs: 10,
+            watches: vec![(7, watch)],
+            state: b"st",
+            from_pid: 1,
+            carried,
+        }
+    }
+
+    #[test]
+    fn a_connection_carries_its_keepalive_instant_and_partial_done_across() {
+        let epoch = Instant::now();
+        let watch = Path::new("/m/new");
+        let mut old: Core<Fd, u32> = Core::new(10, true, epoch, 1);
+        let id = old
+            .adopt(arrival(5, Carried::default(), watch), epoch)
+            .ok()
+            .unwrap();
+        let due = old.next_deadline().unwrap();
+        let t = epoch + Duration::from_millis(300);
+        old.input(id, b"DO", t);
+        while old.next_action().is_some() {}
+        let l = old.leave_for_successor(id, t).unwrap();
+        assert_eq!(l.handed.partial, b"DO");
+        assert_eq!(l.handed.park.watch, vec![watch.to_path_buf()]);
+        assert_eq!((l.handed.notify, l.handed.parked_secs), (true, 0));
+        assert_eq!(
+            t + Duration::from_millis(l.handed.keepalive_in_ms as u64),
+            due
+        );
+        // Leaving tells the tracker nothing and closes nothing yet.
+        let acts: Vec<_> = std::iter::from_fn(|| old.next_action()).collect();
+        assert!(acts
+            .iter()
+            .all(|a| !matches!(a, Action::Gone(_) | Action::Close(_))));
+        assert!(old.is_empty());
+        old.left(l);
+        let closed = std::iter::from_fn(|| old.next_action())
+            .filter(|a| matches!(a, Action::Close(_)))
+            .count();
+        assert_eq!(closed, 2, "client and notify fd");
+
+        // The successor shares the clock; the keepalive keeps its instant.
+        let mut new: Core<Fd, u32> = Core::new(10, true, epoch, 2);
+        let h = old_handed(due, t);
+        let carried = Carried {
+            predecessor: true,
+            keepalive_in_ms: h,
+            partial: b"DO",
+            parked_secs: 3,
+        };
+        let id = new.adopt(arrival(6, carried, watch), t).ok().unwrap();
+        assert_eq!(new.next_deadline(), Some(due));
+        assert_eq!((new.stats().parks, new.stats().taken_over), (0, 1));
+        new.input(id, b"NE\r\n", t);
+        let woke = std::iter::from_fn(|| new.next_action()).count();
+        assert!(woke > 0);
+        assert_eq!(new.stats().wake_done, 1, "the DONE typed across completes");
+    }
+
+    fn old_handed(due: Instant, t: Instant) -> Millis {
+        due.duration_since(t).as_millis() as Millis
     }
 }

@@ -35,9 +35,9 @@ use log::{debug, info};
 use slab::Slab;
 
 pub use action::Action;
-pub use conn::{conn_id, split_id, ConnId, Phase, Returning, Waking, MAX_KEPT_TAG};
+pub use conn::MAX_KEPT_TAG;
+pub use conn::{conn_id, split_id, Carried, ConnId, Leaving, Phase, Returning, Waking};
 use conn::{Conn, Fields};
-pub use handover::{Carried, Leaving};
 use serials::Serials;
 use timers::Timers;
 pub use timers::{next_keepalive, Millis};
@@ -259,7 +259,6 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
             .map(|(wd, path)| self.watches.add(wd.clone(), path, (key, serial)))
             .collect();
         let ms = self.millis(now);
-        let from_predecessor = a.from_predecessor();
         let carried = a.carried;
         let user = self.users.intern(a.user);
         let notify = a.notify.is_some();
@@ -281,11 +280,7 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
         let inserted = self.conns.insert(conn) as u32;
         debug_assert_eq!(inserted, key);
         self.schedule_keepalive(key, ms);
-        if from_predecessor {
-            self.carried_in(key, &carried, ms);
-        } else {
-            self.stats.parks += 1;
-        }
+        self.arrived(key, &carried, ms);
         self.capacity_changed();
         let id = conn_id(key, serial);
         debug!(
