@@ -1,6 +1,7 @@
 //! One connection held by the core: its client descriptor, its phase, and
-//! what it carries back (and what travels with it between daemons). Kept small on purpose: this struct (plus the state
-//! blob and tag it carries) is the daemon's per-client cost.
+//! what it carries back (and what travels with it between daemons). Kept
+//! small on purpose: this struct (plus the state blob and tag it carries)
+//! is the daemon's per-client cost.
 
 use std::path::PathBuf;
 use std::time::Instant;
