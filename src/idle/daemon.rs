@@ -264,8 +264,7 @@ impl Daemon {
         if let Some(d) = &self.dovecot {
             listeners.push((Kind::HandOff, d.hand_off.listener()));
         }
-        let (age, core) = (self.core.millis(now), &mut self.core);
-        if self.succession.serve(sock, pid, &listeners, age, core) {
+        if self.succession.serve(sock, pid, &listeners, &mut self.core) {
             self.core.shutdown("handed over to a successor", now);
         }
         self.carry_out();

@@ -27,7 +27,8 @@ pub struct Predecessor {
     sock: SeqPacket,
     pid: i32,
     listeners: Vec<(ListenerKind, OwnedFd)>,
-    age_ms: u64,
+    /// The predecessor's start, on our clock.
+    epoch: Instant,
     scratch: Box<[u8]>,
 }
 
@@ -59,6 +60,7 @@ pub fn connect(cfg: &Config) -> Result<Option<Predecessor>, SetupError> {
         other => return Err(SetupError(format!("{what}: unexpected {other:?}"))),
     };
     let got = next()?;
+    let now = Instant::now();
     let Message::Listeners { kinds, age_ms } = got.msg else {
         return Err(SetupError(format!("{what}: expected its listeners")));
     };
@@ -70,7 +72,9 @@ pub fn connect(cfg: &Config) -> Result<Option<Predecessor>, SetupError> {
         listeners: kinds.into_iter().zip(got.fds).collect(),
         sock,
         pid,
-        age_ms,
+        epoch: now
+            .checked_sub(Duration::from_millis(age_ms))
+            .unwrap_or(now),
         scratch,
     }))
 }
@@ -90,10 +94,7 @@ pub fn park_listener(
 /// Our clock's start: the predecessor's, so each user's keepalives keep
 /// falling on the same instants; else now.
 pub fn epoch(p: &Option<Predecessor>) -> Instant {
-    let now = Instant::now();
-    p.as_ref()
-        .and_then(|p| now.checked_sub(Duration::from_millis(p.age_ms)))
-        .unwrap_or(now)
+    p.as_ref().map_or_else(Instant::now, |p| p.epoch)
 }
 
 impl Predecessor {
@@ -203,7 +204,7 @@ impl Predecessor {
                 from_pid: self.pid,
                 carried: Carried {
                     predecessor: true,
-                    keepalive_in_ms: c.keepalive_in_ms as u64,
+                    keepalive_at_ms: c.keepalive_at_ms,
                     partial: &c.partial,
                     parked_secs: c.parked_secs,
                 },

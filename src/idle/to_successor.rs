@@ -87,7 +87,6 @@ impl Succession {
         sock: SeqPacket,
         pid: i32,
         listeners: &[(ListenerKind, BorrowedFd<'_>)],
-        age_ms: u64,
         core: &mut IdleCore,
     ) -> bool {
         let _ = notify::notify("RELOADING=1");
@@ -100,7 +99,7 @@ impl Succession {
             kept: 0,
             scratch: vec![0; MAX_PACKET + 1].into_boxed_slice(),
         };
-        let result = hand.all(listeners, age_ms);
+        let result = hand.all(listeners);
         let (taken, kept) = (hand.taken, hand.kept);
         let secs = started.elapsed().as_secs_f64();
         match result {
@@ -132,11 +131,7 @@ struct Hand<'a> {
 }
 
 impl Hand<'_> {
-    fn all(
-        &mut self,
-        listeners: &[(ListenerKind, BorrowedFd<'_>)],
-        age_ms: u64,
-    ) -> Result<(), String> {
+    fn all(&mut self, listeners: &[(ListenerKind, BorrowedFd<'_>)]) -> Result<(), String> {
         let e = |e: std::io::Error| e.to_string();
         self.sock.set_nonblocking(false).map_err(e)?;
         self.sock.set_recv_timeout(Some(PATIENCE)).map_err(e)?;
@@ -147,6 +142,9 @@ impl Hand<'_> {
         native::send_patiently(&self.sock, &hello, None).map_err(e)?;
         let kinds = listeners.iter().map(|(k, _)| *k).collect();
         let fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|(_, fd)| *fd).collect();
+        // Taken as late as can be: the successor's clock starts this far
+        // back from when it reads it.
+        let age_ms = self.core.millis(Instant::now());
         let msg = Message::Listeners { kinds, age_ms };
         self.sock
             .send_patiently(&msg.encode(), &fds, native::PATIENCE)

@@ -392,8 +392,9 @@ pub struct Handed {
     pub park: Park,
     /// Dovecot mode: a notify fd follows the client's.
     pub notify: bool,
-    /// Milliseconds until its next keepalive is due (0: none pending).
-    pub keepalive_in_ms: u32,
+    /// When its next keepalive is due: ms since the sender started (the
+    /// successor keeps the sender's clock, see `Listeners`); 0: none.
+    pub keepalive_at_ms: u64,
     /// Bytes of a `DONE` typed so far.
     pub partial: Vec<u8>,
     /// Seconds it has been parked.
@@ -839,7 +840,7 @@ mod tests {
             id: 1 << 33,
             park: sample_park(),
             notify,
-            keepalive_in_ms: 900,
+            keepalive_at_ms: 900,
             partial: b"DO".to_vec(),
             parked_secs: 60,
         }

@@ -243,8 +243,9 @@ impl<F> Returning<'_, F> {
 pub struct Carried<'a> {
     /// It comes from a predecessor daemon (a hand-over, not a park).
     pub predecessor: bool,
-    /// When its next keepalive is due, in ms from adoption (0: none).
-    pub keepalive_in_ms: Millis,
+    /// When its next keepalive is due, on the predecessor's clock, which
+    /// is ours (0: none).
+    pub keepalive_at_ms: Millis,
     /// Bytes of a `DONE` typed so far.
     pub partial: &'a [u8],
     /// Seconds it has been parked already.

@@ -31,11 +31,9 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
     pub fn describe_for_successor(&self, id: ConnId, now: Instant) -> Option<Handed> {
         let c = self.get(id).filter(|c| c.phase == Phase::Parked)?;
         let ms = self.millis(now);
-        let keepalive_in_ms = if c.keepalive_secs > 0 {
-            let at = next_keepalive(ms, c.keepalive_secs as u64 * 1000, self.users.hash(c.user));
-            at.saturating_sub(ms).min(u32::MAX as u64) as u32
-        } else {
-            0
+        let keepalive_at_ms = match c.keepalive_secs {
+            0 => 0,
+            secs => next_keepalive(ms, secs as u64 * 1000, self.users.hash(c.user)),
         };
         let partial = match c.extra.as_deref() {
             Some(Extra::Partial(p)) => p.to_vec(),
@@ -57,7 +55,7 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
                 state: c.state().to_vec(),
             },
             notify: c.notify.is_some(),
-            keepalive_in_ms,
+            keepalive_at_ms,
             partial,
             parked_secs: ((ms / 1000) as u32).saturating_sub(c.parked_at),
         })
@@ -104,9 +102,11 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
             conn.extra = Some(Box::new(Extra::Partial(carried.partial.into())));
         }
         conn.parked_at = conn.parked_at.saturating_sub(carried.parked_secs);
-        if carried.keepalive_in_ms > 0 && conn.keepalive_secs > 0 {
+        // Our clock is the predecessor's: its instant is ours as it is
+        // (one already past goes out at once).
+        if carried.keepalive_at_ms > 0 && conn.keepalive_secs > 0 {
             conn.timer_gen = self.timers.new_gen();
-            let at = ms + carried.keepalive_in_ms;
+            let at = carried.keepalive_at_ms.max(ms);
             self.timers.schedule(at, key, conn.timer_gen);
         }
         self.stats.taken_over += 1;
@@ -183,10 +183,8 @@ mod tests {
         assert_eq!(l.handed.partial, b"DO");
         assert_eq!(l.handed.park.watch, vec![watch.to_path_buf()]);
         assert_eq!((l.handed.notify, l.handed.parked_secs), (true, 0));
-        assert_eq!(
-            t + Duration::from_millis(l.handed.keepalive_in_ms as u64),
-            due
-        );
+        let l_at = l.handed.keepalive_at_ms;
+        assert_eq!(epoch + Duration::from_millis(l_at), due);
         // Leaving tells the tracker nothing and closes nothing yet.
         let acts: Vec<_> = std::iter::from_fn(|| old.next_action()).collect();
         assert!(acts
@@ -201,10 +199,9 @@ mod tests {
 
         // The successor shares the clock; the keepalive keeps its instant.
         let mut new: Core<Fd, u32> = Core::new(10, true, epoch, 2);
-        let h = old_handed(due, t);
         let carried = Carried {
             predecessor: true,
-            keepalive_in_ms: h,
+            keepalive_at_ms: l_at,
             partial: b"DO",
             parked_secs: 3,
         };
@@ -215,9 +212,5 @@ mod tests {
         let woke = std::iter::from_fn(|| new.next_action()).count();
         assert!(woke > 0);
         assert_eq!(new.stats().wake_done, 1, "the DONE typed across completes");
-    }
-
-    fn old_handed(due: Instant, t: Instant) -> Millis {
-        due.duration_since(t).as_millis() as Millis
     }
 }
