@@ -8,23 +8,13 @@ mod util;
 
 use std::time::Duration;
 
+use imap_idle::lab::rig::procfs::exited;
 use imap_idle::link::Link;
 use imap_idle::proto::native::Role;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use util::dovecot::{available, Dovecot, Hibernation, PASSWORD};
 use util::imap::Imap;
-
-/// Gone or a zombie: it has exited.
-fn exited(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|s| s.trim_start().starts_with('Z')),
-        Err(_) => true,
-    }
-}
 
 struct Reaped(u32);
 

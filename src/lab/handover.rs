@@ -17,6 +17,7 @@ use crate::args::Args;
 use crate::lab::load::{Delivery, Load, LoadOptions, Report};
 use crate::lab::rig::dovecot::{raise_inotify_instances, Dovecot, Hibernation, PASSWORD};
 use crate::lab::rig::native::{NativeOptions, NativeStack};
+use crate::lab::rig::procfs::exited;
 use crate::lab::rig::wait_until;
 use crate::link::{self, Link};
 use crate::proto::native::{Role, Stats};
@@ -172,16 +173,6 @@ struct Successor(u32);
 impl Drop for Successor {
     fn drop(&mut self) {
         let _ = kill(Pid::from_raw(self.0 as i32), Signal::SIGTERM);
-    }
-}
-
-fn exited(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|s| s.trim_start().starts_with('Z')),
-        Err(_) => true,
     }
 }
 

@@ -215,3 +215,14 @@ mod tests {
         assert!(!tcp_socket_inodes(std::process::id()).contains(&client_inode));
     }
 }
+
+/// Whether `pid` has exited: gone, or a zombie its parent has not reaped.
+pub fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|s| s.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
+}
