@@ -199,6 +199,7 @@ mod tests {
         for user in ["bob", "bob", "carol"] {
             let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
             let arrival = Arrival {
+                carried: Default::default(),
                 fd: OwnedFd::from(ours),
                 user,
                 cookie: [0; 16],

@@ -57,6 +57,22 @@ impl Policy {
                 "this imap-idle runs in Dovecot mode: it parks clients of Dovecot only".into(),
             );
         }
+        if role == Role::Successor {
+            // Only our own uid: a successor gets every client we hold.
+            let own = nix::unistd::geteuid().as_raw();
+            if peer.uid != own {
+                warn!(
+                    "SECURITY: pid={} uid={} claimed the Successor role; refused (only uid {own}, \
+                     ours, may take over)",
+                    peer.pid, peer.uid
+                );
+                return Err(format!(
+                    "uid {} may not take over: only uid {own}, the daemon's own",
+                    peer.uid
+                ));
+            }
+            return Ok(());
+        }
         let (allowed, flag) = match role {
             Role::MailProcess => (&self.mail, "--mail-uid"),
             Role::Admin => (&self.admin, "--admin-group"),

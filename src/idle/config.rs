@@ -71,6 +71,10 @@ Options:
   --master-connections N  with --dovecot: imap-master connections open at
                          once, each returning one woken client (the rest
                          wait their turn) [default: 16]
+  --take-over            take over from the imap-idle running on the park
+                         socket (same uid only): its listening sockets and
+                         every parked connection, none woken; it exits
+                         once it holds nothing. Not under Dovecot's master
   -h, --help             print this help
   -V, --version          print the version
 
@@ -94,7 +98,10 @@ Timing (the defaults are Dovecot imap-hibernate's):
                          at most [default: 64]
 
 Signals: SIGTERM/SIGINT return every parked connection to the tracker and
-exit (a second one gives up at once); SIGUSR1 logs a one-line summary.
+exit (a second one gives up at once); SIGUSR1 logs a one-line summary;
+SIGUSR2 starts this program again with the same arguments plus
+--take-over, which takes every parked connection over (a new version
+replaces the running one without waking anybody).
 Under Dovecot's master, SIGINT (\"you look idle\") is obeyed only with
 nothing parked, and a closed death pipe (a reload or a stop) means: take
 no new clients, keep the parked ones, exit when none is left.
@@ -130,6 +137,7 @@ pub struct Config {
     /// Returns in flight to the tracker, at most.
     pub return_window: usize,
     pub master_connections: usize,
+    pub take_over: bool,
 }
 
 #[derive(Debug)]
@@ -169,6 +177,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     let mut max_parked = None;
     let mut log_level = "info".to_owned();
     let mut dovecot = false;
+    let mut take_over = false;
     let mut dovecot_base_dir = None;
     let mut dovecot_group = "dovecot".to_owned();
     let mut dovecot_shutdown_clients = true;
@@ -212,6 +221,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
                 max_parked = Some(n);
             }
             "--dovecot" => dovecot = true,
+            "--take-over" => take_over = true,
             "--dovecot-base-dir" => dovecot_base_dir = Some(PathBuf::from(value()?)),
             "--dovecot-group" => dovecot_group = value()?,
             "--dovecot-shutdown-clients" => {
@@ -279,6 +289,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
         tuning,
         return_window,
         master_connections,
+        take_over,
     })))
 }
 

@@ -6,33 +6,37 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use mio::{Events, Poll, Token};
-use nix::sys::socket::{self, Shutdown};
 
-use super::accept::{self, PAUSE_MS};
+use super::accept::PAUSE_MS;
 use super::admission::Policy;
 use super::budget::Budget;
-use super::clients::{self, Clients, IdleCore};
+use super::clients::{Clients, IdleCore};
 use super::config::Config;
-use super::core::{Action, Core};
+use super::core::Core;
 use super::dovecot_mode::{self, Dovecot};
+use super::from_predecessor::{self, Predecessor};
 use super::hand_off::HandOff;
-use super::inotify::{Inotify, Watch};
+use super::inotify::Inotify;
 use super::park_socket::{Held, ParkSocket};
 use super::service::{self, Service};
-use super::signals::{Command, SignalAdapter};
+use super::signals::SignalAdapter;
+use super::to_successor::Succession;
 use super::tokens::{register, source, Source};
 use super::tracker_link::TrackerLink;
+use crate::proto::native::ListenerKind as Kind;
 use crate::setup::setup;
 pub use crate::setup::SetupError;
 use crate::supervisor::Supervisor;
 use crate::sys::activation::Activated;
-use crate::sys::{self, limits};
+use crate::sys::limits;
+
+mod actions;
 
 pub struct Daemon {
     poll: Poll,
@@ -50,6 +54,8 @@ pub struct Daemon {
     /// The park socket's path, when we bound it (not passed to us).
     park_socket: Option<PathBuf>,
     supervisor: Supervisor,
+    succession: Succession,
+    predecessor: Option<Predecessor>,
 }
 
 impl Daemon {
@@ -59,14 +65,18 @@ impl Daemon {
         let reopen = service::drop_privileges(cfg.dovecot)?;
         // Before anything of ours takes a descriptor: Dovecot's master
         // leaves its listener at 7, 8 or 9 by version.
-        let handed = cfg.dovecot.then(|| service::listener(&cfg)).transpose()?;
+        // (A successor takes its predecessor's instead.)
+        let by_master = cfg.dovecot && service::started_by_master();
+        let handed = by_master.then(|| service::listener(&cfg)).transpose()?;
         let mut signals = setup("setting up signals", SignalAdapter::new(false))?;
         let fd_limit = setup("raising the open-file limit", limits::raise_nofile())?;
         let budget = Budget::for_config(fd_limit, &cfg);
         let max_parked = budget.max_parked;
         let policy = Policy::from_config(&cfg, budget.controls)?;
         let shared = cfg.dovecot && service::started_by_master();
-        let (listener, park_path, ours) = accept::listen(&cfg, shared, &mut activated)?;
+        let mut predecessor = from_predecessor::connect(&cfg)?;
+        let (listener, park_path, ours) =
+            from_predecessor::park_listener(&mut predecessor, &cfg, shared, &mut activated)?;
         let inotify = setup("creating inotify", Inotify::new(reopen, budget.closing))?;
         let poll = setup("creating the poll", Poll::new())?;
         let reg = poll.registry();
@@ -76,7 +86,12 @@ impl Daemon {
             (inotify.as_fd().as_raw_fd(), Source::Inotify),
         ];
         register(reg, &fixed)?;
-        let epoch = Instant::now();
+        let epoch = from_predecessor::epoch(&predecessor);
+        let handed = match handed {
+            Some(h) => Some(h),
+            None if cfg.dovecot => Some(dovecot_mode::listener(&cfg, predecessor.as_mut())?),
+            None => None,
+        };
         let (tracker, dovecot) = if let Some(handed) = handed {
             let d = Dovecot::new(
                 &cfg,
@@ -120,10 +135,16 @@ impl Daemon {
             accept_again: false,
             park_socket: ours.then_some(park_path),
             supervisor: service::supervisor(epoch),
+            succession: Succession::default(),
+            predecessor,
         })
     }
 
     pub fn run(mut self) -> Result<(), SetupError> {
+        if let Some(p) = self.predecessor.take() {
+            p.adopt_all(&mut self.held(Instant::now()).0);
+            self.carry_out();
+        }
         self.report_capacity();
         self.supervisor.ready(self.core.status_line());
         let mut events = Events::with_capacity(1024);
@@ -150,6 +171,7 @@ impl Daemon {
             self.clients.turn(&mut self.core, now);
             self.carry_out();
             self.park_turn(now);
+            self.serve_successor(Instant::now());
             self.fire_timers(Instant::now());
             self.pump(Instant::now());
             let draining = self.core.draining();
@@ -162,7 +184,11 @@ impl Daemon {
             }
         }
         info!("all connections handed back; exiting");
-        if let Some(path) = &self.park_socket {
+        if let Some(path) = self
+            .park_socket
+            .as_ref()
+            .filter(|_| !self.succession.handed_over())
+        {
             let _ = fs::remove_file(path);
         }
         Ok(())
@@ -264,9 +290,30 @@ impl Daemon {
         }
     }
 
+    /// A successor said Hello: hand it our listeners and parked clients;
+    /// once it took them all, what is left here drains and we exit.
+    fn serve_successor(&mut self, now: Instant) {
+        let Some((sock, pid)) = self.park.successor.take() else {
+            return;
+        };
+        // Keepalives due now go out from here, not skipped over there.
+        self.fire_timers(now);
+        let mut listeners = vec![(Kind::Park, self.park.listener.as_fd())];
+        if let Some(d) = &self.dovecot {
+            listeners.extend(d.hand_off.listener().map(|l| (Kind::HandOff, l)));
+        }
+        if self
+            .succession
+            .serve(sock, pid, &listeners, &mut self.core, &self.inotify)
+        {
+            self.core.shutdown("handed over to a successor", now);
+        }
+        self.carry_out();
+    }
+
     /// Both listeners, unless out of descriptors a moment ago.
     fn accept(&mut self, now: Instant) {
-        if self.accept_paused_until.is_some() {
+        if self.accept_paused_until.is_some() || self.succession.handed_over() {
             return;
         }
         let max = self.core.max_parked();
@@ -281,28 +328,6 @@ impl Daemon {
         if let Err(e) = result {
             warn!("accepting: {e}; pausing for {PAUSE_MS} ms");
             self.accept_paused_until = Some(Instant::now() + Duration::from_millis(PAUSE_MS));
-        }
-    }
-
-    fn signals(&mut self, now: Instant) {
-        for command in self.signals.commands() {
-            match command {
-                Command::Summary => {
-                    let anvil = self.dovecot.as_ref().map(Dovecot::summary);
-                    info!("{}{}", self.core.summary(), anvil.unwrap_or_default());
-                }
-                Command::Stop(sig) => self.core.shutdown(sig.as_ref(), now),
-                Command::CloseListener => {
-                    if let Some(d) = &mut self.dovecot {
-                        d.master_closed_pipe(&mut self.core, self.poll.registry(), now);
-                    }
-                }
-                Command::IdleExit => {
-                    if let Some(d) = &self.dovecot {
-                        d.idle_exit(&mut self.core, now);
-                    }
-                }
-            }
         }
     }
 
@@ -346,50 +371,6 @@ impl Daemon {
             if let Some(s) = &mut d.service {
                 self.accept_again |= s.report(used, max);
             }
-        }
-    }
-
-    /// Everything the core asked for, in order; a write that fails goes
-    /// back to the core, which may ask for more.
-    fn carry_out(&mut self) {
-        while let Some(action) = self.core.next_action() {
-            self.carry_out_one(action);
-        }
-    }
-
-    fn carry_out_one(&mut self, action: Action<OwnedFd, Watch>) {
-        let reg = self.poll.registry();
-        match action {
-            Action::Unpoll(fd) => clients::unpoll(reg, fd),
-            Action::Write { id, bytes, what } => {
-                // A connection that left since has nothing to write to.
-                let Some(fd) = self.core.fd(id) else {
-                    return;
-                };
-                if let Err(e) = sys::write_now(fd.as_fd(), &bytes) {
-                    let full = e.kind() == io::ErrorKind::WouldBlock;
-                    self.core.write_failed(id, full, what, &e.to_string());
-                }
-            }
-            Action::Close(fd) => drop(fd),
-            Action::Bye { fd, bye } => {
-                let _ = sys::write_now(fd.as_fd(), &bye);
-                let _ = socket::shutdown(fd.as_raw_fd(), Shutdown::Both);
-            }
-            Action::Unwatch(w) => self.inotify.remove(w, reg),
-            Action::Gone(g) => {
-                if let Some(t) = &mut self.tracker {
-                    t.tell_gone(g);
-                }
-            }
-            Action::Abandon(id) => {
-                if let Some(d) = &mut self.dovecot {
-                    d.masters.abandon(id, reg);
-                }
-            }
-            Action::Capacity => self.report_capacity(),
-            Action::Joined(p) => self.dovecot.iter_mut().for_each(|d| d.presence(&p, true)),
-            Action::Left(p) => self.dovecot.iter_mut().for_each(|d| d.presence(&p, false)),
         }
     }
 }

@@ -29,12 +29,14 @@ use super::budget::Budget;
 use super::clients::IdleCore;
 use super::config::Config;
 use super::core::Presence;
+use super::from_predecessor::Predecessor;
 use super::hand_off::HandOff;
 use super::master_return::Masters;
 use super::service::{self, Service};
 use super::signals::SignalAdapter;
 use super::tokens::{token, Source};
 use crate::proto::anvil::Format;
+use crate::proto::native::ListenerKind;
 use crate::setup::{setup, SetupError};
 
 /// How often a retired process looks whether the master is still there.
@@ -66,6 +68,19 @@ fn register(reg: &Registry, fd: i32, source: Source, interest: Interest) -> Resu
         "registering with the poll",
         reg.register(&mut SourceFd(&fd), token(source), interest),
     )
+}
+
+/// The imap-hibernate listener when Dovecot's master did not start us: a
+/// predecessor's (a hand-over), or our own in `--dovecot-base-dir`.
+pub fn listener(
+    cfg: &Config,
+    predecessor: Option<&mut Predecessor>,
+) -> Result<(OwnedFd, Option<Service>, PathBuf), SetupError> {
+    let inherited = predecessor.and_then(|p| p.take(ListenerKind::HandOff));
+    match (inherited, &cfg.dovecot_base_dir) {
+        (Some(l), Some(dir)) => Ok((l, None, dir.clone())),
+        _ => service::listener(cfg),
+    }
 }
 
 impl Dovecot {

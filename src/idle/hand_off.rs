@@ -78,6 +78,11 @@ impl HandOff {
         }
     }
 
+    /// The imap-hibernate listener, for a successor.
+    pub fn listener(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.listener.as_ref().map(|l| l.as_fd())
+    }
+
     /// Hand-offs in progress: each has been promised room.
     pub fn len(&self) -> usize {
         self.conns.len()
@@ -320,6 +325,7 @@ impl HandOff {
             watches: watches.iter().map(|(w, p)| (*w, p.as_path())).collect(),
             state: &tail,
             from_pid: c.pid,
+            carried: Default::default(),
         };
         match h
             .clients

@@ -102,6 +102,14 @@ impl Inotify {
     }
 
     /// Descriptors held for Dovecot's notify fds (kept ones, mounts).
+    /// The kept Dovecot notify fd a connection watches, if any.
+    pub fn notify_fd_of(&self, watches: &[Watch]) -> Option<BorrowedFd<'_>> {
+        watches.iter().find_map(|w| match w {
+            Watch::Notify(k) => self.notify.fd(*k),
+            Watch::Kernel(_) => None,
+        })
+    }
+
     pub fn notify_fds(&self) -> usize {
         self.notify.held()
     }
@@ -182,6 +190,7 @@ mod tests {
                 watches: vec![(wd, dir.path())],
                 state: b"s",
                 from_pid: 1,
+                carried: Default::default(),
             };
             ids.push(core.adopt(arrival, now).ok().unwrap());
         }

@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
 use log::{debug, warn};
@@ -69,6 +69,11 @@ impl NotifyFds {
     }
 
     /// Descriptors held: kept notify fds and mount descriptors.
+    /// The kept notify fd at `key`, to send a successor a copy.
+    pub fn fd(&self, key: u32) -> Option<BorrowedFd<'_>> {
+        self.kept.get(key as usize).map(|k| k.fd.as_fd())
+    }
+
     pub fn held(&self) -> usize {
         self.kept.len() + self.mounts.values().flatten().count()
     }
@@ -274,6 +279,7 @@ mod tests {
             let (client, peer) = std::os::unix::net::UnixStream::pair().unwrap();
             self.peers.push(peer);
             let arrival = Arrival {
+                carried: Default::default(),
                 multiplex: false,
                 fd: OwnedFd::from(client),
                 user: "u",

@@ -5,7 +5,8 @@
 //! malformed packet closes that one control connection (with every
 //! descriptor it carried) and the daemon serves everyone else. A mail
 //! process may pipeline its parks: each turn takes up to a budget of a
-//! connection's packets and writes their answers out together.
+//! connection's packets and writes their answers out together. A
+//! successor daemon's connection goes to the daemon's hand-over.
 
 use std::collections::VecDeque;
 use std::io;
@@ -19,10 +20,9 @@ use slab::Slab;
 
 use super::accept::{self, Next};
 use super::admission::{Admission, Policy};
-use super::clients::{Clients, IdleCore};
 use super::control::{Control, Sent, WRITE_BATCH};
 use super::core::Arrival;
-use super::inotify::Inotify;
+pub use super::held::Held;
 use super::tokens::{token, Source};
 use crate::proto::native::{self, Message, Park, RecvError, Role, MAX_PACKET};
 use crate::sys::SeqPacket;
@@ -33,17 +33,8 @@ use crate::sys::SeqPacket;
 /// the next turn.
 const PACKETS_PER_TURN: usize = 256;
 
-/// What the park socket needs from the rest of the daemon for one event.
-pub struct Held<'a> {
-    pub core: &'a mut IdleCore,
-    pub clients: &'a mut Clients,
-    pub inotify: &'a mut Inotify,
-    pub reg: &'a Registry,
-    pub now: Instant,
-}
-
 pub struct ParkSocket {
-    listener: SeqPacket,
+    pub listener: SeqPacket,
     controls: Slab<Control>,
     admission: Admission,
     /// Dovecot mode: mail processes may not park here.
@@ -57,6 +48,9 @@ pub struct ParkSocket {
     /// with it unsent): the mail process keeps those clients, so we must
     /// not. Undone before the event that found them returns.
     undone: Vec<u64>,
+    /// A successor that said Hello (and its pid), for the daemon to hand
+    /// everything to.
+    pub successor: Option<(SeqPacket, i32)>,
 }
 
 impl ParkSocket {
@@ -70,6 +64,7 @@ impl ParkSocket {
             scratch: vec![0; MAX_PACKET + 1].into_boxed_slice(),
             ready: VecDeque::new(),
             undone: Vec::new(),
+            successor: None,
         }
     }
 
@@ -128,14 +123,14 @@ impl ParkSocket {
         }
     }
 
-    fn close(&mut self, key: usize, reg: &Registry) {
-        if let Some(c) = self.controls.try_remove(key) {
-            let _ = reg.deregister(&mut SourceFd(&c.sock.as_raw_fd()));
-            self.admission.closed(&c.peer);
-            if self.controls.len() + 1 == self.admission.policy.max_controls * 9 / 10 {
-                self.resume = true;
-            }
+    fn close(&mut self, key: usize, reg: &Registry) -> Option<Control> {
+        let c = self.controls.try_remove(key)?;
+        let _ = reg.deregister(&mut SourceFd(&c.sock.as_raw_fd()));
+        self.admission.closed(&c.peer);
+        if self.controls.len() + 1 == self.admission.policy.max_controls * 9 / 10 {
+            self.resume = true;
         }
+        Some(c)
     }
 
     /// Queue an answer for the end of the turn; a peer that leaves too
@@ -278,6 +273,12 @@ impl ParkSocket {
                 }
                 c.role = Some(role);
                 c.hello_by = None;
+                if role == Role::Successor {
+                    // The daemon's hand-over answers it; a second is closed.
+                    let c = self.close(key, h.reg).map(|c| (c.sock, c.peer.pid));
+                    self.successor = self.successor.take().or(c);
+                    return false;
+                }
                 debug!("{}: connected", c.who());
                 let hello = Message::Hello {
                     role: Role::Idle,
@@ -340,6 +341,7 @@ impl ParkSocket {
             watches: Vec::new(),
             state: &park.state,
             from_pid: pid,
+            carried: Default::default(),
         };
         match h
             .clients

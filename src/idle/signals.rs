@@ -18,6 +18,8 @@ pub enum Command {
     /// SIGQUIT from Dovecot's master as it stops: close the listener
     /// now, so that a new master can bind it; keep the clients.
     CloseListener,
+    /// SIGUSR2: start a successor to take everything over.
+    Succeed,
 }
 
 pub struct SignalAdapter {
@@ -34,6 +36,7 @@ impl SignalAdapter {
             Signal::SIGINT,
             Signal::SIGUSR1,
             Signal::SIGQUIT,
+            Signal::SIGUSR2,
         ])?;
         Ok(SignalAdapter {
             signals,
@@ -51,6 +54,7 @@ impl SignalAdapter {
         loop {
             match self.signals.pending() {
                 Ok(Some(Signal::SIGUSR1)) => out.push(Command::Summary),
+                Ok(Some(Signal::SIGUSR2)) => out.push(Command::Succeed),
                 Ok(Some(Signal::SIGINT)) if self.under_master => out.push(Command::IdleExit),
                 Ok(Some(Signal::SIGQUIT)) if self.under_master => out.push(Command::CloseListener),
                 Ok(Some(sig)) => out.push(Command::Stop(sig)),

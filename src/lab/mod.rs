@@ -5,6 +5,7 @@ pub mod bench;
 mod demo;
 mod dovecot_reload;
 pub mod fuzz;
+pub mod handover;
 mod hold;
 pub mod load;
 pub mod plot;
@@ -36,6 +37,10 @@ Commands:
           measure delivery -> EXISTS
   serve   the reference IMAP login and mail processes (a reference peer
           for tests, demos and benchmarks, not a production mail server)
+  handover  park N idle clients (native, or --dovecot), make imap-idle hand
+          them to a successor (SIGUSR2), print the exit time, clients
+          woken and lost, the longest keepalive gap, and whether a
+          delivery afterwards reached everyone [--clients N]
   hold    a bare IMAP stand-in that answers OK and holds connections
           (the bench's client-side memory baseline)
   probe   connect to a park or tracker socket as the calling user, claim
@@ -63,6 +68,7 @@ pub fn main() -> ExitCode {
         Some("load-worker") => load::worker::main(),
         Some("probe") => probe::main(args.collect()),
         Some("hold") => hold::main(args.collect()),
+        Some("handover") => handover::main(args.collect()),
         Some("stats") => stats(args.collect()),
         Some("fuzz") => fuzz::main(args.collect()),
         Some("-h" | "--help") => {

@@ -17,7 +17,8 @@ use crate::sys::SeqPacket;
 
 /// 2: parks carry a request id that their answer echoes. 3: a parked
 /// release names the daemon (its pid), since several may serve one tracker.
-pub const VERSION: u8 = 3;
+/// 4: a successor daemon takes every parked connection over.
+pub const VERSION: u8 = 4;
 /// Largest packet either side accepts; larger ones are an error.
 pub const MAX_PACKET: usize = 64 * 1024;
 pub const MAX_USER: usize = 256;
@@ -44,6 +45,8 @@ pub enum Role {
     Admin,
     /// A login process handing authenticated clients to the tracker.
     Login,
+    /// A new imap-idle taking over everything the running one holds.
+    Successor,
 }
 
 /// Everything a mail process hands over with the client descriptor. It
@@ -169,6 +172,10 @@ pub struct Stats {
     pub notify_reopened: u64,
     /// Kept open and polled, costing a descriptor and an inotify instance.
     pub notify_kept: u64,
+    /// Parked connections handed to a successor daemon.
+    pub handed_over: u64,
+    /// Parked connections taken over from a predecessor daemon.
+    pub taken_over: u64,
 }
 
 impl Stats {
@@ -195,6 +202,8 @@ impl Stats {
         self.notify_shared += other.notify_shared;
         self.notify_reopened += other.notify_reopened;
         self.notify_kept += other.notify_kept;
+        self.handed_over += other.handed_over;
+        self.taken_over += other.taken_over;
     }
 }
 
@@ -356,6 +365,55 @@ pub enum Message {
         missing: Vec<String>,
         last: bool,
     },
+    /// daemon -> successor, right after Hello: its listening sockets,
+    /// one descriptor each, in this order, and how long it has run (the
+    /// successor keeps its clock, so keepalives keep their instants).
+    Listeners {
+        kinds: Vec<ListenerKind>,
+        age_ms: u64,
+    },
+    /// daemon -> successor: parked connections, their descriptors in
+    /// order (the client's, then its notify fd where it has one).
+    Handing { batch: u64, conns: Vec<Handed> },
+    /// successor -> daemon: the ids (the daemon's) of the connections of
+    /// `batch` the successor holds now; the daemon keeps the rest.
+    TookOver { batch: u64, ids: Vec<u64> },
+    /// daemon -> successor: nothing more to hand. When the successor took
+    /// every batch whole, the daemon exits once what it still holds
+    /// (returns under way) is gone; otherwise both go on serving their own.
+    HandedAll,
+}
+
+/// One of the listening sockets a daemon hands to its successor.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// The park socket.
+    Park,
+    /// Dovecot mode: the imap-hibernate socket.
+    HandOff,
+}
+
+/// A parked connection on its way to a successor: everything the daemon
+/// keeps about it, so the successor carries on exactly where it was. New
+/// per-connection state belongs here, so that it travels too.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Handed {
+    /// The sender's id for it; [`Message::TookOver`] names it.
+    pub id: u64,
+    /// What it was parked with (Dovecot mode: `state` is the return tail).
+    pub park: Park,
+    /// Dovecot mode: a notify fd follows the client's.
+    pub notify: bool,
+    /// When its next keepalive is due: ms since the sender started (the
+    /// successor keeps the sender's clock, see `Listeners`); 0: none.
+    pub keepalive_at_ms: u64,
+    /// Bytes of a `DONE` typed so far.
+    pub partial: Vec<u8>,
+    /// Seconds it has been parked.
+    pub parked_secs: u32,
+    /// Dovecot 2.4: 0 plain; 1 its output is multiplexed; 2 likewise, and
+    /// it was switched to channel 0 already.
+    pub multiplex: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -397,10 +455,14 @@ impl std::error::Error for ProtoError {}
 impl Message {
     /// How many descriptors must travel with this message.
     pub fn fds_expected(&self) -> usize {
-        matches!(
-            self,
-            Message::Park { .. } | Message::Return(_) | Message::Login(_) | Message::Assign(_)
-        ) as usize
+        match self {
+            Message::Listeners { kinds, .. } => kinds.len(),
+            Message::Handing { conns, .. } => conns.iter().map(|c| 1 + c.notify as usize).sum(),
+            m => matches!(
+                m,
+                Message::Park { .. } | Message::Return(_) | Message::Login(_) | Message::Assign(_)
+            ) as usize,
+        }
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -473,6 +535,13 @@ impl Message {
             Message::WhoRequest { user: Some(u) } | Message::Describe { user: Some(u), .. } => {
                 check_user(u)
             }
+            Message::Handing { conns, .. } => conns.iter().try_for_each(|c| {
+                c.park.check_limits()?;
+                if c.partial.len() > MAX_TAG + 16 {
+                    return Err(ProtoError::Limit("partial input too long"));
+                }
+                Ok(())
+            }),
             Message::Error { reason }
             | Message::Refused { reason, .. }
             | Message::Rejected { reason, .. }
@@ -553,8 +622,11 @@ pub fn chunks<T: Serialize>(items: Vec<T>) -> Vec<Vec<T>> {
 #[derive(Debug)]
 pub struct Incoming {
     pub msg: Message,
-    /// Present exactly when `msg.fds_expected()` is 1.
+    /// Present exactly when `msg` is one that carries a single descriptor.
     pub fd: Option<OwnedFd>,
+    /// The descriptors of a hand-over message (`Listeners`, `Handing`), in
+    /// order; empty for every other message.
+    pub fds: Vec<OwnedFd>,
 }
 
 #[derive(Debug)]
@@ -600,10 +672,13 @@ pub fn recv(sock: &SeqPacket, buf: &mut [u8]) -> Result<Incoming, RecvError> {
             got: got.fds.len(),
         }));
     }
-    Ok(Incoming {
-        msg,
-        fd: got.fds.into_iter().next(),
-    })
+    let many = matches!(msg, Message::Listeners { .. } | Message::Handing { .. });
+    let (fd, fds) = if many {
+        (None, got.fds)
+    } else {
+        (got.fds.into_iter().next(), Vec::new())
+    };
+    Ok(Incoming { msg, fd, fds })
 }
 
 /// How long a peer that must not drop a message waits for a slow reader.
@@ -756,21 +831,77 @@ mod tests {
                 missing: vec!["x".into()],
                 last: true,
             },
+            Message::Listeners {
+                kinds: vec![ListenerKind::Park, ListenerKind::HandOff],
+                age_ms: 12345,
+            },
+            Message::Handing {
+                batch: 2,
+                conns: vec![handed(true)],
+            },
+            Message::TookOver {
+                batch: 2,
+                ids: vec![1 << 33],
+            },
+            Message::HandedAll,
         ];
         for m in msgs {
             assert_eq!(Message::decode(&m.encode()).unwrap(), m);
         }
     }
 
+    fn handed(notify: bool) -> Handed {
+        Handed {
+            id: 1 << 33,
+            park: sample_park(),
+            notify,
+            keepalive_at_ms: 900,
+            partial: b"DO".to_vec(),
+            parked_secs: 60,
+            multiplex: 2,
+        }
+    }
+
+    #[test]
+    fn hand_over_messages_count_their_descriptors() {
+        let batch = Message::Handing {
+            batch: 1,
+            conns: vec![handed(false), handed(true), handed(false)],
+        };
+        assert_eq!(batch.fds_expected(), 4, "one each, two with a notify fd");
+        let listeners = Message::Listeners {
+            kinds: vec![ListenerKind::Park],
+            age_ms: 0,
+        };
+        assert_eq!(listeners.fds_expected(), 1);
+        assert_eq!(Message::HandedAll.fds_expected(), 0);
+        let mut long = handed(false);
+        long.partial = vec![b'D'; MAX_TAG + 17];
+        let bad = Message::Handing {
+            batch: 1,
+            conns: vec![long],
+        };
+        assert!(matches!(
+            Message::decode(&bad.encode()),
+            Err(ProtoError::Limit(_))
+        ));
+    }
+
     #[test]
     fn variant_indices_match_the_manual() {
-        assert_eq!(Message::Registered.encode(), [3, 12]);
-        assert_eq!(Message::WhoRequest { user: None }.encode(), [3, 18, 0]);
+        assert_eq!(Message::HandedAll.encode(), [VERSION, 25]);
+        let hello = Message::Hello {
+            role: Role::Successor,
+            pid: 1,
+        };
+        assert_eq!(hello.encode(), [VERSION, 0, 5, 1]);
+        assert_eq!(Message::Registered.encode(), [4, 12]);
+        assert_eq!(Message::WhoRequest { user: None }.encode(), [4, 18, 0]);
         let hello = Message::Hello {
             role: Role::Login,
             pid: 1,
         };
-        assert_eq!(hello.encode(), [3, 0, 4, 1]);
+        assert_eq!(hello.encode(), [4, 0, 4, 1]);
         let long: Vec<u32> = (0..100_000).collect();
         let pieces = chunks(long);
         assert!(pieces.len() > 1);
@@ -796,10 +927,10 @@ mod tests {
     fn rejects_bad_packets_without_panicking() {
         assert_eq!(Message::decode(&[]), Err(ProtoError::Empty));
         assert_eq!(Message::decode(&[1, 0]), Err(ProtoError::Version(1)));
-        assert_eq!(Message::decode(&[2, 12]), Err(ProtoError::Version(2)));
-        assert!(matches!(Message::decode(&[3]), Err(ProtoError::Decode(_))));
+        assert_eq!(Message::decode(&[3, 12]), Err(ProtoError::Version(3)));
+        assert!(matches!(Message::decode(&[4]), Err(ProtoError::Decode(_))));
         assert!(matches!(
-            Message::decode(&[3, 200]),
+            Message::decode(&[4, 200]),
             Err(ProtoError::Decode(_))
         ));
         let mut extra = Message::StatsRequest.encode();

@@ -10,10 +10,11 @@ use std::ptr;
 
 use nix::libc;
 
-/// Most descriptors one packet may carry. Packets of our protocols carry one
-/// or none; the room for more lets us see (and close) what a buggy peer sent
-/// instead of reporting a truncation.
-pub const MAX_FDS: usize = 8;
+/// Most descriptors one packet may carry: the kernel's own limit
+/// (SCM_MAX_FD). Most packets of our protocols carry one or none; a
+/// hand-over to a successor fills whole packets. The room also lets us see
+/// (and close) what a buggy peer sent instead of reporting a truncation.
+pub const MAX_FDS: usize = 253;
 
 /// What one `recvmsg` produced.
 #[derive(Debug)]

@@ -72,7 +72,7 @@ impl Trust {
         let here = match role {
             Role::Admin => control,
             Role::Login | Role::MailProcess | Role::Idle => !control,
-            Role::Tracker => false,
+            Role::Tracker | Role::Successor => false,
         };
         if !here {
             return Err(if control {

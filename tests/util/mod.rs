@@ -13,6 +13,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -116,6 +117,11 @@ impl Daemon {
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig).expect("signal");
+    }
+
+    /// Its exit status, if it has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
     }
 
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
@@ -298,64 +304,16 @@ impl Tracker {
         let (tx, rx) = mpsc::channel();
         let links = Arc::new(Mutex::new(Vec::new()));
         let counter = links.clone();
+        let rejected = Arc::new(AtomicUsize::new(0));
         thread::spawn(move || {
-            let mut rejected = 0;
+            // A link each: two daemons (one taking over from the other)
+            // return at the same time.
             while let Ok(sock) = listener.accept() {
                 sock.set_nonblocking(false).expect("blocking");
                 let copy = sock.as_fd().try_clone_to_owned().expect("dup link");
                 counter.lock().unwrap().push(copy);
-                let mut buf = vec![0u8; MAX_PACKET + 1];
-                let mut on_this_link = 0;
-                loop {
-                    let inc = match native::recv(&sock, &mut buf) {
-                        Ok(i) => i,
-                        Err(RecvError::Closed) => break,
-                        Err(e) => panic!("tracker got a bad packet: {e}"),
-                    };
-                    match inc.msg {
-                        Message::Hello { role, .. } => {
-                            assert_eq!(role, Role::Idle);
-                            let hello = Message::Hello {
-                                role: Role::Tracker,
-                                pid: 0,
-                            };
-                            native::send(&sock, &hello, None).expect("hello");
-                        }
-                        Message::Return(r) => {
-                            on_this_link += 1;
-                            if let Policy::DropLinkAfter(n) = policy {
-                                if on_this_link > n {
-                                    // Our copy in `links` would keep it open.
-                                    let _ = nix::sys::socket::shutdown(
-                                        std::os::fd::AsRawFd::as_raw_fd(&sock),
-                                        nix::sys::socket::Shutdown::Both,
-                                    );
-                                    break;
-                                }
-                            }
-                            let id = r.id;
-                            let answer = match policy {
-                                Policy::RejectFirst(n) if rejected < n => {
-                                    rejected += 1;
-                                    Message::Rejected {
-                                        id,
-                                        reason: "busy".into(),
-                                    }
-                                }
-                                _ => {
-                                    let fd = inc.fd.expect("Return carries an fd");
-                                    let _ = tx.send(Event::Returned(Box::new(r), fd));
-                                    Message::Accepted { id }
-                                }
-                            };
-                            native::send(&sock, &answer, None).expect("answer");
-                        }
-                        Message::Gone(g) => {
-                            let _ = tx.send(Event::Gone(g));
-                        }
-                        other => panic!("tracker got unexpected {other:?}"),
-                    }
-                }
+                let (tx, rejected) = (tx.clone(), rejected.clone());
+                thread::spawn(move || serve_link(sock, policy, &tx, &rejected));
             }
         });
         Tracker { events: rx, links }
@@ -401,6 +359,61 @@ impl Tracker {
     pub fn nothing_for(&self, d: Duration) {
         if let Ok(e) = self.events.recv_timeout(d) {
             panic!("tracker unexpectedly received {e:?}");
+        }
+    }
+}
+
+fn serve_link(sock: SeqPacket, policy: Policy, tx: &mpsc::Sender<Event>, rejected: &AtomicUsize) {
+    let mut buf = vec![0u8; MAX_PACKET + 1];
+    let mut on_this_link = 0;
+    loop {
+        let inc = match native::recv(&sock, &mut buf) {
+            Ok(i) => i,
+            // A daemon that dies resets its link.
+            Err(RecvError::Closed | RecvError::Io(_)) => break,
+            Err(e) => panic!("tracker got a bad packet: {e}"),
+        };
+        match inc.msg {
+            Message::Hello { role, .. } => {
+                assert_eq!(role, Role::Idle);
+                let hello = Message::Hello {
+                    role: Role::Tracker,
+                    pid: 0,
+                };
+                native::send(&sock, &hello, None).expect("hello");
+            }
+            Message::Return(r) => {
+                on_this_link += 1;
+                if let Policy::DropLinkAfter(n) = policy {
+                    if on_this_link > n {
+                        // Our copy in `links` would keep it open.
+                        let _ = nix::sys::socket::shutdown(
+                            std::os::fd::AsRawFd::as_raw_fd(&sock),
+                            nix::sys::socket::Shutdown::Both,
+                        );
+                        break;
+                    }
+                }
+                let id = r.id;
+                let answer = match policy {
+                    Policy::RejectFirst(n) if rejected.fetch_add(1, Ordering::SeqCst) < n => {
+                        Message::Rejected {
+                            id,
+                            reason: "busy".into(),
+                        }
+                    }
+                    _ => {
+                        let fd = inc.fd.expect("Return carries an fd");
+                        let _ = tx.send(Event::Returned(Box::new(r), fd));
+                        Message::Accepted { id }
+                    }
+                };
+                native::send(&sock, &answer, None).expect("answer");
+            }
+            Message::Gone(g) => {
+                let _ = tx.send(Event::Gone(g));
+            }
+            other => panic!("tracker got unexpected {other:?}"),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! One connection held by the core: its client descriptor, its phase, and
-//! what it carries back. Kept small on purpose: this struct (plus the state
-//! blob and tag it carries) is the daemon's per-client cost.
+//! what it carries back (and what travels with it between daemons). Kept
+//! small on purpose: this struct (plus the state blob and tag it carries)
+//! is the daemon's per-client cost.
 
 use std::borrow::Cow;
 use std::path::PathBuf;
@@ -8,7 +9,7 @@ use std::time::Instant;
 
 use super::timers::Millis;
 use crate::proto::multiplex;
-use crate::proto::native::{Cookie, Park, Return, WakeReason};
+use crate::proto::native::{Cookie, Handed, Park, Return, WakeReason};
 
 /// The daemon's id for a connection: its serial (which tells a reused slab
 /// key apart) in the high half, its slab key in the low half.
@@ -119,6 +120,19 @@ impl<F> Conn<F> {
             data: pack(f.watches, f.tag.as_bytes(), f.state),
             extra: None,
         }
+    }
+
+    /// 0 plain, 1 multiplexed, 2 multiplexed and on channel 0 already.
+    pub fn multiplex_state(&self) -> u8 {
+        match (self.multiplex, self.switched) {
+            (false, _) => 0,
+            (true, false) => 1,
+            (true, true) => 2,
+        }
+    }
+
+    pub fn set_switched(&mut self) {
+        self.switched = true;
     }
 
     /// `bytes` as they go to this client: in Dovecot's multiplex framing
@@ -255,6 +269,31 @@ impl<F> Returning<'_, F> {
             parked_secs: now_secs.saturating_sub(self.parked_at),
         }
     }
+}
+
+/// What a connection brings from a predecessor past a plain park.
+/// `Default` is a fresh park.
+#[derive(Default, Clone, Copy)]
+pub struct Carried<'a> {
+    /// It comes from a predecessor daemon (a hand-over, not a park).
+    pub predecessor: bool,
+    /// When its next keepalive is due, on the predecessor's clock, which
+    /// is ours (0: none).
+    pub keepalive_at_ms: Millis,
+    /// Bytes of a `DONE` typed so far.
+    pub partial: &'a [u8],
+    /// Seconds it has been parked already.
+    pub parked_secs: u32,
+    /// Multiplexed output already switched to channel 0 over there.
+    pub switched: bool,
+}
+
+/// A connection taken out of the core for a successor: its socket
+/// (closed only once the successor confirmed it) and what travels. Its
+/// Dovecot notify fd, if any, is the inotify adapter's, shared.
+pub struct Leaving<F> {
+    pub fd: F,
+    pub handed: Handed,
 }
 
 #[cfg(test)]

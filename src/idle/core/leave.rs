@@ -68,7 +68,7 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
 
     /// Take the connection out, undoing everything it held. `abandon`: a
     /// return under way is dropped (it did not end by that return).
-    fn remove_conn(&mut self, id: ConnId, abandon: bool) -> Option<Conn<F>> {
+    pub(super) fn remove_conn(&mut self, id: ConnId, abandon: bool) -> Option<Conn<F>> {
         self.get(id)?;
         let (key, _) = split_id(id);
         let conn = self.conns.remove(key as usize);

@@ -13,6 +13,7 @@
 
 mod action;
 mod conn;
+mod handover;
 pub mod idle_input;
 mod leave;
 mod notify_path;
@@ -36,7 +37,8 @@ use log::{debug, info};
 use slab::Slab;
 
 pub use action::{Action, Presence};
-pub use conn::{conn_id, split_id, ConnId, Phase, Returning, Waking, MAX_KEPT_TAG};
+pub use conn::MAX_KEPT_TAG;
+pub use conn::{conn_id, split_id, Carried, ConnId, Leaving, Phase, Returning, Waking};
 use conn::{Conn, Fields};
 pub use notify_path::NotifyPath;
 use serials::Serials;
@@ -66,6 +68,8 @@ pub struct Arrival<'a, F, W> {
     pub watches: Vec<(W, &'a Path)>,
     pub state: &'a [u8],
     pub from_pid: i32,
+    /// Set when it comes from a predecessor daemon.
+    pub carried: Carried<'a>,
 }
 
 /// A refused arrival: its descriptors go back to the caller.
@@ -274,6 +278,7 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
             .map(|(wd, path)| self.watches.add(wd.clone(), path, (key, serial)))
             .collect();
         let ms = self.millis(now);
+        let carried = a.carried;
         let user = self.users.intern(a.user);
         let conn = Conn::new(
             a.fd,
@@ -293,7 +298,7 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
         let inserted = self.conns.insert(conn) as u32;
         debug_assert_eq!(inserted, key);
         self.schedule_keepalive(key, ms);
-        self.stats.parks += 1;
+        self.arrived(key, &carried, ms);
         self.capacity_changed();
         let id = conn_id(key, serial);
         if self.announce {

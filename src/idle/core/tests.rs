@@ -267,6 +267,7 @@ impl Model {
             watches,
             state: &state,
             from_pid: 1,
+            carried: Default::default(),
         };
         match self.core.adopt(arrival, self.now) {
             Ok(id) => {

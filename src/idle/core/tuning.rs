@@ -113,6 +113,7 @@ mod tests {
 
     fn park(core: &mut Core<Fd, u32>, n: RawFd, keepalive_secs: u32, now: Instant) -> u64 {
         let arrival = Arrival {
+            carried: Default::default(),
             multiplex: false,
             fd: Fd(n),
             user: "alice",

@@ -89,6 +89,11 @@ impl<W: Clone + Eq + Hash> WatchRefs<W> {
         None
     }
 
+    /// The watch at `idx`, as the adapter knows it.
+    pub fn key(&self, idx: u32) -> Option<&W> {
+        self.list.get(idx as usize).map(|w| &w.wd)
+    }
+
     pub fn path(&self, idx: u32) -> Option<&Path> {
         self.list.get(idx as usize).map(|w| &*w.path)
     }

@@ -129,7 +129,8 @@ fn default_size(fds_per_client: u64) -> usize {
     ((usable / 1000) * 1000).max(1000) as usize
 }
 
-pub(crate) fn bin_dir() -> Result<PathBuf, String> {
+/// The directory of our binaries (beside this one).
+pub fn bin_dir() -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| format!("finding myself: {e}"))?;
     let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
     for b in ["imap-idle", "imap-tracker"] {

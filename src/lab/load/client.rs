@@ -26,6 +26,10 @@ pub struct Client {
     /// Messages the client knows of.
     pub exists: u32,
     pub keepalives: u32,
+    /// When the last keepalive came, and the longest gap between two
+    /// (monotonic ns; 0 until there were two).
+    pub keepalive_at: u64,
+    pub keepalive_gap: u64,
     pub failure: Option<String>,
     /// When DONE was sent (monotonic ns).
     pub done_sent: u64,
@@ -60,12 +64,25 @@ impl Client {
             step: Step::Connecting,
             exists: 0,
             keepalives: 0,
+            keepalive_at: 0,
+            keepalive_gap: 0,
             failure: None,
             done_sent: 0,
             done_ns: None,
             started: now,
             inbuf: Vec::new(),
         }
+    }
+
+    /// A read at `now` brought keepalives `before` did not count.
+    pub fn keepalives_at(&mut self, before: u32, now: u64) {
+        if self.keepalives == before {
+            return;
+        }
+        if self.keepalive_at > 0 {
+            self.keepalive_gap = self.keepalive_gap.max(now - self.keepalive_at);
+        }
+        self.keepalive_at = now;
     }
 
     pub fn fail(&mut self, why: String) {

@@ -21,6 +21,8 @@ pub struct Report {
     /// DONE -> tagged OK per client, ms.
     pub done_ms: Vec<f64>,
     pub keepalives: u64,
+    /// The longest time any client waited between two keepalives.
+    pub keepalive_gap_ms: f64,
 }
 
 /// The `q` quantile (0..=1) of `v`, nearest rank; None when empty.

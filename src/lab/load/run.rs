@@ -88,6 +88,10 @@ pub struct Load {
     failures: Vec<Option<String>>,
     done_ns: Vec<u64>,
     keepalives: u64,
+    keepalive_gap_ns: u64,
+    /// Workers that answered the last mark, and the longest gap they told.
+    marks: usize,
+    mark_gap_ns: u64,
     /// (account index, delivery time ns).
     deliveries: Vec<(usize, u64)>,
     pub connect_secs: f64,
@@ -175,6 +179,9 @@ impl Load {
             failures: vec![None; opts.clients],
             done_ns: Vec::new(),
             keepalives: 0,
+            keepalive_gap_ns: 0,
+            marks: 0,
+            mark_gap_ns: 0,
             deliveries: Vec::new(),
             account_of,
             connect_secs: 0.0,
@@ -239,6 +246,13 @@ impl Load {
                 }
             }
             Some("keepalives") => self.keepalives += num(f.next()).unwrap_or(0),
+            Some("gap") => {
+                self.marks += 1;
+                self.mark_gap_ns = self.mark_gap_ns.max(num(f.next()).unwrap_or(0));
+            }
+            Some("keepalive_gap") => {
+                self.keepalive_gap_ns = self.keepalive_gap_ns.max(num(f.next()).unwrap_or(0))
+            }
             Some("end") => {
                 worker.ended = true;
                 worker.ready = true;
@@ -352,6 +366,20 @@ impl Load {
         self.end(&format!("finish {per_worker}\n"), rate)
     }
 
+    /// The longest gap between two keepalives any client saw since the
+    /// last mark (or the start); a gap under way counts towards the next.
+    pub fn mark(&mut self) -> Duration {
+        (self.marks, self.mark_gap_ns) = (0, 0);
+        for w in &mut self.workers {
+            let _ = w.stdin.write_all(b"mark\n");
+        }
+        let end = Instant::now() + Duration::from_secs(10);
+        while self.marks < self.workers.len() && Instant::now() < end {
+            self.pump((Instant::now() + Duration::from_millis(50)).min(end));
+        }
+        Duration::from_nanos(self.mark_gap_ns)
+    }
+
     /// Close every connection without DONE or LOGOUT, and report.
     pub fn hang_up(self) -> Report {
         self.end("hangup\n", 0.0)
@@ -429,6 +457,7 @@ impl Load {
             latency_ms: latencies,
             done_ms: self.done_ns.iter().map(|&n| n as f64 / 1e6).collect(),
             keepalives: self.keepalives,
+            keepalive_gap_ms: self.keepalive_gap_ns as f64 / 1e6,
         }
     }
 }

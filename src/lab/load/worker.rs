@@ -4,11 +4,13 @@
 //! Orders come on stdin, one per line: `target ADDR`, `mailbox NAME`,
 //! `timeout SECS`, `rate PER_SEC`, `sources ADDR,ADDR.. FIRST` (client i
 //! binds to source (FIRST + i) mod the count; `-` for none), `client USER
-//! PASSWORD` (one per connection), `go`, later `finish [PER_SEC]` (DONE to every idle client,
+//! PASSWORD` (one per connection), `go`, later `mark` (answered `gap NS`: the longest keepalive gap since
+//! the last mark), `finish [PER_SEC]` (DONE to every idle client,
 //! at most PER_SEC a second when given) or `hangup` (close them all).
 //! Reports go to stdout: `progress IDLE
 //! FAILED`, `ready`, `exists INDEX NS`, `fail INDEX REASON`, then after
-//! `finish`: `done INDEX NS`, `keepalives COUNT` and `end`. NS are
+//! `finish`: `done INDEX NS`, `keepalives COUNT`, `keepalive_gap NS` (the
+//! longest any client saw between two) and `end`. NS are
 //! CLOCK_MONOTONIC nanoseconds, comparable across processes.
 
 use std::io::{self, BufRead, Read, Write};
@@ -177,6 +179,8 @@ impl Worker {
             {
                 let keepalives: u64 = self.conns.iter().map(|c| c.client.keepalives as u64).sum();
                 let _ = writeln!(self.out, "keepalives {keepalives}");
+                let gap = self.conns.iter().map(|c| c.client.keepalive_gap).max();
+                let _ = writeln!(self.out, "keepalive_gap {}", gap.unwrap_or(0));
                 let _ = writeln!(self.out, "end");
                 let _ = self.out.flush();
                 return Ok(());
@@ -201,6 +205,15 @@ impl Worker {
             let line: Vec<u8> = buf.drain(..=end).collect();
             if line.starts_with(b"hangup") {
                 self.hang_up();
+            } else if line.starts_with(b"mark") {
+                // The longest gap since the last mark; the one under way
+                // counts towards the next.
+                let gap = self.conns.iter().map(|c| c.client.keepalive_gap).max();
+                let _ = writeln!(self.out, "gap {}", gap.unwrap_or(0));
+                let _ = self.out.flush();
+                for c in &mut self.conns {
+                    c.client.keepalive_gap = 0;
+                }
             } else if let Some(rest) = line.strip_prefix(b"finish") {
                 let rate = String::from_utf8_lossy(rest).trim().parse().unwrap_or(0.0);
                 self.finish(rate);
@@ -283,7 +296,11 @@ impl Worker {
                     eof = true;
                     break;
                 }
-                Ok(n) => events.extend(c.client.input(&self.buf[..n])),
+                Ok(n) => {
+                    let before = c.client.keepalives;
+                    events.extend(c.client.input(&self.buf[..n]));
+                    c.client.keepalives_at(before, mono_ns());
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {

@@ -396,6 +396,11 @@ impl Dovecot {
         }
     }
 
+    /// The imap-idle started standalone, while it is ours.
+    pub fn standalone_pid(&self) -> Option<u32> {
+        self.standalone.as_ref().map(|c| c.id())
+    }
+
     pub fn master_pid(&self) -> i32 {
         std::fs::read_to_string(self.base.join("master.pid"))
             .ok()

@@ -174,6 +174,17 @@ pub fn tcp_socket_inodes(pid: u32) -> std::collections::HashSet<u64> {
         .collect()
 }
 
+/// Whether `pid` has exited: gone, or a zombie its parent has not reaped.
+pub fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|s| s.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
