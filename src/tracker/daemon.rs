@@ -19,6 +19,7 @@ use nix::sys::signal::Signal;
 
 use super::config::Config;
 use super::handler::Handler;
+use super::keep;
 use super::peers::{self, Peers};
 use super::pending::Waiting;
 use super::routing::Routing;
@@ -53,6 +54,8 @@ pub struct Tracker {
     spawner: Spawner,
     /// Out of descriptors: no accepting until then.
     accept_paused_until: Option<Instant>,
+    /// Cookies changed: the file is written then (writes are spaced).
+    next_save: Option<Instant>,
     stop: bool,
 }
 
@@ -102,6 +105,9 @@ impl Tracker {
                  can hand over clients as any user"
             );
         }
+        let mut routing = Routing::new(cfg.policy);
+        let rejoin = Duration::from_secs(cfg.rejoin_secs);
+        keep::load(&cfg.cookie_file, &mut routing, Instant::now() + rejoin);
         let poll = setup("creating the poll", Poll::new())?;
         for (fd, token) in [
             (listener.as_raw_fd(), LISTENER),
@@ -139,7 +145,8 @@ impl Tracker {
             trust,
             peers: Peers::new(cfg.max_outbox),
             spawner: Spawner::new(cfg.spawn.clone(), cfg.max_processes, cfg.socket.clone()),
-            routing: Routing::new(cfg.policy),
+            routing,
+            next_save: None,
             cfg,
             poll,
             listener,
@@ -161,6 +168,8 @@ impl Tracker {
                 self.pending.next_deadline(),
                 self.who.next_deadline(),
                 self.accept_paused_until,
+                self.next_save,
+                self.routing.rejoin.claim_until,
             ]
             .into_iter()
             .flatten()
@@ -198,11 +207,15 @@ impl Tracker {
                 self.accept(true);
             }
             self.handler().expire(now);
+            keep::unclaimed(&mut self.routing, now);
             if now >= next_sweep {
                 self.routing.expire(now);
+                self.handler().drop_dead_daemons();
                 next_sweep = now + Duration::from_secs(60);
             }
+            keep::save_if_due(&self.cfg.cookie_file, &mut self.routing, &mut self.next_save, now);
         }
+        keep::save_now(&self.cfg.cookie_file, &self.routing);
         let _ = std::fs::remove_file(&self.cfg.socket);
         let _ = std::fs::remove_file(&self.cfg.control_socket);
         info!("imap-tracker stopped: {}", self.summary());
@@ -225,13 +238,19 @@ impl Tracker {
 
     fn summary(&self) -> String {
         let parked = self.routing.parked_count();
+        let r = &self.routing.rejoin;
         format!(
-            "{} users, {} connections ({} in mail processes, {parked} parked), {} mail processes, {} waiting",
+            "{} users, {} connections ({} in mail processes, {parked} parked), {} mail processes, \
+             {} waiting; since start: {} known again from reports, {} stale dropped, {} unclaimed \
+             cookies dropped",
             self.routing.users.len(),
             self.routing.conns.len(),
             self.routing.conns.len() - parked,
             self.routing.procs.len(),
-            self.pending.len()
+            self.pending.len(),
+            r.rejoined,
+            r.stale,
+            r.unclaimed
         )
     }
 

@@ -99,6 +99,7 @@ impl<'a> Handler<'a> {
             // Whatever this peer handed us and nobody took yet stays with the
             // peer: it keeps its copy until we confirm.
             self.pending.forget_peer(key);
+            self.routing.link_closed(key);
             for id in self.who.peer_gone(key) {
                 self.finish_who(id);
             }
@@ -205,6 +206,13 @@ impl<'a> Handler<'a> {
                 self.gone(key, g);
                 true
             }
+            (Some(Role::Idle), Message::Holding { held, last }) if p.query().is_none() => {
+                self.holding(key, held, last);
+                true
+            }
+            (Some(Role::MailProcess), Message::Serving { conns, last }) => {
+                self.serving(key, conns, last)
+            }
             (Some(Role::Admin), Message::WhoRequest { user }) => {
                 self.start_who(key, user);
                 self.peers.contains(key)
@@ -243,6 +251,11 @@ impl<'a> Handler<'a> {
         }
         p.set_role(role);
         debug!("{}: connected", p.who());
+        if role == Role::Idle {
+            // Its report of what it holds follows our Hello.
+            let pid = p.pid();
+            self.routing.report_begins(key, pid, Instant::now());
+        }
         let hello = Message::Hello {
             role: Role::Tracker,
             pid: std::process::id(),

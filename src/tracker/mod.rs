@@ -3,16 +3,19 @@
 
 pub mod config;
 mod cookie;
+mod cookie_file;
 mod daemon;
 mod from_idle;
 mod from_mail;
 mod handler;
+mod keep;
 mod main;
 mod moves;
 mod parking;
 mod peers;
 mod pending;
 mod policy;
+mod rejoin;
 mod report;
 mod routing;
 mod spawn;

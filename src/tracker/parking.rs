@@ -136,6 +136,20 @@ impl Parking {
         self.parked.len()
     }
 
+    /// The daemons (pids) something is parked in.
+    pub fn daemons(&self) -> std::collections::HashSet<u32> {
+        self.parked.keys().map(|k| k.pid).collect()
+    }
+
+    /// Everything parked in daemon `pid`.
+    pub fn of_daemon(&self, pid: u32) -> Vec<(IdleRef, u64)> {
+        self.parked
+            .iter()
+            .filter(|(k, _)| k.pid == pid)
+            .map(|(&k, &c)| (k, c))
+            .collect()
+    }
+
     /// Return `key` was given to a mail process.
     pub fn placed(&mut self, key: ReturnKey, now: Instant) {
         self.placed.insert(key, (), now);

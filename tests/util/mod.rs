@@ -347,6 +347,8 @@ impl Tracker {
                         Message::Gone(g) => {
                             let _ = tx.send(Event::Gone(g));
                         }
+                        // The daemon's report of what it holds, on every link.
+                        Message::Holding { .. } => {}
                         other => panic!("tracker got unexpected {other:?}"),
                     }
                 }

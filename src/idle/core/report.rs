@@ -1,5 +1,5 @@
 //! What the core tells about itself: statistics, the one-line summary,
-//! and the connections it holds for `who`.
+//! and the connections it holds for `who` and for a new tracker link.
 
 use std::hash::Hash;
 use std::os::fd::AsRawFd;
@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::conn::Phase;
 use super::Core;
-use crate::proto::native::{Activity, ConnInfo, Stats};
+use crate::proto::native::{Activity, ConnInfo, Held, Stats};
 
 impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
     /// Every connection held (of `user`, or all), for the tracker's `who`.
@@ -27,6 +27,19 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
                     Activity::Returning
                 },
                 secs: now_secs.saturating_sub(c.parked_at),
+            })
+            .collect()
+    }
+
+    /// Every connection held, parked or returning, as a new tracker link
+    /// re-reports them.
+    pub fn held(&self) -> Vec<Held> {
+        self.conns
+            .iter()
+            .map(|(key, c)| Held {
+                id: c.id(key as u32),
+                user: self.users.name(c.user).to_owned(),
+                cookie: c.cookie,
             })
             .collect()
     }

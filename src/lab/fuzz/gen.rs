@@ -242,6 +242,7 @@ pub fn native(rng: &mut Rng) -> Vec<u8> {
                 .collect(),
             missing: (0..rng.below(3)).map(|_| text(rng, 16)).collect(),
             last: rng.one_in(2),
+            stale: number(rng),
         },
     };
     msg.encode()
