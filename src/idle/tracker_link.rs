@@ -277,7 +277,10 @@ impl TrackerLink {
                     }
                     let held = core.held();
                     if self.outage_logged {
-                        info!("tracker reachable again; reporting {} connections", held.len());
+                        info!(
+                            "tracker reachable again; reporting {} connections",
+                            held.len()
+                        );
                     }
                     let parts = native::chunks(held);
                     let n = parts.len();

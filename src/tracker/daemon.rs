@@ -170,6 +170,7 @@ impl Tracker {
                 self.accept_paused_until,
                 self.next_save,
                 self.routing.rejoin.claim_until,
+                self.routing.rejoin.check_daemons_at,
             ]
             .into_iter()
             .flatten()
@@ -208,12 +209,26 @@ impl Tracker {
             }
             self.handler().expire(now);
             keep::unclaimed(&mut self.routing, now);
+            if self
+                .routing
+                .rejoin
+                .check_daemons_at
+                .is_some_and(|t| t <= now)
+            {
+                self.routing.rejoin.check_daemons_at = None;
+                self.handler().drop_dead_daemons();
+            }
             if now >= next_sweep {
                 self.routing.expire(now);
                 self.handler().drop_dead_daemons();
                 next_sweep = now + Duration::from_secs(60);
             }
-            keep::save_if_due(&self.cfg.cookie_file, &mut self.routing, &mut self.next_save, now);
+            keep::save_if_due(
+                &self.cfg.cookie_file,
+                &mut self.routing,
+                &mut self.next_save,
+                now,
+            );
         }
         keep::save_now(&self.cfg.cookie_file, &self.routing);
         let _ = std::fs::remove_file(&self.cfg.socket);

@@ -26,6 +26,9 @@ use crate::sys::{Peer, SeqPacket};
 /// Connections on the control socket at once, at most: admins are few,
 /// and the operator can still ask while the main socket is full.
 pub const MAX_ADMINS: usize = 64;
+/// After an imap-idle link closes, whether that daemon died is looked at
+/// this much later (a killed process closes its sockets before it is dead).
+const DAEMON_CHECK_DELAY: Duration = Duration::from_secs(1);
 
 pub struct Handler<'a> {
     pub(super) cfg: &'a Config,
@@ -112,6 +115,10 @@ impl<'a> Handler<'a> {
                     describe_users(&lost)
                 );
             } else {
+                if p.role() == Some(Role::Idle) && p.query().is_none() {
+                    let at = Instant::now() + DAEMON_CHECK_DELAY;
+                    self.routing.rejoin.check_daemons_at = Some(at);
+                }
                 debug!("{}: closed", p.who());
             }
         }

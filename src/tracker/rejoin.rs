@@ -31,6 +31,9 @@ pub struct Rejoin {
     pub changed: bool,
     /// After a restart: when unclaimed kept cookies go.
     pub claim_until: Option<Instant>,
+    /// An imap-idle link closed: whether its daemon died is looked at then
+    /// (a process killed closes its sockets a moment before it is dead).
+    pub check_daemons_at: Option<Instant>,
     /// imap-idle links whose report is under way: what each reported.
     reports: HashMap<usize, Report>,
 }
