@@ -806,13 +806,23 @@ mod tests {
 
     #[test]
     fn variant_indices_match_the_manual() {
-        assert_eq!(Message::Registered.encode(), [3, 12]);
-        assert_eq!(Message::WhoRequest { user: None }.encode(), [3, 18, 0]);
+        assert_eq!(Message::Registered.encode(), [4, 12]);
+        assert_eq!(Message::WhoRequest { user: None }.encode(), [4, 18, 0]);
+        let holding = Message::Holding {
+            held: Vec::new(),
+            last: true,
+        };
+        assert_eq!(holding.encode(), [4, 22, 0, 1]);
+        let serving = Message::Serving {
+            conns: Vec::new(),
+            last: false,
+        };
+        assert_eq!(serving.encode(), [4, 23, 0, 0]);
         let hello = Message::Hello {
             role: Role::Login,
             pid: 1,
         };
-        assert_eq!(hello.encode(), [3, 0, 4, 1]);
+        assert_eq!(hello.encode(), [4, 0, 4, 1]);
         let long: Vec<u32> = (0..100_000).collect();
         let pieces = chunks(long);
         assert!(pieces.len() > 1);
@@ -838,10 +848,10 @@ mod tests {
     fn rejects_bad_packets_without_panicking() {
         assert_eq!(Message::decode(&[]), Err(ProtoError::Empty));
         assert_eq!(Message::decode(&[1, 0]), Err(ProtoError::Version(1)));
-        assert_eq!(Message::decode(&[2, 12]), Err(ProtoError::Version(2)));
-        assert!(matches!(Message::decode(&[3]), Err(ProtoError::Decode(_))));
+        assert_eq!(Message::decode(&[3, 12]), Err(ProtoError::Version(3)));
+        assert!(matches!(Message::decode(&[4]), Err(ProtoError::Decode(_))));
         assert!(matches!(
-            Message::decode(&[3, 200]),
+            Message::decode(&[4, 200]),
             Err(ProtoError::Decode(_))
         ));
         let mut extra = Message::StatsRequest.encode();

@@ -259,3 +259,165 @@ impl Routing {
         gone
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::native::Release;
+    use crate::tracker::policy::Policy;
+    use std::time::Duration;
+
+    const IDLE: usize = 7;
+    const MAIL: usize = 8;
+
+    fn restarted(now: Instant) -> Routing {
+        let mut r = Routing::new(Policy::PreferUser);
+        let users = ["alice", "bob"]
+            .map(|name| SavedUser {
+                name: name.into(),
+                uid: 1000,
+                cookie: [name.len() as u8; 16],
+            })
+            .to_vec();
+        let saved = Saved {
+            next_conn: 9,
+            users,
+        };
+        r.load(saved, now + Duration::from_secs(30));
+        r.register(MAIL, 200, 1000, 10);
+        r
+    }
+
+    fn held(id: u64, user: &str, cookie: u8) -> Held {
+        Held {
+            id,
+            user: user.into(),
+            cookie: [cookie; 16],
+        }
+    }
+
+    #[test]
+    fn reports_count_only_with_the_kept_cookie_and_the_right_uid() {
+        let now = Instant::now();
+        let mut r = restarted(now);
+        r.report_begins(IDLE, 500, now);
+        assert_eq!(r.held(IDLE, &held(1, "alice", 5), now), Ok(true));
+        assert_eq!(r.held(IDLE, &held(1, "alice", 5), now), Ok(false), "once");
+        assert_eq!(
+            r.held(IDLE, &held(2, "alice", 3), now),
+            Err(NotRejoined::Cookie)
+        );
+        assert_eq!(
+            r.held(IDLE, &held(3, "mallory", 0), now),
+            Err(NotRejoined::Cookie),
+            "nobody can bring a user in"
+        );
+        assert_eq!(r.report_done(IDLE), Vec::new());
+        assert_eq!(r.users["alice"].conns, 1);
+        let served = |conn, uid, cookie| Served {
+            conn,
+            user: "bob".into(),
+            uid,
+            cookie: [cookie; 16],
+        };
+        assert_eq!(
+            r.served(MAIL, 1000, &served(1 << 33, 1000, 1), now),
+            Err(NotRejoined::Cookie)
+        );
+        assert_eq!(
+            r.served(MAIL, 1001, &served(1 << 33, 1001, 3), now),
+            Err(NotRejoined::Uid)
+        );
+        assert_eq!(
+            r.served(MAIL, 1000, &served(1 << 33, 1000, 3), now),
+            Ok(true)
+        );
+        assert!(r.owns(MAIL, 1 << 33));
+        assert_eq!(r.procs[&MAIL].active, 1);
+        let alice_conn = r.parking.conn_of(IdleRef { pid: 500, id: 1 }).unwrap();
+        let taken = Served {
+            conn: alice_conn,
+            user: "alice".into(),
+            uid: 1000,
+            cookie: [5; 16],
+        };
+        assert_eq!(r.served(MAIL, 1000, &taken, now), Err(NotRejoined::Taken));
+        assert_eq!(r.rejoin.rejoined, 2);
+    }
+
+    #[test]
+    fn what_the_daemon_no_longer_holds_is_dropped_with_unneeded_cookies() {
+        let t0 = Instant::now();
+        let mut r = restarted(t0);
+        r.report_begins(IDLE, 500, t0);
+        r.held(IDLE, &held(1, "alice", 5), t0).unwrap();
+        r.held(IDLE, &held(2, "bob", 3), t0).unwrap();
+        r.report_done(IDLE);
+        // The daemon's link comes back, and it no longer holds bob's.
+        let t1 = t0 + Duration::from_secs(1);
+        r.report_begins(IDLE, 500, t1);
+        // A park released after the Hello may be missing from the report.
+        let (c, _) = r.login(MAIL, "alice", 1000, "", t1).unwrap();
+        let parked = Release::Parked {
+            idle_id: 9,
+            idle_pid: 500,
+            mailbox: "INBOX".into(),
+        };
+        r.released(MAIL, c, parked, t1 + Duration::from_millis(1))
+            .unwrap();
+        r.held(IDLE, &held(1, "alice", 5), t1).unwrap();
+        let dropped = r.report_done(IDLE);
+        assert_eq!(dropped.len(), 1);
+        assert_eq!(dropped[0].1, "bob");
+        assert!(!r.users.contains_key("bob"), "bob's cookie went");
+        assert_eq!(r.users["alice"].conns, 2);
+        assert_eq!(r.rejoin.stale, 1);
+        // The daemon dies: everything it held goes, and alice's cookie.
+        let linked = HashSet::new();
+        assert_eq!(r.drop_dead_daemons(&linked, |_| true).len(), 0);
+        assert_eq!(r.drop_dead_daemons(&linked, |_| false).len(), 2);
+        assert!(r.users.is_empty());
+        assert_eq!(r.rejoin.stale, 3);
+    }
+
+    #[test]
+    fn a_release_after_the_report_is_the_reported_connection() {
+        let now = Instant::now();
+        let mut r = restarted(now);
+        let (c, _) = r.login(MAIL, "alice", 1000, "", now).unwrap();
+        r.report_begins(IDLE, 500, now);
+        r.held(IDLE, &held(4, "alice", 5), now).unwrap();
+        r.report_done(IDLE);
+        assert_eq!(r.users["alice"].conns, 2, "counted twice for a moment");
+        let parked = |user_id| Release::Parked {
+            idle_id: user_id,
+            idle_pid: 500,
+            mailbox: "INBOX".into(),
+        };
+        r.released(MAIL, c, parked(4), now).unwrap();
+        assert_eq!(r.users["alice"].conns, 1);
+        assert_eq!(r.parking.conn_of(IdleRef { pid: 500, id: 4 }), Some(c));
+        // Not for another user's reported entry.
+        r.report_begins(IDLE, 500, now);
+        r.held(IDLE, &held(5, "bob", 3), now).unwrap();
+        let (c2, _) = r.login(MAIL, "alice", 1000, "", now).unwrap();
+        assert!(r.released(MAIL, c2, parked(5), now).is_err());
+    }
+
+    #[test]
+    fn kept_cookies_nobody_claims_go_when_the_rejoin_time_is_over() {
+        let now = Instant::now();
+        let mut r = restarted(now);
+        r.report_begins(IDLE, 500, now);
+        r.held(IDLE, &held(1, "alice", 5), now).unwrap();
+        assert!(r.drop_unclaimed(now).is_empty(), "not yet");
+        assert_eq!(r.drop_unclaimed(now + Duration::from_secs(30)), ["bob"]);
+        assert!(r.users.contains_key("alice"));
+        assert_eq!(r.rejoin.unclaimed, 1);
+        assert!(r.rejoin.changed);
+        let saved = r.saved();
+        assert_eq!(saved.users.len(), 1);
+        assert_eq!(saved.next_conn, r.next_conn());
+        assert!(r.next_conn() > 9, "ids go on from the kept counter");
+    }
+}

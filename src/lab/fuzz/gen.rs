@@ -102,7 +102,7 @@ fn user(rng: &mut Rng) -> Option<String> {
 
 /// One message of every kind, picked at random, encoded.
 pub fn native(rng: &mut Rng) -> Vec<u8> {
-    let msg = match rng.below(22) {
+    let msg = match rng.below(24) {
         0 => Message::Hello {
             role: *rng.pick(&[
                 Role::MailProcess,
@@ -224,6 +224,27 @@ pub fn native(rng: &mut Rng) -> Vec<u8> {
                     mailbox: text(rng, MAX_TEXT),
                     activity: activity(rng),
                     secs: number(rng) as u32,
+                })
+                .collect(),
+            last: rng.one_in(2),
+        },
+        22 => Message::Holding {
+            held: (0..rng.below(4))
+                .map(|_| Held {
+                    id: number(rng),
+                    user: text(rng, MAX_USER),
+                    cookie: cookie(rng),
+                })
+                .collect(),
+            last: rng.one_in(2),
+        },
+        23 => Message::Serving {
+            conns: (0..rng.below(4))
+                .map(|_| Served {
+                    conn: number(rng),
+                    user: text(rng, MAX_USER),
+                    uid: number(rng) as u32,
+                    cookie: cookie(rng),
                 })
                 .collect(),
             last: rng.one_in(2),
