@@ -228,27 +228,25 @@ pub fn native(rng: &mut Rng) -> Vec<u8> {
                 .collect(),
             last: rng.one_in(2),
         },
-        22 => Message::Holding {
-            held: (0..rng.below(4))
-                .map(|_| Held {
-                    id: number(rng),
-                    user: text(rng, MAX_USER),
-                    cookie: cookie(rng),
-                })
-                .collect(),
-            last: rng.one_in(2),
-        },
-        23 => Message::Serving {
-            conns: (0..rng.below(4))
-                .map(|_| Served {
-                    conn: number(rng),
-                    user: text(rng, MAX_USER),
-                    uid: number(rng) as u32,
-                    cookie: cookie(rng),
-                })
-                .collect(),
-            last: rng.one_in(2),
-        },
+        22 => {
+            let held = few(rng, |rng| Held {
+                id: number(rng),
+                user: text(rng, MAX_USER),
+                cookie: cookie(rng),
+            });
+            let last = rng.one_in(2);
+            Message::Holding { held, last }
+        }
+        23 => {
+            let conns = few(rng, |rng| Served {
+                conn: number(rng),
+                user: text(rng, MAX_USER),
+                uid: number(rng) as u32,
+                cookie: cookie(rng),
+            });
+            let last = rng.one_in(2);
+            Message::Serving { conns, last }
+        }
         _ => Message::Who {
             rows: (0..rng.below(4))
                 .map(|_| WhoRow {
@@ -267,6 +265,11 @@ pub fn native(rng: &mut Rng) -> Vec<u8> {
         },
     };
     msg.encode()
+}
+
+/// Up to three items made by `item`.
+fn few<T>(rng: &mut Rng, mut item: impl FnMut(&mut Rng) -> T) -> Vec<T> {
+    (0..rng.below(4)).map(|_| item(rng)).collect()
 }
 
 /// Sorted, disjoint UID ranges, now and then out of order or with 0,
