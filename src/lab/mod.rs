@@ -25,6 +25,9 @@ Commands:
           the median of rounds; --quick takes under a minute
   park-rate  parks per second straight into a private imap-idle, one at
           a time and pipelined [--parks N] [--window W]
+  tracker-restart  park N clients, kill -9 imap-tracker, start it again,
+          wake every client; prints the clients lost and the times
+          [--clients N] [--per-user K]
   load    hold N idle IMAP clients against any IMAP server, deliver mail,
           measure delivery -> EXISTS
   serve   the reference IMAP login and mail processes (a reference peer
@@ -50,6 +53,7 @@ pub fn main() -> ExitCode {
         Some("load") => load::main(args.collect()),
         Some("bench") => bench::main(args.collect()),
         Some("park-rate") => bench::park_rate::main(args.collect()),
+        Some("tracker-restart") => bench::tracker_restart::main(args.collect()),
         // Started by `load` itself, one per client process.
         Some("load-worker") => load::worker::main(),
         Some("probe") => probe::main(args.collect()),
