@@ -16,6 +16,7 @@ mod peers;
 mod pending;
 mod policy;
 mod rejoin;
+mod rejoin_state;
 mod report;
 mod routing;
 mod spawn;

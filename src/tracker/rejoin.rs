@@ -11,40 +11,14 @@
 //! within the rejoin time go, like the cookie of any user whose last
 //! connection went. Methods of [`Routing`]; plain data, no I/O.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Instant;
 
 use super::cookie_file::{Saved, SavedUser};
 use super::parking::IdleRef;
+use super::rejoin_state::Report;
 use super::routing::{ConnEntry, Place, Routing, User};
 use crate::proto::native::{Held, Served};
-
-#[derive(Default)]
-pub struct Rejoin {
-    /// Entries dropped because imap-idle no longer held them.
-    pub stale: u64,
-    /// Kept cookies dropped because nobody claimed them after a restart.
-    pub unclaimed: u64,
-    /// Connections known again from re-reports since start.
-    pub rejoined: u64,
-    /// Users (and so cookies) changed since the file was last written.
-    pub changed: bool,
-    /// After a restart: when unclaimed kept cookies go.
-    pub claim_until: Option<Instant>,
-    /// An imap-idle link closed: whether its daemon died is looked at then
-    /// (a process killed closes its sockets a moment before it is dead).
-    pub check_daemons_at: Option<Instant>,
-    /// imap-idle links whose report is under way: what each reported.
-    reports: HashMap<usize, Report>,
-}
-
-struct Report {
-    pid: u32,
-    /// When we heard its Hello: entries parked since may be missing from
-    /// its report (it was made before they came) and are not stale.
-    since: Instant,
-    seen: HashSet<u64>,
-}
 
 /// Why a re-reported connection is not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +103,11 @@ impl Routing {
         if self.parking.conn_of(idle).is_some() {
             self.check_idle_id(idle, &h.user)
                 .map_err(|_| NotRejoined::Taken)?;
+            return Ok(false);
+        }
+        if self.parking.placed_lately(idle) {
+            // Returned and placed; its return comes again and is only
+            // acknowledged.
             return Ok(false);
         }
         let conn = self.new_conn().map_err(|_| NotRejoined::Taken)?;
@@ -314,6 +293,15 @@ mod tests {
         );
         assert_eq!(r.report_done(IDLE), Vec::new());
         assert_eq!(r.users["alice"].conns, 1);
+        // A return we placed whose Accepted was lost is reported once more.
+        let placed = crate::tracker::parking::ReturnKey {
+            idle: IdleRef { pid: 500, id: 6 },
+            socket: 1,
+        };
+        r.parking.placed(placed, now);
+        r.report_begins(IDLE, 500, now);
+        assert_eq!(r.held(IDLE, &held(6, "alice", 5), now), Ok(false));
+        assert_eq!(r.users["alice"].conns, 1, "not counted again");
         let served = |conn, uid, cookie| Served {
             conn,
             user: "bob".into(),

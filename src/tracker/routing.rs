@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::cookie;
 use super::parking::{IdleRef, Parking};
 use super::policy::{Bound, Policy};
-use super::rejoin::Rejoin;
+use super::rejoin_state::Rejoin;
 use crate::proto::native::Cookie;
 
 pub struct Process {
