@@ -392,6 +392,7 @@ impl Drop for NativeStack {
             let _ = c.kill();
             let _ = c.wait();
         }
-        // Processes the tracker spawned end when their tracker link closes.
+        // Processes the tracker spawned end once the tracker is gone and
+        // so is its directory (the private one, removed after this).
     }
 }
