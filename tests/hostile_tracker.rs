@@ -19,8 +19,8 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use imap_idle::proto::native::{
-    self, Activity, Assign, Assignment, ConnInfo, Cookie, Gone, GoneReason, Incoming, Login,
-    Message, Park, RecvError, Release, Return, Role, WakeReason, MAX_PACKET,
+    self, Activity, Assign, Assignment, ConnInfo, Cookie, Gone, GoneReason, Held, Incoming, Login,
+    Message, Park, RecvError, Release, Return, Role, Served, WakeReason, MAX_PACKET,
 };
 use imap_idle::sys::SeqPacket;
 use util::{wait_for, WAIT};
@@ -590,6 +590,80 @@ fn a_gone_notice_for_another_users_id_is_refused() {
     t.wait_log(&format!("user=eve conn={}: parked client gone", eve.conn));
     assert_eq!(security_lines(&t), 1);
     drop((a, login, idle, server));
+    t.expect_baseline_fds();
+}
+
+/// What imap-idle and mail processes re-report after a restart
+/// (`Holding`, `Serving`) counts only with the user's own cookie, from a
+/// mail process only for ids that stand for nothing else: nobody brings a
+/// user in or takes over another connection that way.
+#[test]
+fn re_reports_count_only_with_the_users_cookie() {
+    let t = Tracker::start(&[]);
+    let mut a = mail(&t, 10);
+    let mut login = Peer::hello(&t.socket(), Role::Login);
+    let (bob, _c1) = logged_in(&mut login, &mut a, 1, "bob");
+    let (eve, _c2) = logged_in(&mut login, &mut a, 2, "eve");
+    // A second mail process, full, so that returns go to the first.
+    let mut b = mail(&t, 1);
+    let (_carol, _c3) = logged_in(&mut login, &mut b, 3, "carol");
+    let served = |conn, user: &str, cookie| Message::Serving {
+        conns: vec![Served {
+            conn,
+            user: user.into(),
+            uid: me(),
+            cookie,
+        }],
+        last: true,
+    };
+    b.send(&served(12345, "bob", eve.cookie));
+    t.wait_log("serving user=bob conn=12345: the user is unknown or the cookie is not theirs");
+    b.send(&served(12346, "mallory", [7; 16]));
+    t.wait_log("serving user=mallory conn=12346: the user is unknown");
+    b.send(&served(bob.conn, "bob", bob.cookie));
+    t.wait_log(&format!(
+        "serving user=bob conn={}: that id stands for another connection",
+        bob.conn
+    ));
+    // imap-idle's report on its new link: bob's under eve's cookie is
+    // refused, eve's own is taken, one more connection of hers, parked.
+    let mut idle = Peer::hello(&t.socket(), Role::Idle);
+    let held = |id, user: &str, cookie| Held {
+        id,
+        user: user.into(),
+        cookie,
+    };
+    idle.send(&Message::Holding {
+        held: vec![held(5, "bob", eve.cookie), held(6, "eve", eve.cookie)],
+        last: true,
+    });
+    t.wait_log("reports id 5 held: the user is unknown or the cookie is not theirs; refused");
+    t.wait_log("1 parked connections known again from its report");
+    assert_eq!(security_lines(&t), 4);
+    let who = t.who();
+    assert!(
+        who.contains("3 users, 4 connections: 3 active, 0 idle, 1 parked"),
+        "{who}"
+    );
+    let (mut client, server) = UnixStream::pair().unwrap();
+    idle.send_fd(&return_msg(6, "eve", eve.cookie), server.as_fd());
+    // Past the `who` questions we left unanswered.
+    let back = loop {
+        match a.recv().msg {
+            Message::Describe { .. } => continue,
+            Message::Assign(back) => break back,
+            other => panic!("expected Assign, got {other:?}"),
+        }
+    };
+    assert_eq!(back.user, "eve");
+    assert_ne!(
+        back.conn, eve.conn,
+        "not eve's connection in the mail process"
+    );
+    assert_eq!(idle.msg(), Message::Accepted { id: 6 });
+    untouched(&mut client);
+    assert_eq!(security_lines(&t), 4);
+    drop((a, b, login, idle, server));
     t.expect_baseline_fds();
 }
 

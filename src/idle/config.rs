@@ -34,8 +34,11 @@ Options:
                          and ours may hold open [default: 64]
   --handshake-timeout SECS  a control connection that has not said Hello
                          by then is closed [default: 10]
-  --tracker-socket PATH  where woken connections are returned
-                         [default: RUNTIME_DIR/tracker]
+  --tracker-socket PATH  where woken connections are returned; the link
+                         stays up while anybody is parked, and each new
+                         link first reports what is held (a restarted
+                         tracker knows them again) [default:
+                         RUNTIME_DIR/tracker]
   --max-parked N         most connections parked at once [default: the
                          open-file limit (soft raised to hard) minus a
                          reserve for control connections (and, with

@@ -4,7 +4,11 @@
 //! The core keeps its copy of a client descriptor until the tracker says
 //! `Accepted`, so a link that dies mid-way loses nothing: whatever was in
 //! flight is sent again on the next link. Gone notices wait here while the
-//! tracker is unreachable.
+//! tracker is unreachable. The link stays up while we hold anybody, so
+//! that a tracker that restarts is found again at once: the first thing
+//! each new link carries is our report of every connection held
+//! (`Holding`), from which a restarted tracker knows them again and one
+//! that outlived our crash drops what we no longer hold.
 
 use std::collections::VecDeque;
 use std::io;
@@ -37,6 +41,8 @@ pub struct TrackerLink {
     path: PathBuf,
     link: Link,
     gone: VecDeque<Gone>,
+    /// The report of what we hold, still to send on this link.
+    report: VecDeque<Message>,
     /// When to try connecting again.
     retry_at: Option<Instant>,
     backoff: Duration,
@@ -54,6 +60,7 @@ impl TrackerLink {
             path,
             link: Link::Down,
             gone: VecDeque::new(),
+            report: VecDeque::new(),
             retry_at: None,
             backoff: BACKOFF_MIN,
             writable: false,
@@ -106,7 +113,7 @@ impl TrackerLink {
     /// Connect if there is something to send, then send what fits.
     pub fn pump(&mut self, core: &mut IdleCore, reg: &Registry, now: Instant) {
         if matches!(self.link, Link::Down) {
-            if !core.has_queued() && self.gone.is_empty() {
+            if !core.has_queued() && self.gone.is_empty() && core.is_empty() {
                 // Nothing to deliver: no reason to wake up for a retry
                 // (a past deadline here would make the loop spin).
                 self.retry_at = self.retry_at.filter(|&at| at > now);
@@ -121,6 +128,13 @@ impl TrackerLink {
             return;
         };
         while self.writable {
+            if let Some(part) = self.report.pop_front() {
+                match self.send(&part) {
+                    Ok(true) => continue,
+                    Ok(false) => return self.report.push_front(part),
+                    Err(e) => return self.down(core, reg, now, &format!("sending: {e}")),
+                }
+            }
             if let Some(g) = self.gone.front() {
                 match self.send(&Message::Gone(g.clone())) {
                     Ok(true) => {
@@ -228,6 +242,7 @@ impl TrackerLink {
         }
         self.link = Link::Down;
         self.writable = false;
+        self.report.clear();
         core.link_lost();
         self.retry_at = Some(now + self.backoff);
         let waiting = core.queued() + self.gone.len();
@@ -261,9 +276,21 @@ impl TrackerLink {
                     if let Link::Greeting(sock) = std::mem::replace(&mut self.link, Link::Down) {
                         self.link = Link::Ready(sock);
                     }
+                    let held = core.held();
                     if self.outage_logged {
-                        info!("tracker reachable again");
+                        info!(
+                            "tracker reachable again; reporting {} connections",
+                            held.len()
+                        );
                     }
+                    let parts = native::chunks(held);
+                    let n = parts.len();
+                    self.report = (parts.into_iter().enumerate())
+                        .map(|(i, held)| Message::Holding {
+                            held,
+                            last: i + 1 == n,
+                        })
+                        .collect();
                     self.outage_logged = false;
                     self.backoff = BACKOFF_MIN;
                 }

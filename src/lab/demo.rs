@@ -226,6 +226,12 @@ impl Demo {
                     self.link = Some(link);
                     continue;
                 }
+                // What the daemon holds, reported on every new link: we
+                // are the only peer it has, so we know it already.
+                Message::Holding { .. } => {
+                    self.link = Some(link);
+                    continue;
+                }
                 msg => msg,
             };
             self.link = Some(link);

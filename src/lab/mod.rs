@@ -33,6 +33,9 @@ Commands:
   mass-wake  one delivery to N hibernated clients of one mailbox under a
           private Dovecot: its own imap-hibernate against imap-idle at
           each --master-connections value [--clients N] [--rounds K]
+  tracker-restart  park N clients, kill -9 imap-tracker, start it again,
+          wake every client; prints the clients lost and the times
+          [--clients N] [--per-user K]
   load    hold N idle IMAP clients against any IMAP server, deliver mail,
           measure delivery -> EXISTS
   serve   the reference IMAP login and mail processes (a reference peer
@@ -64,6 +67,7 @@ pub fn main() -> ExitCode {
         Some("bench") => bench::main(args.collect()),
         Some("park-rate") => bench::park_rate::main(args.collect()),
         Some("mass-wake") => bench::mass_wake::main(args.collect()),
+        Some("tracker-restart") => bench::tracker_restart::main(args.collect()),
         // Started by `load` itself, one per client process.
         Some("load-worker") => load::worker::main(),
         Some("probe") => probe::main(args.collect()),

@@ -4,7 +4,10 @@
 //! [`SessionState`](crate::proto::state::SessionState)), parks idle ones
 //! ([`IdleLink`], or [`IdlePool`] over several imap-idle daemons) and
 //! reports them leaving; a login process hands
-//! authenticated clients to the tracker ([`LoginLink`]).
+//! authenticated clients to the tracker ([`LoginLink`]). When the tracker
+//! restarts, a mail process keeps its clients, tries again ([`Redial`])
+//! and re-registers with what it serves ([`TrackerLink::rejoin`]), so that
+//! the new tracker knows those connections again.
 //!
 //! [`IdleLink::park`] parks one client and waits for the answer: enough
 //! for a mail process that parks now and then. One that parks many at
@@ -32,10 +35,12 @@ mod login;
 mod park;
 mod pipelined;
 mod pool;
+mod redial;
 mod tracker;
 
 pub use login::{LoginAnswer, LoginLink};
 pub use park::{Answer, IdleLink, Kept, NotParked, Parking};
 pub use pipelined::MAX_WINDOW;
 pub use pool::{IdlePool, ParkedIn, FULL_BACKOFF};
+pub use redial::Redial;
 pub use tracker::{FromTracker, TrackerLink};

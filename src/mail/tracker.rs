@@ -8,7 +8,7 @@ use std::path::Path;
 
 use crate::link::{Link, LinkError};
 use crate::proto::native::{
-    self, chunks, Assign, ConnInfo, Message, RecvError, Release, Role, MAX_PACKET,
+    self, chunks, Assign, ConnInfo, Message, RecvError, Release, Role, Served, MAX_PACKET,
 };
 use crate::sys::SeqPacket;
 
@@ -42,6 +42,26 @@ impl TrackerLink {
             sock,
             buf: vec![0; MAX_PACKET + 1],
         })
+    }
+
+    /// Register again after the link was lost (the tracker restarted, or
+    /// the link broke), and report every connection still served, so that
+    /// the tracker knows them again: it takes each only with the user's
+    /// cookie, and only users of our uid (unless we run as root).
+    pub fn rejoin(
+        path: &Path,
+        uid: u32,
+        capacity: u32,
+        serving: Vec<Served>,
+    ) -> Result<TrackerLink, LinkError> {
+        let link = TrackerLink::register(path, uid, capacity)?;
+        let pieces = chunks(serving);
+        let n = pieces.len();
+        for (i, conns) in pieces.into_iter().enumerate() {
+            let last = i + 1 == n;
+            native::send_patiently(&link.sock, &Message::Serving { conns, last }, None)?;
+        }
+        Ok(link)
     }
 
     /// The next message, or `None` when there is none for now.

@@ -1,4 +1,4 @@
-//! Native protocol v3: what our processes say to each other.
+//! Native protocol v4: what our processes say to each other.
 //!
 //! Every packet on a UNIX `SOCK_SEQPACKET` socket is one message: a version
 //! byte, then a postcard-encoded [`Message`]. A message that hands over a
@@ -17,7 +17,9 @@ use crate::sys::SeqPacket;
 
 /// 2: parks carry a request id that their answer echoes. 3: a parked
 /// release names the daemon (its pid), since several may serve one tracker.
-/// 4: a successor daemon takes every parked connection over.
+/// 4: a successor daemon takes every parked connection over; imap-idle
+/// and mail processes re-report what they hold after a new link
+/// (`Holding`, `Serving`), and `who` counts stale entries dropped.
 pub const VERSION: u8 = 4;
 /// Largest packet either side accepts; larger ones are an error.
 pub const MAX_PACKET: usize = 64 * 1024;
@@ -364,6 +366,9 @@ pub enum Message {
         rows: Vec<WhoRow>,
         missing: Vec<String>,
         last: bool,
+        /// Entries dropped since the tracker started because the imap-idle
+        /// that held them no longer did (it restarted, or lost them).
+        stale: u64,
     },
     /// daemon -> successor, right after Hello: its listening sockets,
     /// one descriptor each, in this order, and how long it has run (the
@@ -382,6 +387,14 @@ pub enum Message {
     /// every batch whole, the daemon exits once what it still holds
     /// (returns under way) is gone; otherwise both go on serving their own.
     HandedAll,
+    /// daemon -> tracker, right after the Hellos on every link: the
+    /// connections it holds (parked or returning), so that a restarted
+    /// tracker knows them again and one that outlived a crash of the
+    /// daemon drops what is gone. Long lists span several messages.
+    Holding { held: Vec<Held>, last: bool },
+    /// mail process -> tracker, after `Registered` on a new link: the
+    /// connections it serves, so that a restarted tracker knows them again.
+    Serving { conns: Vec<Served>, last: bool },
 }
 
 /// One of the listening sockets a daemon hands to its successor.
@@ -414,6 +427,27 @@ pub struct Handed {
     /// Dovecot 2.4: 0 plain; 1 its output is multiplexed; 2 likewise, and
     /// it was switched to channel 0 already.
     pub multiplex: u8,
+}
+
+/// One connection imap-idle holds, as it re-reports it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// The daemon's id (as in `Parked`).
+    pub id: u64,
+    pub user: String,
+    /// The cookie it was parked with: a re-report of a user only counts
+    /// with that user's cookie.
+    pub cookie: Cookie,
+}
+
+/// One connection a mail process serves, as it re-reports it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    /// The tracker's id (as in `Assign`).
+    pub conn: u64,
+    pub user: String,
+    pub uid: u32,
+    pub cookie: Cookie,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -542,6 +576,8 @@ impl Message {
                 }
                 Ok(())
             }),
+            Message::Holding { held, .. } => held.iter().try_for_each(|h| check_user(&h.user)),
+            Message::Serving { conns, .. } => conns.iter().try_for_each(|c| check_user(&c.user)),
             Message::Error { reason }
             | Message::Refused { reason, .. }
             | Message::Rejected { reason, .. }
@@ -830,6 +866,24 @@ mod tests {
                 rows: Vec::new(),
                 missing: vec!["x".into()],
                 last: true,
+                stale: 3,
+            },
+            Message::Holding {
+                held: vec![Held {
+                    id: 9,
+                    user: "alice".into(),
+                    cookie: [7; 16],
+                }],
+                last: false,
+            },
+            Message::Serving {
+                conns: vec![Served {
+                    conn: 1 << 40,
+                    user: "bob".into(),
+                    uid: 1000,
+                    cookie: [1; 16],
+                }],
+                last: true,
             },
             Message::Listeners {
                 kinds: vec![ListenerKind::Park, ListenerKind::HandOff],
@@ -897,6 +951,16 @@ mod tests {
         assert_eq!(hello.encode(), [VERSION, 0, 5, 1]);
         assert_eq!(Message::Registered.encode(), [4, 12]);
         assert_eq!(Message::WhoRequest { user: None }.encode(), [4, 18, 0]);
+        let holding = Message::Holding {
+            held: Vec::new(),
+            last: true,
+        };
+        assert_eq!(holding.encode(), [4, 26, 0, 1]);
+        let serving = Message::Serving {
+            conns: Vec::new(),
+            last: false,
+        };
+        assert_eq!(serving.encode(), [4, 27, 0, 0]);
         let hello = Message::Hello {
             role: Role::Login,
             pid: 1,

@@ -28,6 +28,12 @@ Options:
                           several serve this tracker [default:
                           RUNTIME_DIR/park]
   --socket-mode MODE      permissions of --socket, octal [default: 0660]
+  --cookie-file PATH      users' cookies, kept across a restart of the
+                          tracker (mode 0600, replaced atomically)
+                          [default: RUNTIME_DIR/tracker.cookies]
+  --rejoin-secs N         after a restart, how long a kept cookie waits for
+                          imap-idle or a mail process to report one of its
+                          user's connections before it is dropped [default: 30]
   --policy POLICY         user: a mail process serves one user only;
                           uid: one UNIX uid only; prefer-user: prefer a
                           process that already serves the user, else the
@@ -76,6 +82,10 @@ pub struct Config {
     pub runtime_dir: PathBuf,
     pub socket: PathBuf,
     pub control_socket: PathBuf,
+    /// Users' cookies, kept across a restart.
+    pub cookie_file: PathBuf,
+    /// After a restart, how long kept cookies wait to be claimed.
+    pub rejoin_secs: u64,
     /// Every imap-idle's park socket, for `who`.
     pub idle_sockets: Vec<PathBuf>,
     pub socket_mode: u32,
@@ -110,6 +120,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     let mut runtime_dir = None;
     let mut socket = None;
     let mut control_socket = None;
+    let mut cookie_file = None;
+    let mut rejoin_secs = 30;
     let mut idle_sockets = Vec::new();
     let mut socket_mode = 0o660;
     let mut policy = Policy::PreferUser;
@@ -134,6 +146,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
             "--runtime-dir" => runtime_dir = Some(PathBuf::from(args.value(&flag)?)),
             "--socket" => socket = Some(PathBuf::from(args.value(&flag)?)),
             "--control-socket" => control_socket = Some(PathBuf::from(args.value(&flag)?)),
+            "--cookie-file" => cookie_file = Some(PathBuf::from(args.value(&flag)?)),
+            "--rejoin-secs" => rejoin_secs = args.number(&flag)?,
             "--idle-socket" => idle_sockets.push(PathBuf::from(args.value(&flag)?)),
             "--socket-mode" => {
                 let v = args.value(&flag)?;
@@ -188,6 +202,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
         socket: socket.unwrap_or_else(|| runtime_dir.join("tracker")),
         idle_sockets,
         control_socket,
+        cookie_file: cookie_file.unwrap_or_else(|| runtime_dir.join("tracker.cookies")),
+        rejoin_secs,
         runtime_dir,
         socket_mode,
         policy,

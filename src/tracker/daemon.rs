@@ -20,6 +20,7 @@ use nix::sys::signal::Signal;
 
 use super::config::Config;
 use super::handler::Handler;
+use super::keep;
 use super::listen;
 use super::peers::{self, Peers};
 use super::pending::Waiting;
@@ -57,6 +58,8 @@ pub struct Tracker {
     spawner: Spawner,
     /// Out of descriptors: no accepting until then.
     accept_paused_until: Option<Instant>,
+    /// Cookies changed: the file is written then (writes are spaced).
+    next_save: Option<Instant>,
     stop: bool,
     /// The sockets we bound (not those passed to us).
     remove_at_exit: [Option<PathBuf>; 2],
@@ -106,6 +109,9 @@ impl Tracker {
                  can hand over clients as any user"
             );
         }
+        let mut routing = Routing::new(cfg.policy);
+        let rejoin = Duration::from_secs(cfg.rejoin_secs);
+        keep::load(&cfg.cookie_file, &mut routing, Instant::now() + rejoin);
         let poll = setup("creating the poll", Poll::new())?;
         for (fd, token) in [
             (listener.sock.as_raw_fd(), LISTENER),
@@ -143,7 +149,8 @@ impl Tracker {
             trust,
             peers: Peers::new(cfg.max_outbox),
             spawner: Spawner::new(cfg.spawn.clone(), cfg.max_processes, listener.path.clone()),
-            routing: Routing::new(cfg.policy),
+            routing,
+            next_save: None,
             cfg,
             poll,
             remove_at_exit: [listener.bound, control.bound],
@@ -169,6 +176,9 @@ impl Tracker {
                 self.who.next_deadline(),
                 self.accept_paused_until,
                 self.supervisor.next_deadline(),
+                self.next_save,
+                self.routing.rejoin.claim_until,
+                self.routing.rejoin.check_daemons_at,
             ]
             .into_iter()
             .flatten()
@@ -206,14 +216,32 @@ impl Tracker {
                 self.accept(true);
             }
             self.handler().expire(now);
+            keep::unclaimed(&mut self.routing, now);
+            if self
+                .routing
+                .rejoin
+                .check_daemons_at
+                .is_some_and(|t| t <= now)
+            {
+                self.routing.rejoin.check_daemons_at = None;
+                self.handler().drop_dead_daemons();
+            }
             if now >= next_sweep {
                 self.routing.expire(now);
+                self.handler().drop_dead_daemons();
                 next_sweep = now + Duration::from_secs(60);
             }
             let routing = &self.routing;
             self.supervisor
                 .tick(now, self.stop, || status_line(routing));
+            keep::save_if_due(
+                &self.cfg.cookie_file,
+                &mut self.routing,
+                &mut self.next_save,
+                now,
+            );
         }
+        keep::save_now(&self.cfg.cookie_file, &self.routing);
         for path in self.remove_at_exit.iter().flatten() {
             let _ = std::fs::remove_file(path);
         }
@@ -237,13 +265,19 @@ impl Tracker {
 
     fn summary(&self) -> String {
         let parked = self.routing.parked_count();
+        let r = &self.routing.rejoin;
         format!(
-            "{} users, {} connections ({} in mail processes, {parked} parked), {} mail processes, {} waiting",
+            "{} users, {} connections ({} in mail processes, {parked} parked), {} mail processes, \
+             {} waiting; since start: {} known again from reports, {} stale dropped, {} unclaimed \
+             cookies dropped",
             self.routing.users.len(),
             self.routing.conns.len(),
             self.routing.conns.len() - parked,
             self.routing.procs.len(),
-            self.pending.len()
+            self.pending.len(),
+            r.rejoined,
+            r.stale,
+            r.unclaimed
         )
     }
 

@@ -1,7 +1,8 @@
 //! What a mail process may say: register (as its own uid, unless it runs
 //! as root), report that one of its connections left it, and describe its
 //! connections for `who`. A connection id that is not the process's own is
-//! refused and logged as `SECURITY`, never acted on.
+//! refused and logged as `SECURITY`, never acted on. After a restart of
+//! the tracker it re-reports what it serves (`Serving`, see `rejoin`).
 
 use std::time::Instant;
 
@@ -9,7 +10,7 @@ use log::{debug, info, warn};
 
 use super::handler::Handler;
 use super::parking::IdleRef;
-use crate::proto::native::{ConnInfo, Message, Release};
+use crate::proto::native::{ConnInfo, Message, Release, Served};
 
 impl Handler<'_> {
     pub(super) fn register(&mut self, key: usize, uid: u32, capacity: u32) -> bool {
@@ -114,5 +115,38 @@ impl Handler<'_> {
         if answer.done {
             self.finish_who(query);
         }
+    }
+}
+
+impl Handler<'_> {
+    /// Part of a re-registered mail process's report of what it serves
+    /// (see `rejoin`); false when the peer was closed.
+    pub(super) fn serving(&mut self, key: usize, conns: Vec<Served>, last: bool) -> bool {
+        let Some(p) = self.peers.get(key) else {
+            return false;
+        };
+        if !self.routing.procs.contains_key(&key) {
+            return self.fail_peer(key, "Serving before Register");
+        }
+        let (pid, uid) = (p.pid(), p.uid());
+        let now = Instant::now();
+        let mut known = 0;
+        for s in &conns {
+            match self.routing.served(key, uid, s, now) {
+                Ok(new) => known += usize::from(new),
+                Err(e) => warn!(
+                    "SECURITY: mail process pid={pid} uid={uid}: serving user={} conn={}: {e}; \
+                     refused",
+                    s.user, s.conn
+                ),
+            }
+        }
+        if known > 0 {
+            info!("mail process pid={pid}: {known} connections known again from its report");
+        }
+        if last {
+            self.place_pending();
+        }
+        true
     }
 }

@@ -26,6 +26,9 @@ use crate::sys::{Peer, SeqPacket};
 /// Connections on the control socket at once, at most: admins are few,
 /// and the operator can still ask while the main socket is full.
 pub const MAX_ADMINS: usize = 64;
+/// After an imap-idle link closes, whether that daemon died is looked at
+/// this much later (a killed process closes its sockets before it is dead).
+const DAEMON_CHECK_DELAY: Duration = Duration::from_secs(1);
 
 pub struct Handler<'a> {
     pub(super) cfg: &'a Config,
@@ -99,6 +102,7 @@ impl<'a> Handler<'a> {
             // Whatever this peer handed us and nobody took yet stays with the
             // peer: it keeps its copy until we confirm.
             self.pending.forget_peer(key);
+            self.routing.link_closed(key);
             for id in self.who.peer_gone(key) {
                 self.finish_who(id);
             }
@@ -111,6 +115,10 @@ impl<'a> Handler<'a> {
                     describe_users(&lost)
                 );
             } else {
+                if p.role() == Some(Role::Idle) && p.query().is_none() {
+                    let at = Instant::now() + DAEMON_CHECK_DELAY;
+                    self.routing.rejoin.check_daemons_at = Some(at);
+                }
                 debug!("{}: closed", p.who());
             }
         }
@@ -205,6 +213,13 @@ impl<'a> Handler<'a> {
                 self.gone(key, g);
                 true
             }
+            (Some(Role::Idle), Message::Holding { held, last }) if p.query().is_none() => {
+                self.holding(key, held, last);
+                true
+            }
+            (Some(Role::MailProcess), Message::Serving { conns, last }) => {
+                self.serving(key, conns, last)
+            }
             (Some(Role::Admin), Message::WhoRequest { user }) => {
                 self.start_who(key, user);
                 self.peers.contains(key)
@@ -243,6 +258,11 @@ impl<'a> Handler<'a> {
         }
         p.set_role(role);
         debug!("{}: connected", p.who());
+        if role == Role::Idle {
+            // Its report of what it holds follows our Hello.
+            let pid = p.pid();
+            self.routing.report_begins(key, pid, Instant::now());
+        }
         let hello = Message::Hello {
             role: Role::Tracker,
             pid: std::process::id(),

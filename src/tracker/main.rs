@@ -38,8 +38,8 @@ pub fn main() -> ExitCode {
 
 fn print_who(user: Option<String>, control: &std::path::Path) -> ExitCode {
     match who::ask(control, user) {
-        Ok((rows, missing)) => {
-            print!("{}", who::table(&rows, &missing));
+        Ok(answer) => {
+            print!("{}", who::table(&answer));
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -3,10 +3,12 @@
 
 pub mod config;
 mod cookie;
+mod cookie_file;
 mod daemon;
 mod from_idle;
 mod from_mail;
 mod handler;
+mod keep;
 mod listen;
 mod main;
 mod moves;
@@ -14,6 +16,8 @@ mod parking;
 mod peers;
 mod pending;
 mod policy;
+mod rejoin;
+mod rejoin_state;
 mod report;
 mod routing;
 mod spawn;

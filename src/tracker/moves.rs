@@ -58,11 +58,15 @@ impl Routing {
         };
         // Normally present (a parked connection keeps its user); recreated
         // with the same cookie if an assignment failed half-way.
-        self.users.entry(user.to_owned()).or_insert(User {
-            cookie,
-            uid,
-            conns: 0,
-        });
+        if !self.users.contains_key(user) {
+            let u = User {
+                cookie,
+                uid,
+                conns: 0,
+            };
+            self.users.insert(user.to_owned(), u);
+            self.rejoin.changed = true;
+        }
         if mine.is_some() {
             self.parking.unpark(idle);
         } else {
@@ -81,6 +85,7 @@ impl Routing {
                 remote: remote.unwrap_or_default(),
                 place: Place::Mail(key),
                 since: now,
+                rejoined: false,
             },
         );
         self.place_on(key, conn, user, uid);
@@ -160,8 +165,17 @@ impl Routing {
                 pid: *idle_pid,
                 id: *idle_id,
             };
-            if self.parking.conn_of(idle).is_some() {
-                return Err(Refusal::IdTaken);
+            if let Some(holder) = self.parking.conn_of(idle) {
+                // imap-idle re-reported it before this release arrived: the
+                // entry made from its report is this very connection.
+                let same = self
+                    .conns
+                    .get(&holder)
+                    .is_some_and(|c| c.rejoined && c.user == user);
+                if !same {
+                    return Err(Refusal::IdTaken);
+                }
+                self.remove_conn(holder);
             }
             if self.parking.early.get(&idle).is_some_and(|u| *u != user) {
                 return Err(Refusal::OtherUser);

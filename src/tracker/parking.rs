@@ -107,6 +107,9 @@ pub struct Parking {
     pub early: Recent<IdleRef, String>,
     /// Returns placed lately.
     placed: Recent<ReturnKey, ()>,
+    /// ... by daemon and id alone, for imap-idle's report on a new link,
+    /// which names no socket.
+    placed_ids: Recent<IdleRef, ()>,
 }
 
 impl Default for Parking {
@@ -115,6 +118,7 @@ impl Default for Parking {
             parked: HashMap::new(),
             early: Recent::new(MAX_EARLY, EARLY_TTL),
             placed: Recent::new(MAX_PLACED, PLACED_TTL),
+            placed_ids: Recent::new(MAX_PLACED, PLACED_TTL),
         }
     }
 }
@@ -136,9 +140,31 @@ impl Parking {
         self.parked.len()
     }
 
+    /// The daemons (pids) something is parked in.
+    pub fn daemons(&self) -> std::collections::HashSet<u32> {
+        self.parked.keys().map(|k| k.pid).collect()
+    }
+
+    /// Everything parked in daemon `pid`.
+    pub fn of_daemon(&self, pid: u32) -> Vec<(IdleRef, u64)> {
+        self.parked
+            .iter()
+            .filter(|(k, _)| k.pid == pid)
+            .map(|(&k, &c)| (k, c))
+            .collect()
+    }
+
     /// Return `key` was given to a mail process.
     pub fn placed(&mut self, key: ReturnKey, now: Instant) {
         self.placed.insert(key, (), now);
+        self.placed_ids.insert(key.idle, (), now);
+    }
+
+    /// Was a return of `idle` given to a mail process lately? A report of
+    /// it then means our `Accepted` was lost with the link, not that it is
+    /// still parked.
+    pub fn placed_lately(&self, idle: IdleRef) -> bool {
+        self.placed_ids.get(&idle).is_some()
     }
 
     /// Was return `key` given to a mail process lately?
@@ -149,6 +175,7 @@ impl Parking {
     pub fn expire(&mut self, now: Instant) {
         self.early.expire(now);
         self.placed.expire(now);
+        self.placed_ids.expire(now);
     }
 }
 

@@ -171,6 +171,15 @@ impl Peers {
         Some(key)
     }
 
+    /// Pids of the imap-idle daemons linked to us now.
+    pub fn idle_pids(&self) -> std::collections::HashSet<u32> {
+        self.slab
+            .iter()
+            .filter(|(_, p)| p.role() == Some(Role::Idle) && p.query().is_none())
+            .map(|(_, p)| p.pid())
+            .collect()
+    }
+
     pub fn get(&self, key: usize) -> Option<&PeerConn> {
         self.slab.get(key).filter(|p| p.open)
     }

@@ -7,11 +7,21 @@ use std::path::Path;
 use crate::link::{Link, LinkError};
 use crate::proto::native::{Activity, Message, Role, WhoRow};
 
+/// What the tracker answered to `who`.
+#[derive(Debug, Default)]
+pub struct Answer {
+    pub rows: Vec<WhoRow>,
+    /// Peers that did not answer in time.
+    pub missing: Vec<String>,
+    /// Entries dropped since the tracker started because imap-idle no
+    /// longer held them.
+    pub stale: u64,
+}
+
 /// The client side: ask the tracker at `control` and collect every row.
-pub fn ask(control: &Path, user: Option<String>) -> Result<(Vec<WhoRow>, Vec<String>), LinkError> {
+pub fn ask(control: &Path, user: Option<String>) -> Result<Answer, LinkError> {
     let mut link = Link::connect(control, Role::Admin)?;
-    let mut rows = Vec::new();
-    let mut missing = Vec::new();
+    let mut answer = Answer::default();
     let mut msg = link.request(&Message::WhoRequest { user }, None)?;
     loop {
         match msg {
@@ -19,11 +29,13 @@ pub fn ask(control: &Path, user: Option<String>) -> Result<(Vec<WhoRow>, Vec<Str
                 rows: r,
                 missing: m,
                 last,
+                stale,
             } => {
-                rows.extend(r);
-                missing.extend(m);
+                answer.rows.extend(r);
+                answer.missing.extend(m);
+                answer.stale = stale;
                 if last {
-                    return Ok((rows, missing));
+                    return Ok(answer);
                 }
             }
             _ => return Err(LinkError::Unexpected("expected Who")),
@@ -50,7 +62,8 @@ fn duration(secs: u32) -> String {
 }
 
 /// The table `imap-tracker who` prints.
-pub fn table(rows: &[WhoRow], missing: &[String]) -> String {
+pub fn table(answer: &Answer) -> String {
+    let (rows, missing) = (&answer.rows, &answer.missing);
     let head = [
         "USER", "CONN", "PROCESS", "STATE", "MAILBOX", "FOR", "CLIENT",
     ];
@@ -98,6 +111,12 @@ pub fn table(rows: &[WhoRow], missing: &[String]) -> String {
         count(Activity::Parked),
         count(Activity::Returning)
     ));
+    if answer.stale > 0 {
+        out.push_str(&format!(
+            "{} stale entries dropped since the tracker started (imap-idle no longer held them)\n",
+            answer.stale
+        ));
+    }
     for m in missing {
         out.push_str(&format!("not answered: {m}\n"));
     }

@@ -9,6 +9,7 @@ use std::time::Instant;
 use super::cookie;
 use super::parking::{IdleRef, Parking};
 use super::policy::{Bound, Policy};
+use super::rejoin_state::Rejoin;
 use crate::proto::native::Cookie;
 
 pub struct Process {
@@ -50,6 +51,9 @@ pub struct ConnEntry {
     pub remote: String,
     pub place: Place,
     pub since: Instant,
+    /// Known again from a holder's report after a restart, not from a
+    /// login or a release: a `Released` for it may still arrive.
+    pub rejoined: bool,
 }
 
 pub struct Routing {
@@ -61,6 +65,8 @@ pub struct Routing {
     pub parking: Parking,
     /// The counted part of our connection ids (see [`Routing::new_conn`]).
     next_conn: u32,
+    /// Re-reports after restarts, and what they dropped.
+    pub rejoin: Rejoin,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -79,7 +85,16 @@ impl Routing {
             conns: BTreeMap::new(),
             parking: Parking::default(),
             next_conn: 1,
+            rejoin: Rejoin::default(),
         }
+    }
+
+    pub(super) fn next_conn(&self) -> u32 {
+        self.next_conn
+    }
+
+    pub(super) fn set_next_conn(&mut self, next: u32) {
+        self.next_conn = next.max(1);
     }
 
     /// A fresh connection id: a counter (so ids sort by age) above 32
@@ -220,6 +235,7 @@ impl Routing {
                     conns: 0,
                 },
             );
+            self.rejoin.changed = true;
         }
         let Some(u) = self.users.get_mut(user) else {
             return Err(RouteError::NoProcess);
@@ -233,6 +249,7 @@ impl Routing {
                 remote: remote.to_owned(),
                 place: Place::Mail(key),
                 since: now,
+                rejoined: false,
             },
         );
         self.place_on(key, conn, user, uid);
@@ -252,6 +269,7 @@ impl Routing {
             if u.conns == 0 {
                 // Last connection gone: so is the cookie.
                 self.users.remove(&entry.user);
+                self.rejoin.changed = true;
             }
         }
         Some(entry)

@@ -21,7 +21,7 @@ use super::routing::{Place, Routing};
 use crate::proto::native::{self, chunks, Activity, ConnInfo, Message, Role, WhoRow};
 use crate::sys::{Peer, SeqPacket};
 
-pub use super::report::{ask, table};
+pub use super::report::{ask, table, Answer as WhoAnswer};
 
 /// How long the peers have to answer.
 const ANSWER_WITHIN: Duration = Duration::from_secs(2);
@@ -319,6 +319,7 @@ impl Who {
                     Vec::new()
                 },
                 last: i + 1 == n,
+                stale: routing.rejoin.stale,
             };
             if !peers.send(registry, q.admin, &msg, routing.blocked(q.admin)) {
                 return;

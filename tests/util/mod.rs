@@ -413,6 +413,8 @@ fn serve_link(sock: SeqPacket, policy: Policy, tx: &mpsc::Sender<Event>, rejecte
             Message::Gone(g) => {
                 let _ = tx.send(Event::Gone(g));
             }
+            // The daemon's report of what it holds, on every link.
+            Message::Holding { .. } => {}
             other => panic!("tracker got unexpected {other:?}"),
         }
     }

@@ -92,7 +92,11 @@ impl Stack {
         self.who(None)
             .lines()
             .skip(1)
-            .filter(|l| !l.contains("connections:") && !l.starts_with("not answered"))
+            .filter(|l| {
+                !l.contains("connections:")
+                    && !l.starts_with("not answered")
+                    && !l.contains("stale entries")
+            })
             .map(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
                 (

@@ -1,6 +1,6 @@
 //! What the core tells about itself: statistics (with how Dovecot's notify
 //! fds were taken in), the one-line summary, and the connections it holds
-//! for `who`.
+//! for `who` and for a new tracker link.
 
 use std::hash::Hash;
 use std::os::fd::AsRawFd;
@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::conn::Phase;
 use super::notify_path::NotifyPath;
 use super::Core;
-use crate::proto::native::{Activity, ConnInfo, Stats};
+use crate::proto::native::{Activity, ConnInfo, Held, Stats};
 
 impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
     /// Every connection held (of `user`, or all), for the tracker's `who`.
@@ -40,6 +40,19 @@ impl<F: AsRawFd, W: Clone + Eq + Hash> Core<F, W> {
             NotifyPath::Reopened => self.stats.notify_reopened += 1,
             NotifyPath::Kept => self.stats.notify_kept += 1,
         }
+    }
+
+    /// Every connection held, parked or returning, as a new tracker link
+    /// re-reports them.
+    pub fn held(&self) -> Vec<Held> {
+        self.conns
+            .iter()
+            .map(|(key, c)| Held {
+                id: c.id(key as u32),
+                user: self.users.name(c.user).to_owned(),
+                cookie: c.cookie,
+            })
+            .collect()
     }
 
     pub fn stats(&self) -> Stats {

@@ -10,6 +10,7 @@ mod native;
 pub mod park_rate;
 mod plots;
 mod table;
+pub mod tracker_restart;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -102,7 +102,7 @@ fn user(rng: &mut Rng) -> Option<String> {
 
 /// One message of every kind, picked at random, encoded.
 pub fn native(rng: &mut Rng) -> Vec<u8> {
-    let msg = match rng.below(22) {
+    let msg = match rng.below(24) {
         0 => Message::Hello {
             role: *rng.pick(&[
                 Role::MailProcess,
@@ -228,6 +228,25 @@ pub fn native(rng: &mut Rng) -> Vec<u8> {
                 .collect(),
             last: rng.one_in(2),
         },
+        22 => {
+            let held = few(rng, |rng| Held {
+                id: number(rng),
+                user: text(rng, MAX_USER),
+                cookie: cookie(rng),
+            });
+            let last = rng.one_in(2);
+            Message::Holding { held, last }
+        }
+        23 => {
+            let conns = few(rng, |rng| Served {
+                conn: number(rng),
+                user: text(rng, MAX_USER),
+                uid: number(rng) as u32,
+                cookie: cookie(rng),
+            });
+            let last = rng.one_in(2);
+            Message::Serving { conns, last }
+        }
         _ => Message::Who {
             rows: (0..rng.below(4))
                 .map(|_| WhoRow {
@@ -242,9 +261,15 @@ pub fn native(rng: &mut Rng) -> Vec<u8> {
                 .collect(),
             missing: (0..rng.below(3)).map(|_| text(rng, 16)).collect(),
             last: rng.one_in(2),
+            stale: number(rng),
         },
     };
     msg.encode()
+}
+
+/// Up to three items made by `item`.
+fn few<T>(rng: &mut Rng, mut item: impl FnMut(&mut Rng) -> T) -> Vec<T> {
+    (0..rng.below(4)).map(|_| item(rng)).collect()
 }
 
 /// Sorted, disjoint UID ranges, now and then out of order or with 0,

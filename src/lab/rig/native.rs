@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod restart;
+
 use super::idles::{self, IdleSpec};
 use super::{wait_until, PrivateDir};
 use crate::link;
@@ -79,6 +81,10 @@ pub struct NativeStack {
     /// Every imap-idle's park socket, the first one's first.
     park_sockets: Vec<PathBuf>,
     pub tracker: Child,
+    /// How the tracker was started, to start it again.
+    tracker_args: Vec<String>,
+    /// More arguments of every imap-idle, to start one again.
+    idle_args: Vec<String>,
     login: Child,
     pub mails: Vec<Child>,
     bin: PathBuf,
@@ -181,16 +187,14 @@ impl NativeStack {
         } else {
             "info"
         };
-        tracker_cmd.arg("--runtime-dir").arg(&run).args([
-            "--policy",
-            &o.policy,
-            "--log-level",
-            tracker_level,
-        ]);
-        tracker_cmd.args(&idle_args);
+        let mut tracker_args = vec!["--runtime-dir".to_owned(), run.display().to_string()];
+        tracker_args
+            .extend(["--policy", &o.policy, "--log-level", tracker_level].map(String::from));
+        tracker_args.extend(idle_args.iter().cloned());
         if o.spawn {
-            tracker_cmd.args(["--spawn", &mail_cmd, "--max-processes", "8"]);
+            tracker_args.extend(["--spawn", &mail_cmd, "--max-processes", "8"].map(String::from));
         }
+        tracker_cmd.args(&tracker_args);
         let tracker = spawn(&mut tracker_cmd, &dir.join("imap-tracker.log"))?;
         let control = run.join("tracker-control");
         let mut login = Command::new(&lab)
@@ -225,6 +229,8 @@ impl NativeStack {
             more_idles,
             park_sockets,
             tracker,
+            tracker_args,
+            idle_args: o.idle_args.clone(),
             login,
             mails: Vec::new(),
             bin: bin.to_path_buf(),
@@ -386,6 +392,7 @@ impl Drop for NativeStack {
             let _ = c.kill();
             let _ = c.wait();
         }
-        // Processes the tracker spawned end when their tracker link closes.
+        // Processes the tracker spawned end once the tracker is gone and
+        // so is its directory (the private one, removed after this).
     }
 }

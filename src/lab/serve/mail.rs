@@ -5,6 +5,7 @@
 //! takes none of them for `--stall-timeout` is disconnected (see `bounds`).
 
 mod park;
+mod relink;
 mod restore;
 
 use std::io::{self, Read, Write};
@@ -20,7 +21,7 @@ use slab::Slab;
 
 use super::bounds::MAX_QUEUED_OUTPUT;
 use super::session::{Session, CAPABILITY};
-use crate::mail::{FromTracker, IdlePool, TrackerLink};
+use crate::mail::{FromTracker, IdlePool, Redial, TrackerLink};
 use crate::proto::native::{Assign, Assignment, Release};
 use park::dirs_changed;
 use restore::restore;
@@ -43,6 +44,8 @@ pub struct MailConfig {
 }
 
 struct Client {
+    /// The uid the tracker gave the user, re-reported after a restart.
+    uid: u32,
     stream: TcpStream,
     session: Session,
     writable: bool,
@@ -59,7 +62,10 @@ struct Client {
 struct Mail {
     cfg: MailConfig,
     poll: Poll,
-    tracker: TrackerLink,
+    /// None while the tracker is away: clients stay, `relink` tries again.
+    tracker: Option<TrackerLink>,
+    redial: Redial,
+    uid: u32,
     idle: IdlePool,
     clients: Slab<Client>,
     buf: Vec<u8>,
@@ -87,7 +93,9 @@ pub fn run(cfg: MailConfig) -> Result<(), String> {
     let mut m = Mail {
         cfg,
         poll,
-        tracker,
+        tracker: Some(tracker),
+        redial: Redial::default(),
+        uid,
         idle,
         clients: Slab::new(),
         buf: vec![0; 16 * 1024],
@@ -122,6 +130,7 @@ impl Mail {
                 }
             }
             if Instant::now() >= next_tick {
+                self.relink()?;
                 self.tick();
                 next_tick = Instant::now() + TICK;
             }
@@ -130,7 +139,10 @@ impl Mail {
 
     fn tracker_event(&mut self) -> Result<(), String> {
         loop {
-            match self.tracker.recv() {
+            let Some(tracker) = &mut self.tracker else {
+                return Ok(());
+            };
+            match tracker.recv() {
                 Ok(Some(FromTracker::Assigned(a, fd))) => self.assigned(*a, fd),
                 Ok(Some(FromTracker::Describe { query, user })) => {
                     let conns = self
@@ -139,14 +151,18 @@ impl Mail {
                         .filter(|(_, c)| user.as_deref().is_none_or(|u| u == c.session.user))
                         .map(|(_, c)| c.session.info())
                         .collect();
-                    if let Err(e) = self.tracker.described(query, conns) {
+                    let sent = self.tracker.as_ref().map(|t| t.described(query, conns));
+                    if let Some(Err(e)) = sent {
                         warn!("answering who: {e}");
                     }
                 }
                 Ok(None) => return Ok(()),
-                // Without the tracker nobody can route to us or hear our
-                // releases: stop, and our clients go with us.
-                Err(e) => return Err(format!("tracker link: {e}")),
+                // Our clients stay with us; the tracker (restarted) hears
+                // of them again when we re-register.
+                Err(e) => {
+                    self.tracker_lost(&e.to_string());
+                    return Ok(());
+                }
             }
         }
     }
@@ -194,6 +210,7 @@ impl Mail {
             return self.release(a.conn, &a.user, Release::Closed);
         }
         entry.insert(Client {
+            uid: a.uid,
             stream,
             session,
             writable: true,
@@ -207,7 +224,10 @@ impl Mail {
     }
 
     fn release(&mut self, conn: u64, user: &str, how: Release) {
-        if let Err(e) = self.tracker.released(conn, how) {
+        // While the tracker is away it hears nothing; its successor learns
+        // what we still serve when we re-register.
+        let told = self.tracker.as_ref().map(|t| t.released(conn, how));
+        if let Some(Err(e)) = told {
             warn!("user={user} conn={conn}: cannot tell the tracker it left: {e}");
         }
     }

@@ -43,7 +43,10 @@ is created if missing, other mailboxes are Maildir++ folders `.NAME`).
 A client idle in IDLE for --park-after seconds is parked in imap-idle;
 when imap-idle hands it back the session is restored (mailbox reopened by
 name + GUID + UIDVALIDITY, `* BYE` if it is gone) and the client is sent
-the EXPUNGE / FETCH / EXISTS / RECENT that happened meanwhile.
+the EXPUNGE / FETCH / EXISTS / RECENT that happened meanwhile. When the
+tracker link drops (the tracker restarted) it keeps its clients and
+registers again with what it serves; it exits after 60 s without a
+tracker, or at once when the tracker socket's directory is gone.
   --maildir PATTERN       where each user's Maildir is
   --tracker-socket PATH   [default: $IMAP_TRACKER_SOCKET, else
                           RUNTIME_DIR/tracker]
