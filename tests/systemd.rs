@@ -379,6 +379,33 @@ fn idle_with_notify(dir: &Path, notify: &Path, extra_env: &[(&str, &str)]) -> Pr
 }
 
 #[test]
+fn a_hand_over_tells_reloading_then_the_successors_mainpid_and_ready() {
+    let (dir, notify, notices) = notified();
+    std::fs::create_dir(dir.path().join("run")).expect("run dir");
+    let _tracker = Tracker::start(&dir.path().join("run/tracker"), Policy::Accept);
+    let mut daemon = idle_with_notify(dir.path(), &notify, &[]);
+    notices.until("READY=1", |l| l == "READY=1");
+    let park = dir.path().join("run/park");
+    let mut mail = IdleLink::connect(&park).expect("connect");
+    let (_client, server) = UnixStream::pair().expect("socketpair");
+    mail.park(OwnedFd::from(server), &idle_park("alice", vec![]))
+        .unwrap_or_else(|e| panic!("park: {e}"));
+    daemon.signal(Signal::SIGUSR2);
+    notices.until("RELOADING=1", |l| l == "RELOADING=1");
+    let main = notices.until("MAINPID=", |l| l.starts_with("MAINPID="));
+    let pid: i32 = main
+        .lines()
+        .find_map(|l| l.strip_prefix("MAINPID="))
+        .and_then(|p| p.parse().ok())
+        .expect("a pid");
+    assert_ne!(pid as u32, daemon.child.id(), "the successor's pid");
+    notices.until("READY=1 from the successor", |l| l == "READY=1");
+    // The old daemon handed its client over and exits.
+    daemon.wait_exit();
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+}
+
+#[test]
 fn imap_idle_tells_ready_status_watchdog_and_stopping() {
     let (dir, notify, notices) = notified();
     std::fs::create_dir(dir.path().join("run")).expect("run dir");

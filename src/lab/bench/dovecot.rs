@@ -8,7 +8,9 @@ use super::figures::Figures;
 use super::memory::{ClientSide, Point, Size, Unparked};
 use super::{say, Sizes, PER_USER};
 use crate::lab::load::{Delivery, Load, LoadOptions};
-use crate::lab::rig::dovecot::{raise_inotify_instances, Dovecot, Hibernation, PASSWORD};
+use crate::lab::rig::dovecot::{
+    raise_inotify_instances, Dovecot, DovecotRoot, Hibernation, ServiceLimits, PASSWORD,
+};
 use crate::lab::rig::procfs;
 use crate::proto::native::Stats;
 
@@ -107,8 +109,10 @@ fn hibernated(dc: &Dovecot) -> usize {
 /// Bulk clients are connected in this many steps, for the memory curve.
 const STEPS: usize = 4;
 
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     bin: &Path,
+    root: &DovecotRoot,
     how: Hibernation,
     name: &str,
     title: &str,
@@ -130,7 +134,8 @@ pub fn run(
     let mut all = names.clone();
     all.push("mass".into());
     // Dovecot's default keepalive interval, as in our native runs.
-    let dc = Dovecot::start(&all, how, &bin.join("imap-idle"), 120)?;
+    let idle = bin.join("imap-idle");
+    let dc = Dovecot::start_in(root, &all, how, &idle, 120, ServiceLimits::default())?;
     let settle = Duration::from_secs(600);
 
     say(&format!("{name}: {} idle clients", s.n1));
@@ -215,6 +220,7 @@ pub fn run(
 /// the memory curve.
 pub fn unhibernated(
     bin: &Path,
+    root: &DovecotRoot,
     (n1, n2): (usize, usize),
     client: &ClientSide,
     progress: bool,
@@ -224,7 +230,9 @@ pub fn unhibernated(
         .collect();
     // Every imap process inside IDLE holds an inotify instance.
     raise_inotify_instances(2 * n2 as u64 + 1024)?;
-    let dc = Dovecot::start(&names, Hibernation::Off, &bin.join("imap-idle"), 120)?;
+    let idle = bin.join("imap-idle");
+    let off = Hibernation::Off;
+    let dc = Dovecot::start_in(root, &names, off, &idle, 120, ServiceLimits::default())?;
     let imap_kb = || -> u64 {
         dc.processes("dovecot/imap")
             .iter()

@@ -21,8 +21,8 @@ use crate::lab::rig::dovecot::{installed, DovecotRoot, Hibernation};
 pub use figures::Figures;
 
 const USAGE: &str = "\
-Usage: imap-idle-lab bench [--quick] [--dovecot] [--clients N] [--rounds K]
-                           [--plots DIR]
+Usage: imap-idle-lab bench [--quick] [--dovecot] [--dovecot-root DIR]...
+                           [--clients N] [--rounds K] [--plots DIR]
 
 Starts imap-idle, imap-tracker and the reference login and mail processes
 (from the directory of this binary: build them all first, e.g. with
@@ -53,6 +53,11 @@ targets. Runs as any user; --dovecot needs root.
                 Needs root and Dovecot (apt-get install dovecot-imapd); the
                 host's, or the one in the chroot IMAP_IDLE_DOVECOT_ROOT
                 names (its /proc mounted), 2.3 or 2.4.
+  --dovecot-root DIR  (repeatable; implies --dovecot) also bench the
+                Dovecot installed in the chroot DIR (its /proc mounted),
+                with the same setups: e.g. the host's 2.3 and a Debian 13
+                chroot's 2.4 side by side, each against its own
+                imap-hibernate, in one run
   --quiet       no progress on stderr
 
 Exit code 0 when every client of every round was parked and woken as
@@ -171,6 +176,9 @@ struct Plan {
     clients: Option<usize>,
     rounds: usize,
     plots: Option<PathBuf>,
+    /// More Dovecots to bench beside the host's (or the one
+    /// IMAP_IDLE_DOVECOT_ROOT names): chroots, each its own version.
+    dovecot_roots: Vec<PathBuf>,
 }
 
 fn parse(mut args: Args) -> Result<Option<Plan>, String> {
@@ -180,6 +188,7 @@ fn parse(mut args: Args) -> Result<Option<Plan>, String> {
         clients: None,
         rounds: 0,
         plots: None,
+        dovecot_roots: Vec::new(),
     };
     while let Some(flag) = args.next_flag() {
         match flag.as_str() {
@@ -190,6 +199,10 @@ fn parse(mut args: Args) -> Result<Option<Plan>, String> {
             "--clients" => p.clients = Some(args.number(&flag)?),
             "--rounds" => p.rounds = args.number(&flag)?,
             "--plots" => p.plots = Some(PathBuf::from(args.value(&flag)?)),
+            "--dovecot-root" => {
+                p.with_dovecot = true;
+                p.dovecot_roots.push(PathBuf::from(args.value(&flag)?));
+            }
             _ => return Err(format!("unknown argument {flag:?}")),
         }
     }
@@ -277,12 +290,26 @@ fn round(
         &client,
         progress,
     )?];
-    if plan.with_dovecot {
+    // The Dovecot IMAP_IDLE_DOVECOT_ROOT names (else the host's), then
+    // each --dovecot-root: every version against its own imap-hibernate.
+    let roots = plan
+        .with_dovecot
+        .then(DovecotRoot::from_env)
+        .into_iter()
+        .chain(
+            plan.dovecot_roots
+                .iter()
+                .map(|r| DovecotRoot::chroot(r.clone())),
+        );
+    let mut client_dovecot = None;
+    for root in roots {
         let s = sizes(nd);
-        let client = memory::client_side(bin, s.n1, s.n, progress)?;
-        let u = dovecot::unhibernated(bin, s.ref_clients, &client, progress)?;
-        // The rig runs the Dovecot IMAP_IDLE_DOVECOT_ROOT names, else the host's.
-        let v = DovecotRoot::from_env().version()?;
+        let client = match client_dovecot.take() {
+            Some(c) => c,
+            None => memory::client_side(bin, s.n1, s.n, progress)?,
+        };
+        let u = dovecot::unhibernated(bin, &root, s.ref_clients, &client, progress)?;
+        let v = root.version()?;
         for (how, name, title) in [
             (
                 Hibernation::Dovecot,
@@ -300,12 +327,13 @@ fn round(
                 "dovecot/imap-idle",
             ),
         ] {
-            let mut f = dovecot::run(bin, how, &name, title, &s, &client, progress)?;
+            let mut f = dovecot::run(bin, &root, how, &name, title, &s, &client, progress)?;
             f.server_bytes_per_client = Some(u.pss);
             f.machine_server_per_client = u.machine;
             f.memory_curve_unparked = u.curve.clone();
             rows.push(f);
         }
+        client_dovecot = Some(client);
     }
     Ok(rows)
 }
