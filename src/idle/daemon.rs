@@ -304,7 +304,7 @@ impl Daemon {
         }
         if self
             .succession
-            .serve(sock, pid, &listeners, &mut self.core, &self.inotify)
+            .serve(sock, pid, &listeners, &mut self.core, &self.inotify, now)
         {
             self.core.shutdown("handed over to a successor", now);
         }

@@ -90,6 +90,7 @@ impl Succession {
         listeners: &[(ListenerKind, BorrowedFd<'_>)],
         core: &mut IdleCore,
         inotify: &Inotify,
+        fired_at: Instant,
     ) -> bool {
         let _ = notify::notify("RELOADING=1");
         let started = Instant::now();
@@ -97,6 +98,7 @@ impl Succession {
             sock,
             core,
             inotify,
+            fired_at,
             batch: 0,
             taken: 0,
             kept: 0,
@@ -130,6 +132,10 @@ struct Hand<'a> {
     /// Dovecot's notify fds we keep (shared per mailbox): each leaving
     /// client takes a copy, which the successor shares again.
     inotify: &'a Inotify,
+    /// Keepalives due up to here went out; later ones are due from the
+    /// successor (the loop runs no timer while we hand over, so one
+    /// falling due meanwhile must not be skipped as past).
+    fired_at: Instant,
     batch: u64,
     taken: usize,
     kept: usize,
@@ -161,7 +167,7 @@ impl Hand<'_> {
             .map_err(e)?;
         let (mut conns, mut n_fds, mut bytes) = (Vec::new(), 0, 0);
         for id in self.core.parked_ids() {
-            let Some(mut h) = self.core.describe_for_successor(id, Instant::now()) else {
+            let Some(mut h) = self.core.describe_for_successor(id, self.fired_at) else {
                 continue;
             };
             h.notify = self.notify_of(id).is_some();
