@@ -156,13 +156,7 @@ mod tests {
     use super::*;
     use crate::idle::core::{Action, Arrival};
 
-    struct Fd(RawFd);
-
-    impl AsRawFd for Fd {
-        fn as_raw_fd(&self) -> RawFd {
-            self.0
-        }
-    }
+    use crate::idle::core::TestFd as Fd;
 
     fn arrival<'a>(fd: RawFd, carried: Carried<'a>, watch: &'a Path) -> Arrival<'a, Fd, u32> {
         Arrival {

@@ -89,19 +89,13 @@ impl Tuning {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::{AsRawFd, RawFd};
+    use std::os::fd::RawFd;
     use std::time::{Duration, Instant};
 
     use super::super::{Action, Arrival, Core};
     use super::Tuning;
 
-    struct Fd(RawFd);
-
-    impl AsRawFd for Fd {
-        fn as_raw_fd(&self) -> RawFd {
-            self.0
-        }
-    }
+    use crate::idle::core::TestFd as Fd;
 
     fn clamp(min: u32, max: Option<u32>) -> Tuning {
         Tuning {
