@@ -156,7 +156,7 @@ mod tests {
     use super::*;
     use crate::idle::core::{Action, Arrival};
 
-    use crate::idle::core::TestFd as Fd;
+    use crate::idle::core::tests::TestFd as Fd;
 
     fn arrival<'a>(fd: RawFd, carried: Carried<'a>, watch: &'a Path) -> Arrival<'a, Fd, u32> {
         Arrival {

@@ -389,17 +389,5 @@ fn parked_in<F>(conns: &Slab<Conn<F>>, (key, serial): Watcher) -> bool {
         .is_some_and(|c| c.serial == serial && c.phase == Phase::Parked)
 }
 
-/// A descriptor stand-in for unit tests of the core that count no closes
-/// (`tests.rs` has one that does).
-#[cfg(test)]
-pub(crate) struct TestFd(pub std::os::fd::RawFd);
-
-#[cfg(test)]
-impl AsRawFd for TestFd {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.0
-    }
-}
-
 #[cfg(test)]
 mod tests;

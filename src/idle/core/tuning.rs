@@ -95,7 +95,7 @@ mod tests {
     use super::super::{Action, Arrival, Core};
     use super::Tuning;
 
-    use crate::idle::core::TestFd as Fd;
+    use crate::idle::core::tests::TestFd as Fd;
 
     fn clamp(min: u32, max: Option<u32>) -> Tuning {
         Tuning {
