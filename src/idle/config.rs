@@ -89,9 +89,10 @@ Timing (the defaults are Dovecot imap-hibernate's):
                          session asks]
   --return-timeout-input SECS  a woken client that typed is given up (BYE)
                          if the return path has not taken it by then
-                         [default: 10]
+                         [default: 10; 40 with --dovecot, as Dovecot's own
+                         imap-hibernate: 10 s to connect, 30 s to answer]
   --return-timeout-change SECS  the same for one woken by a mailbox change
-                         [default: 300]
+                         [default: 300; 330 with --dovecot]
   --return-timeout-shutdown SECS  at SIGTERM, how long returns may take
                          before whoever is left gets a BYE [default: 30]
   --return-retry-min MS  first wait before a refused return is sent again,
@@ -193,6 +194,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     let mut max_controls_per_uid = 64;
     let mut handshake_timeout_secs = 10;
     let mut tuning = Tuning::default();
+    let (mut input_timeout_given, mut change_timeout_given) = (false, false);
     let mut return_window = 64;
     let mut master_connections = crate::idle::budget::MAX_MASTERS;
     let mut args = args.into_iter();
@@ -252,8 +254,14 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
             }
             "--keepalive-min" => tuning.keepalive_min_secs = secs(&flag, &value()?)? as u32,
             "--keepalive-max" => tuning.keepalive_max_secs = Some(secs(&flag, &value()?)? as u32),
-            "--return-timeout-input" => tuning.give_up_with_input_ms = ms(&flag, &value()?)?,
-            "--return-timeout-change" => tuning.give_up_without_input_ms = ms(&flag, &value()?)?,
+            "--return-timeout-input" => {
+                tuning.give_up_with_input_ms = ms(&flag, &value()?)?;
+                input_timeout_given = true;
+            }
+            "--return-timeout-change" => {
+                tuning.give_up_without_input_ms = ms(&flag, &value()?)?;
+                change_timeout_given = true;
+            }
             "--return-timeout-shutdown" => tuning.give_up_at_shutdown_ms = ms(&flag, &value()?)?,
             "--return-retry-min" => tuning.backoff_min_ms = number(&flag, &value()?)? as u64,
             "--return-retry-max" => tuning.backoff_max_ms = number(&flag, &value()?)? as u64,
@@ -268,6 +276,9 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
             }
             _ => return Err(format!("unknown argument {arg:?} (see --help)")),
         }
+    }
+    if dovecot {
+        tuning = tuning.for_dovecot(input_timeout_given, change_timeout_given);
     }
     tuning.validate()?;
     let runtime_dir = runtime_dir.unwrap_or_else(default_runtime_dir);
@@ -394,5 +405,19 @@ mod tests {
         assert!(run(&["--return-timeout-change=-1"]).is_err());
         assert!(run(&["--return-retry-min=3000"]).is_err());
         assert!(run(&["--return-window=0"]).is_err());
+    }
+
+    #[test]
+    fn under_dovecot_returns_get_dovecots_own_deadlines_unless_told() {
+        let c = run(&["--dovecot"]).unwrap();
+        assert_eq!(c.tuning.give_up_with_input_ms, 40_000);
+        assert_eq!(c.tuning.give_up_without_input_ms, 330_000);
+        assert_eq!(c.tuning.give_up_at_shutdown_ms, 30_000);
+        let c = run(&["--return-timeout-input=5", "--dovecot"]).unwrap();
+        assert_eq!(c.tuning.give_up_with_input_ms, 5_000);
+        assert_eq!(c.tuning.give_up_without_input_ms, 330_000);
+        let c = run(&["--dovecot", "--return-timeout-change", "60"]).unwrap();
+        assert_eq!(c.tuning.give_up_with_input_ms, 40_000);
+        assert_eq!(c.tuning.give_up_without_input_ms, 60_000);
     }
 }
