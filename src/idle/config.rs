@@ -194,7 +194,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     let mut max_controls_per_uid = 64;
     let mut handshake_timeout_secs = 10;
     let mut tuning = Tuning::default();
-    let (mut input_timeout_given, mut change_timeout_given) = (false, false);
+    // Their defaults depend on --dovecot, which may come later.
+    let (mut input_timeout, mut change_timeout) = (None, None);
     let mut return_window = 64;
     let mut master_connections = crate::idle::budget::MAX_MASTERS;
     let mut args = args.into_iter();
@@ -254,14 +255,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
             }
             "--keepalive-min" => tuning.keepalive_min_secs = secs(&flag, &value()?)? as u32,
             "--keepalive-max" => tuning.keepalive_max_secs = Some(secs(&flag, &value()?)? as u32),
-            "--return-timeout-input" => {
-                tuning.give_up_with_input_ms = ms(&flag, &value()?)?;
-                input_timeout_given = true;
-            }
-            "--return-timeout-change" => {
-                tuning.give_up_without_input_ms = ms(&flag, &value()?)?;
-                change_timeout_given = true;
-            }
+            "--return-timeout-input" => input_timeout = Some(ms(&flag, &value()?)?),
+            "--return-timeout-change" => change_timeout = Some(ms(&flag, &value()?)?),
             "--return-timeout-shutdown" => tuning.give_up_at_shutdown_ms = ms(&flag, &value()?)?,
             "--return-retry-min" => tuning.backoff_min_ms = number(&flag, &value()?)? as u64,
             "--return-retry-max" => tuning.backoff_max_ms = number(&flag, &value()?)? as u64,
@@ -277,9 +272,9 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
             _ => return Err(format!("unknown argument {arg:?} (see --help)")),
         }
     }
-    if dovecot {
-        tuning = tuning.for_dovecot(input_timeout_given, change_timeout_given);
-    }
+    let defaults = Tuning::defaults(dovecot);
+    tuning.give_up_with_input_ms = input_timeout.unwrap_or(defaults.give_up_with_input_ms);
+    tuning.give_up_without_input_ms = change_timeout.unwrap_or(defaults.give_up_without_input_ms);
     tuning.validate()?;
     let runtime_dir = runtime_dir.unwrap_or_else(default_runtime_dir);
     Ok(Parsed::Run(Box::new(Config {

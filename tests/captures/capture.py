@@ -2,7 +2,7 @@
 """Capture what a Dovecot 2.4 sends between its imap process, its own
 imap-hibernate and imap-master, for tests/captures/dovecot-VERSION.txt.
 
-    capture.py CHROOT OUT.txt     (as root; strace on the host)
+    capture.py CHROOT OUT.txt [ORIGIN]    (as root; strace on the host)
 
 CHROOT holds the Dovecot to capture (Debian's package, or one made by
 build-dovecot.sh). The script starts it with a private configuration under
@@ -14,6 +14,9 @@ hibernate it again; sends DONE (second return). Then it writes the
 hand-off lines ('cmd'), the return lines ('return'), imap-master's answers
 and the restored process's first write to the client, each as Python's
 repr() of the bytes, in the format src/proto/dovecot_captures.rs reads.
+ORIGIN, if given, says where that Dovecot came from in the header (for
+2.4.4: "built from the tag 2.4.4 of Dovecot's public source with
+build-dovecot.sh").
 """
 
 import glob
@@ -92,7 +95,7 @@ class Client:
             self.raw += got
 
 
-def hibernated(d):
+def hibernated():
     out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     return "dovecot/imap-hibernate" in out and not re.search(r"dovecot/imap(\s|$)", out)
 
@@ -139,7 +142,7 @@ def run(root, trace):
         c.until("s OK")
         c.send("c IDLE")
         c.until("+ idling")
-        wait(lambda: hibernated(d), "the first hibernation")
+        wait(hibernated, "the first hibernation")
         time.sleep(0.5)
         name = f"{int(time.time())}.capture.host"
         with open(f"{d}/mail/alice/Maildir/tmp/{name}", "w") as f:
@@ -147,7 +150,7 @@ def run(root, trace):
         os.rename(f"{d}/mail/alice/Maildir/tmp/{name}", f"{d}/mail/alice/Maildir/new/{name}")
         c.until("EXISTS")
         time.sleep(1)
-        wait(lambda: hibernated(d), "the second hibernation")
+        wait(hibernated, "the second hibernation")
         time.sleep(0.5)
         c.send("DONE")
         c.until("c OK")
@@ -191,9 +194,10 @@ def streams(trace):
 
 
 def main():
-    if len(sys.argv) != 3:
+    if len(sys.argv) not in (3, 4):
         sys.exit(__doc__)
     root, dest = sys.argv[1].rstrip("/"), sys.argv[2]
+    origin = f"{sys.argv[3]}, " if len(sys.argv) == 4 else ""
     trace = f"{root}/tmp/cap.strace"
     ver = run(root, trace)
     cmds, returns, answers, client = [], [], [], None
@@ -214,7 +218,7 @@ def main():
         sys.exit(f"expected 2 hand-offs, 2 returns and the EXISTS; got {len(cmds)}, "
                  f"{len(returns)}, {client!r} (see {trace})")
     with open(dest, "w") as f:
-        f.write(f"# Bytes exchanged by Dovecot {ver} (run in a chroot) between its imap process,\n"
+        f.write(f"# Bytes exchanged by Dovecot {ver} ({origin}run in a chroot) between its imap process,\n"
                 "# its own imap-hibernate and imap-master, read with strace "
                 "(tests/captures/capture.py). Python repr() of each line.\n"
                 "# User alice, Maildir INBOX selected; the client asked for multiplexed output first\n"

@@ -38,25 +38,27 @@ impl Default for Tuning {
 }
 
 impl Tuning {
-    /// The return deadlines under Dovecot, where the return path is
-    /// imap-master. Dovecot's own imap-hibernate gives a return 10 s (the
-    /// client typed) or 5 min (a mailbox change) to connect there, then 30 s
-    /// more for the answer; its connects succeed at once, since the
-    /// master's backlog is the imap service's whole capacity, so a return
-    /// waits its turn inside the kernel with those 30 s. Ours wait their
-    /// turn in our own queue (`--master-connections`), so our deadlines,
-    /// which count from the wake, are the sums: with the native 10 s a burst
-    /// of DONEs that Dovecot 2.4.1's master serves within 20 s was cut short
-    /// with BYEs.
-    pub fn for_dovecot(mut self, input_given: bool, change_given: bool) -> Tuning {
+    /// The defaults, with Dovecot's return deadlines under `--dovecot`,
+    /// where the return path is imap-master. Dovecot's own imap-hibernate
+    /// gives a return 10 s (the client typed) or 5 min (a mailbox change)
+    /// to connect there, then 30 s more for the answer; its connects
+    /// succeed at once, since the master's backlog is the imap service's
+    /// whole capacity, so a return waits its turn inside the kernel with
+    /// those 30 s. Ours wait their turn in our own queue
+    /// (`--master-connections`), so our deadlines, which count from the
+    /// wake, are the sums: with the native 10 s a burst of DONEs that
+    /// Dovecot 2.4.1's master serves within 20 s was cut short with BYEs.
+    pub fn defaults(dovecot: bool) -> Tuning {
         const ANSWER_MS: Millis = 30_000;
-        if !input_given {
-            self.give_up_with_input_ms = 10_000 + ANSWER_MS;
+        let native = Tuning::default();
+        if !dovecot {
+            return native;
         }
-        if !change_given {
-            self.give_up_without_input_ms = 5 * 60_000 + ANSWER_MS;
+        Tuning {
+            give_up_with_input_ms: 10_000 + ANSWER_MS,
+            give_up_without_input_ms: 5 * 60_000 + ANSWER_MS,
+            ..native
         }
-        self
     }
 
     /// Every value non-zero, every minimum at most its maximum; the error
